@@ -1,0 +1,24 @@
+# `make train` and `make test` build .venv on first use (again only when pyproject.toml changes).
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-from-pyproject
+ARGS   ?=
+
+.PHONY: train test benchmark clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev,mnist]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PYTHON) train.py $(ARGS)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q $(ARGS)
+
+benchmark: $(STAMP)
+	$(PYTHON) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

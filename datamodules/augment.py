@@ -1,0 +1,38 @@
+"""Batched, on-device scaling, normalization and augmentation of uint8 image batches.
+
+These run after the batch reaches its device (the DataModule's
+``on_after_batch_transfer``), as a handful of tensor ops per batch instead of a
+PIL transform per sample, and draw from an explicit generator so a resumed run
+augments exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 (B, C, H, W) -> float, scaled to [0, 1] then standardized per channel."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean_t) / std_t
+
+
+def random_translate(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Shift each image by its own (dy, dx) in [-max_shift, max_shift], filling with zeros."""
+    if max_shift == 0:
+        return images
+    b, c, h, w = images.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator).to(images.device)
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    rows = torch.arange(h, device=images.device) + max_shift - shifts[0].view(b, 1)  # (B, H)
+    cols = torch.arange(w, device=images.device) + max_shift - shifts[1].view(b, 1)  # (B, W)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1)
+    # Advanced indexing on dims 0, 2, 3 gives (B, H, W, C); move C back.
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)

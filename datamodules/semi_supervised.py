@@ -1,0 +1,230 @@
+"""The semi-supervised protocol as a LightningDataModule.
+
+Training split -> (validation, rest); rest -> a balanced, seeded labeled subset
+and the unlabeled pool (the rest of it, plus SVHN 'extra' / STL-10 'unlabeled').
+The labeled and validation indices travel in ``state_dict()``, so a resumed run
+keeps its split even if the seed or the code changed. Each training batch is
+``{"labeled": (x, y), "unlabeled": x}``; one epoch is one pass over the unlabeled
+pool while the labeled set cycles, reshuffled at every cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import CombinedLoader
+
+from . import augment
+from .loader import InMemoryBatches, ResumableLoader
+from .registry import get_dataset
+from .sampling import (CyclingPlan, EpochPlan, balanced_labeled_indices, check_label_count, hold_out_validation,
+                       seeded_generator)
+from .sources import ImageSplits
+
+MODES = ("semi", "supervised", "unsupervised")
+
+
+class SemiSupervisedDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        data_dir: str | Path = "data",
+        labels: int | None = 100,
+        batch_size: int = 128,
+        unlabeled_batch_size: int = 128,
+        val_size: int = 5000,
+        seed: int = 0,
+        mode: str = "semi",
+        augment: bool = True,
+        num_workers: int = 0,
+        fold: int | None = None,
+        include_extra: bool = False,
+        download: bool = True,
+    ):
+        super().__init__()
+        self.info = get_dataset(dataset)
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        for name, value in (("batch_size", batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        if fold is not None and dataset != "stl10":
+            raise ValueError(f"fold={fold} applies only to stl10 (its 10 predefined 1,000-label folds), not {dataset!r}")
+        if fold is not None and not 0 <= fold < 10:
+            raise ValueError(f"fold={fold} must be in 0..9 (STL-10 has 10 predefined folds)")
+        if mode == "semi" and labels is None and fold is None:
+            raise ValueError("mode='semi' needs labels=N (how many labeled examples) or, for stl10, a fold")
+        if labels is not None:
+            check_label_count(labels, self.info.num_classes)  # fail before loading any data
+        self.dataset, self.data_dir, self.labels = dataset, Path(data_dir), labels
+        self.batch_size, self.unlabeled_batch_size, self.val_size = batch_size, unlabeled_batch_size, val_size
+        self.seed, self.mode, self.augment, self.num_workers = seed, mode, augment, num_workers
+        self.fold, self.include_extra, self.download = fold, include_extra, download
+        self.max_shift = round(self.info.image_shape[1] / 14)  # 2 px on 28/32 px images, 7 on STL-10's 96
+        self.splits: ImageSplits | None = None
+        self.labeled_indices: torch.Tensor | None = None
+        self.val_indices: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- the split
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self.info.load(self.data_dir, download=self.download, include_extra=self.include_extra)
+            shape = tuple(self.splits.train_images.shape[1:])
+            if shape != self.info.image_shape:
+                raise ValueError(f"{self.dataset} images have shape {shape}, expected {self.info.image_shape}")
+        if self.val_indices is None:
+            self._draw_split()
+
+    def _draw_split(self) -> None:
+        train_labels = self.splits.train_labels
+        if self.fold is not None:
+            fold = self.splits.folds[self.fold]
+            if self.labels is not None and self.labels != len(fold):
+                raise ValueError(f"labels={self.labels} conflicts with stl10 fold {self.fold}, which has {len(fold)} labels")
+            outside = torch.ones(len(train_labels), dtype=torch.bool)
+            outside[fold] = False
+            _, val = hold_out_validation(int(outside.sum()), self.val_size, self.seed)
+            candidates = outside.nonzero().squeeze(1)
+            self.val_indices = candidates[val]
+            self.labeled_indices = fold.sort().values
+            return
+        rest, self.val_indices = hold_out_validation(len(train_labels), self.val_size, self.seed)
+        if self.mode == "unsupervised":
+            self.labeled_indices = torch.zeros(0, dtype=torch.long)
+        elif self.labels is None:  # supervised with every label
+            self.labeled_indices = rest
+        else:
+            self.labeled_indices = balanced_labeled_indices(train_labels, rest, self.labels, self.info.num_classes, self.seed)
+
+    def unlabeled_pool(self) -> torch.Tensor:
+        """Training indices that are neither validation nor labeled (their labels are never read)."""
+        keep = torch.ones(len(self.splits.train_labels), dtype=torch.bool)
+        keep[self.val_indices] = False
+        keep[self.labeled_indices] = False
+        return keep.nonzero().squeeze(1)
+
+    def unlabeled_images(self) -> torch.Tensor:
+        images = self.splits.train_images[self.unlabeled_pool()]
+        if self.splits.extra_images is not None:
+            images = torch.cat([images, self.splits.extra_images])
+        return images
+
+    def state_dict(self) -> dict:
+        return {"labeled_indices": self.labeled_indices.tolist(), "val_indices": self.val_indices.tolist(),
+                "dataset": self.dataset}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("dataset", self.dataset) != self.dataset:
+            raise ValueError(f"checkpoint split is for dataset {state['dataset']!r}, not {self.dataset!r}")
+        self.labeled_indices = torch.tensor(state["labeled_indices"], dtype=torch.long)
+        self.val_indices = torch.tensor(state["val_indices"], dtype=torch.long)
+
+    def write_split(self, path: Path) -> None:
+        """The exact split, for the run directory (and a paper's appendix)."""
+        counts = torch.bincount(self.splits.train_labels[self.labeled_indices], minlength=self.info.num_classes)
+        path.write_text(json.dumps({
+            "dataset": self.dataset, "seed": self.seed, "mode": self.mode,
+            "labeled_per_class": counts.tolist(), "labeled_indices": self.labeled_indices.tolist(),
+            "val_indices": self.val_indices.tolist(), "unlabeled_pool_size": len(self.unlabeled_images()),
+        }))
+
+    # ----------------------------------------------------------------- loaders
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _prefetched_batches(self) -> int:
+        # Lightning's training fetcher holds one batch ahead (to know the last batch).
+        fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None) if self.trainer is not None else None
+        return len(getattr(fetcher, "batches", ()))
+
+    def _stream(self, data: InMemoryBatches, plan) -> ResumableLoader:
+        return ResumableLoader(data, plan, self.num_workers, pending=self._prefetched_batches)
+
+    def train_streams(self) -> dict[str, ResumableLoader]:
+        rank, world = self._rank_world()
+        epoch = self._epoch()
+        streams = {}
+        labeled = InMemoryBatches(self.splits.train_images[self.labeled_indices], self.splits.train_labels[self.labeled_indices])
+        if self.mode == "supervised":
+            plan = EpochPlan(len(labeled), self.batch_size, self.seed, rank, world, epoch=epoch)
+            return {"labeled": self._stream(labeled, plan)}
+        unlabeled = InMemoryBatches(self.unlabeled_images())
+        unlabeled_plan = EpochPlan(len(unlabeled), self.unlabeled_batch_size, self.seed, rank, world, epoch=epoch)
+        if self.mode == "semi":
+            labeled_plan = CyclingPlan(len(labeled), self.batch_size, len(unlabeled_plan), self.seed, rank, world, epoch=epoch)
+            streams["labeled"] = self._stream(labeled, labeled_plan)
+        streams["unlabeled"] = self._stream(unlabeled, unlabeled_plan)
+        return streams
+
+    def train_dataloader(self) -> CombinedLoader:
+        return CombinedLoader(self.train_streams(), mode="min_size")
+
+    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> ResumableLoader:
+        rank, world = self._rank_world()
+        plan = EpochPlan(len(images), self.batch_size * 2, self.seed, rank, world, shuffle=False)
+        return ResumableLoader(InMemoryBatches(images, labels), plan, self.num_workers)
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self._eval_loader(self.splits.train_images[self.val_indices], self.splits.train_labels[self.val_indices])
+
+    def test_dataloader(self) -> ResumableLoader:
+        return self._eval_loader(self.splits.test_images, self.splits.test_labels)
+
+    # ----------------------------------------------------------------- on device
+    def _prepare(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is not None:
+            images = augment.random_translate(images, self.max_shift, generator)
+            if self.info.hflip:
+                images = augment.random_hflip(images, generator)
+        return augment.normalize(images, self.info.mean, self.info.std)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not isinstance(batch, dict):  # validation / test: (x, y)
+            images, labels = batch
+            return self._prepare(images, None), labels
+        generator = None
+        if self.augment:
+            step = self.trainer.global_step if self.trainer is not None else 0
+            rank, _ = self._rank_world()
+            generator = seeded_generator(self.seed, step, rank, 0xA06)
+        out = {}
+        if "labeled" in batch:
+            images, labels = batch["labeled"]
+            out["labeled"] = (self._prepare(images, generator), labels)
+        if "unlabeled" in batch:
+            out["unlabeled"] = self._prepare(batch["unlabeled"], generator)
+        return out
+
+    def preview_images(self, num_images: int) -> torch.Tensor:
+        """The first ``num_images`` validation images, normalized as the model sees them.
+
+        The same images every time, so pictures of successive epochs are comparable.
+        """
+        images = self.splits.train_images[self.val_indices[:num_images]]
+        return augment.normalize(images, self.info.mean, self.info.std)
+
+    def to_display(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalization: model-space images back to [0, 1] for pictures."""
+        mean = torch.tensor(self.info.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std, device=images.device).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+    def stream_progress(self, batch_idx: int) -> dict[str, float]:
+        """Share of the unlabeled pool seen so far this epoch and labeled cycles so far."""
+        streams = self.trainer.fit_loop._combined_loader.iterables if self.trainer is not None else {}
+        progress = {}
+        if "unlabeled" in streams:
+            progress["unlabeled_seen"] = (batch_idx + 1) / len(streams["unlabeled"])
+        if "labeled" in streams and isinstance(streams["labeled"].sampler, CyclingPlan):
+            plan = streams["labeled"].sampler
+            progress["labeled_cycles"] = plan.cycles_per_epoch * (batch_idx + 1) / len(plan)
+        return progress

@@ -1,0 +1,96 @@
+"""Checkpoints that are never half-written and never run code when read.
+
+Lightning writes a checkpoint straight into its final path, so a kill during the
+write leaves a truncated ``last.ckpt`` in place of the good one: we write to a
+temporary file in the same directory, fsync, then ``os.replace`` (atomic on POSIX).
+Weights for ``--evaluate`` / ``--finetune-from`` are read with
+``torch.load(weights_only=True)``, which refuses any pickle that would build an
+arbitrary object (a crafted checkpoint cannot execute code).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, unsafe or from another network."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class InterruptCheckpoint(Callback):
+    """Saves ``last.ckpt`` when Ctrl-C or SIGTERM stops a run (Lightning turns both into exceptions).
+
+    Unlike Lightning's OnExceptionCheckpoint it ignores crashes and non-finite
+    losses, which must not overwrite the last good ``last.ckpt``, and it does not
+    delete its file at teardown.
+    """
+
+    def __init__(self, ckpt_path: Path):
+        self.ckpt_path = ckpt_path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        trainer.save_checkpoint(self.ckpt_path)
+        rank_zero_info(
+            f"Interrupted at epoch {trainer.current_epoch}, global step {trainer.global_step}: saved {self.ckpt_path}. "
+            f"Continue with: python train.py --resume {self.ckpt_path}"
+        )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; every failure becomes one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted copy?")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0] if "weights_only" not in str(error) else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"refusing checkpoint {str(path)!r}: {reason} (only weights_only-safe files are loaded)") from None
+    except Exception as error:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable ({type(error).__name__}: {error}); is it truncated?") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"{str(path)!r} is not a swwae-lightning checkpoint (no state_dict / hyper_parameters)")
+    return checkpoint
+
+
+def check_compatible(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights from another architecture, naming the layers that do not match."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    mismatched = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in theirs and theirs[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(filter(None, [
+            f"shape mismatch: {', '.join(mismatched[:4])}" if mismatched else "",
+            f"missing: {', '.join(missing[:4])}" if missing else "",
+            f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "",
+        ]))
+        raise CheckpointError(f"checkpoint {str(path)!r} is from another architecture ({details})")

@@ -1,0 +1,178 @@
+"""Build the data, the model and the Trainer from one resolved config, and run fit / test / evaluate.
+
+``train.py`` turns the command line into that config; everything Lightning-shaped
+happens here, so tests and notebooks can run an experiment without the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from datamodules.registry import get_dataset
+from datamodules.semi_supervised import SemiSupervisedDataModule
+
+from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatible, load_checkpoint
+from .module import SWWAEModule
+from .presets import preset_for
+from .run_files import RunCSVLogger, RunRecord, write_json
+from .tracking import WandbRunId, wandb_logger
+
+LOGGERS = ("wandb", "csv", "tensorboard", "none")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+
+
+def build_datamodule(cfg: dict) -> SemiSupervisedDataModule:
+    return SemiSupervisedDataModule(
+        dataset=cfg["dataset"], data_dir=cfg["data_dir"], labels=cfg["labels"], batch_size=cfg["batch_size"],
+        unlabeled_batch_size=cfg["unlabeled_batch_size"], val_size=cfg["val_size"], seed=cfg["seed"],
+        mode=cfg["mode"], augment=cfg["augment"], num_workers=cfg["num_workers"], fold=cfg["fold"],
+        include_extra=cfg["include_extra"], download=cfg["download"],
+    )
+
+
+def build_module(cfg: dict) -> SWWAEModule:
+    info = get_dataset(cfg["dataset"])
+    channels, height, _ = info.image_shape
+    return SWWAEModule(
+        arch=cfg["arch"] or preset_for(cfg["dataset"]), in_channels=channels, image_size=height,
+        num_classes=info.num_classes, pooling=cfg["pooling"], beta=cfg["beta"], unpooling=cfg["unpool"],
+        lambda_rec=cfg["lambda_rec"], lambda_mid=cfg["lambda_mid"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+        schedule=cfg["schedule"], freeze_encoder=cfg["freeze_encoder"],
+    )
+
+
+def _devices(cfg: dict) -> dict:
+    """--gpus N is shorthand for accelerator=gpu, devices=N and DDP when N > 1."""
+    if cfg["gpus"]:
+        found = torch.cuda.device_count()
+        if cfg["gpus"] > found:
+            raise ValueError(f"--gpus {cfg['gpus']} asks for {cfg['gpus']} GPUs but {found} were found on this machine")
+        return {"accelerator": "gpu", "devices": cfg["gpus"], "strategy": "ddp" if cfg["gpus"] > 1 else "auto"}
+    return {"accelerator": cfg["accelerator"], "devices": cfg["devices"], "strategy": cfg["strategy"]}
+
+
+def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
+    loggers = [RunCSVLogger(run_dir)]  # metrics.csv always, whatever else is chosen
+    if cfg["logger"] == "wandb":
+        name = cfg["wandb_name"] or run_dir.name
+        loggers.append(wandb_logger(run_dir, cfg["wandb_project"], name, cfg["wandb_entity"], cfg["wandb_tags"], cfg, resume_id))
+    elif cfg["logger"] == "tensorboard":
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    return loggers
+
+
+def image_callbacks(cfg: dict, run_dir: Path) -> list:
+    from callbacks import ReconstructionLogger, SwitchMapLogger
+
+    out = []
+    if cfg["recon_every"] > 0:
+        out.append(ReconstructionLogger(every_n_epochs=cfg["recon_every"], num_images=cfg["num_images"], out_dir=run_dir / "images"))
+    if cfg["switch_every"] > 0:
+        out.append(SwitchMapLogger(every_n_epochs=cfg["switch_every"], num_images=cfg["num_images"], out_dir=run_dir / "images"))
+    return out
+
+
+def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
+    validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/error" if validate else None, mode="min",
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    callbacks = [checkpoint, InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"), RunRecord(run_dir, cfg),
+                 TQDMProgressBar(refresh_rate=cfg["progress_every"])]
+    if cfg["logger"] == "wandb":
+        callbacks.append(WandbRunId())
+    if cfg["logger"] != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if with_images:
+        callbacks += image_callbacks(cfg, run_dir)
+    optional = {k: cfg[k] for k in ("limit_train_batches", "limit_val_batches") if cfg[k] is not None}
+    return pl.Trainer(
+        **_devices(cfg), num_nodes=cfg["num_nodes"], precision=cfg["precision"], max_epochs=cfg["max_epochs"],
+        fast_dev_run=cfg["fast_dev_run"], deterministic=cfg["deterministic"], default_root_dir=str(run_dir),
+        logger=_loggers(cfg, run_dir, resume_id), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, log_every_n_steps=cfg["log_every"], **optional,
+    )
+
+
+def _hardware(trainer: pl.Trainer) -> str:
+    if trainer.strategy.root_device.type == "cuda":
+        return f"{trainer.world_size} x {torch.cuda.get_device_name(trainer.strategy.root_device)}"
+    return f"{trainer.world_size} process(es) on {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+
+
+def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
+    metrics = results[0] if results else {}
+    return {"test_error": float(metrics.get("test/error", float("nan"))),
+            "test_accuracy": float(metrics.get("test/acc", float("nan"))), "hardware": _hardware(trainer)}
+
+
+def load_finetune_weights(module: SWWAEModule, path: str) -> None:
+    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ."""
+    checkpoint = load_checkpoint(path)
+    theirs = checkpoint["state_dict"]
+    check_compatible(module.state_dict(), theirs, path)
+    module.load_state_dict(theirs)
+
+
+def fit(cfg: dict, run_dir: Path, resume_from: str | None = None) -> dict:
+    """Train, then test the best checkpoint on the official test split; returns results.json's content."""
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    resume_id = None
+    if resume_from:
+        resume_id = load_checkpoint(resume_from).get("wandb_run_id")
+    elif cfg["finetune_from"]:
+        load_finetune_weights(module, cfg["finetune_from"])
+    trainer = build_trainer(cfg, run_dir, resume_id)
+    start = time.perf_counter()
+    # Resuming loads the full training state (optimizer, loops, RNG-free samplers): that
+    # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
+    train_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+    results = {
+        "dataset": cfg["dataset"], "labels": cfg["labels"], "mode": cfg["mode"], "arch": module.hparams.arch,
+        "pooling": cfg["pooling"], "unpool": cfg["unpool"], "lambda_rec": cfg["lambda_rec"],
+        "lambda_mid": cfg["lambda_mid"], "seed": cfg["seed"], **_test_results(trainer, tested),
+        "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "train_seconds": round(train_seconds, 1), "best_checkpoint": best, "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+        rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; run directory: {run_dir}")
+    return results
+
+
+def evaluate(cfg: dict, checkpoint_path: str) -> dict:
+    """Test split only, from weights read safely; results.json is written beside the checkpoint."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    hparams = checkpoint["hyper_parameters"]
+    module = SWWAEModule(**hparams)
+    check_compatible(module.state_dict(), checkpoint["state_dict"], checkpoint_path)
+    module.load_state_dict(checkpoint["state_dict"])
+    datamodule = build_datamodule(cfg)
+    if "SemiSupervisedDataModule" in checkpoint:  # the run's own validation/labeled split
+        datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
+    out_dir = Path(checkpoint_path).resolve().parent
+    trainer = pl.Trainer(**_devices(cfg), num_nodes=cfg["num_nodes"], precision=cfg["precision"], logger=False,
+                         default_root_dir=str(out_dir), use_distributed_sampler=False, enable_checkpointing=False)
+    tested = trainer.test(module, datamodule=datamodule, verbose=False)
+    results = {"dataset": cfg["dataset"], "checkpoint": str(checkpoint_path), "arch": hparams["arch"],
+               **_test_results(trainer, tested)}
+    if trainer.is_global_zero:
+        write_json(out_dir / "results.json", results)
+        rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; wrote {out_dir / 'results.json'}")
+    return results
+

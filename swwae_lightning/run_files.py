@@ -1,0 +1,66 @@
+"""What a run leaves on disk: config.yaml, split.json, metrics.csv (whatever the logger), results.json.
+
+Only global rank 0 writes, so a DDP run leaves one set of files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here; a resumed run must append to it.
+        pass
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing ``metrics.csv`` straight into the run directory, kept across resumes."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(save_dir=str(run_dir), name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+@rank_zero_only
+def write_yaml(path: Path, data: dict) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@rank_zero_only
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecord(Callback):
+    """Writes the labeled split once the (possibly restored) split is final, and puts the
+    run's resolved config in every checkpoint so ``--evaluate`` knows the dataset."""
+
+    def __init__(self, run_dir: Path, config: dict):
+        self.run_dir, self.config = run_dir, config
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if trainer.is_global_zero and hasattr(datamodule, "write_split"):
+            datamodule.write_split(self.run_dir / "split.json")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["swwae_config"] = dict(self.config)

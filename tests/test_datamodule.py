@@ -1,0 +1,157 @@
+"""The semi-supervised protocol: which examples are labeled, and how batches interleave."""
+
+import pytest
+import torch
+
+from datamodules.loader import InMemoryBatches, ResumableLoader
+from datamodules.sampling import CyclingPlan, EpochPlan
+from datamodules.semi_supervised import SemiSupervisedDataModule
+
+
+def make_dm(dataset, **kwargs) -> SemiSupervisedDataModule:
+    args = dict(labels=40, val_size=50, batch_size=16, unlabeled_batch_size=32, seed=0, download=False)
+    args.update(kwargs)
+    dm = SemiSupervisedDataModule(dataset, **args)
+    dm.setup("fit")
+    return dm
+
+
+def test_labeled_subset_is_balanced_and_seeded(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    counts = torch.bincount(dm.splits.train_labels[dm.labeled_indices], minlength=4)
+    assert counts.tolist() == [10, 10, 10, 10]
+    assert torch.equal(make_dm(tiny_dataset).labeled_indices, dm.labeled_indices)
+    assert not torch.equal(make_dm(tiny_dataset, seed=1).labeled_indices, dm.labeled_indices)
+
+
+def test_validation_labeled_and_unlabeled_sets_are_disjoint_and_cover_the_training_split(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    val, labeled, unlabeled = (set(t.tolist()) for t in (dm.val_indices, dm.labeled_indices, dm.unlabeled_pool()))
+    assert not (val & labeled) and not (val & unlabeled) and not (labeled & unlabeled)
+    assert len(val | labeled | unlabeled) == len(dm.splits.train_labels) == 400
+    assert len(val) == 50
+
+
+def test_split_survives_a_state_dict_round_trip_into_a_module_with_another_seed(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    other = make_dm(tiny_dataset, seed=7)
+    other.load_state_dict(dm.state_dict())
+    assert torch.equal(other.labeled_indices, dm.labeled_indices)
+    assert torch.equal(other.val_indices, dm.val_indices)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (42, r"labels=42 must be a positive multiple of the 4 classes"),
+    (400, r"labels=400 asks for 100 examples of class 0, but the training split \(after validation\) holds only"),
+])
+def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message):
+    with pytest.raises(ValueError, match=message):
+        make_dm(tiny_dataset, labels=labels)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dataset="imagenet"), r"unknown dataset 'imagenet'; choose one of"),
+    (dict(mode="weak"), r"mode='weak' is not one of"),
+    (dict(batch_size=0), r"batch_size=0 must be >= 1"),
+    (dict(fold=3), r"fold=3 applies only to stl10"),
+    (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
+    (dict(labels=None), r"mode='semi' needs labels=N"),
+])
+def test_bad_settings_raise_the_promised_message(tiny_dataset, kwargs, message):
+    kwargs.setdefault("dataset", tiny_dataset)
+    with pytest.raises(ValueError, match=message):
+        make_dm(kwargs.pop("dataset"), **kwargs)
+
+
+def test_training_batches_interleave_labeled_and_unlabeled(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    streams = dm.train_streams()
+    assert set(streams) == {"labeled", "unlabeled"} and len(streams["labeled"]) == len(streams["unlabeled"])
+    (x, y), u = next(iter(streams["labeled"])), next(iter(streams["unlabeled"]))
+    batch = dm.on_after_batch_transfer({"labeled": (x, y), "unlabeled": u}, 0)
+    assert batch["labeled"][0].shape == (16, 1, 8, 8) and batch["labeled"][0].dtype == torch.float32
+    assert batch["labeled"][1].shape == (16,) and batch["unlabeled"].shape[1:] == (1, 8, 8)
+
+
+def test_one_epoch_shows_every_unlabeled_example_exactly_once():
+    plan = EpochPlan(310, 32, seed=0)
+    seen = torch.cat(plan.batches())
+    assert sorted(seen.tolist()) == list(range(310))
+    plan.set_epoch(1)
+    assert not torch.equal(torch.cat(plan.batches()), seen)  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_labeled_set_cycles_with_a_new_order_each_cycle_on_every_rank(world_size):
+    for rank in range(world_size):
+        plan = CyclingPlan(40, 16, num_batches=10, seed=0, rank=rank, world_size=world_size)
+        stream = torch.cat(plan.batches())
+        per_rank = 40 // world_size
+        cycles = stream[: 3 * per_rank].view(3, per_rank)
+        for cycle in cycles:  # each cycle is a full pass over this rank's share
+            assert len(set(cycle.tolist())) == per_rank
+        assert not torch.equal(cycles[0], cycles[1]) and not torch.equal(cycles[1], cycles[2])
+        assert plan.cycles_per_epoch == 10 * 16 * world_size / 40
+
+
+def test_two_ranks_get_disjoint_shards_and_the_same_number_of_steps():
+    plans = [EpochPlan(301, 32, seed=0, rank=r, world_size=2) for r in range(2)]
+    shards = [torch.cat(p.batches()) for p in plans]
+    assert len(plans[0].batches()) == len(plans[1].batches()) == len(plans[0])
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    assert sorted(torch.cat(shards).tolist()) == list(range(301))
+    labeled = [CyclingPlan(40, 8, num_batches=len(plans[0]), seed=0, rank=r, world_size=2) for r in range(2)]
+    first_cycle = [set(torch.cat(p.batches())[:20].tolist()) for p in labeled]
+    assert not first_cycle[0] & first_cycle[1]
+
+
+def test_modes_choose_the_streams(tiny_dataset):
+    assert set(make_dm(tiny_dataset, mode="supervised", labels=None).train_streams()) == {"labeled"}
+    supervised_all = make_dm(tiny_dataset, mode="supervised", labels=None)
+    assert len(supervised_all.labeled_indices) == 350  # every label outside validation
+    assert set(make_dm(tiny_dataset, mode="unsupervised", labels=None).train_streams()) == {"unlabeled"}
+
+
+def test_loader_resumes_mid_epoch_without_replaying_or_skipping():
+    data = InMemoryBatches(torch.arange(100).view(100, 1, 1, 1))
+    full = [b.flatten().tolist() for b in ResumableLoader(data, EpochPlan(100, 10, seed=3))]
+    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3))
+    it = iter(loader)
+    first = [next(it).flatten().tolist() for _ in range(4)]
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "batches_consumed": 4}
+    resumed = ResumableLoader(data, EpochPlan(100, 10, seed=3))
+    resumed.load_state_dict(state)
+    rest = [b.flatten().tolist() for b in resumed]
+    assert first + rest == full
+    assert len([b for b in resumed]) == 10  # the next pass starts from the beginning
+
+
+def test_state_does_not_count_batches_the_consumer_prefetched_but_has_not_used():
+    data = InMemoryBatches(torch.arange(100).view(100, 1, 1, 1))
+    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3), pending=lambda: 1)
+    it = iter(loader)
+    for _ in range(5):
+        next(it)
+    assert loader.state_dict()["batches_consumed"] == 4
+
+
+def test_augmentation_is_batched_seeded_and_shifts_whole_images(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    x[:, :, 3:5, 3:5] = 255
+    a = dm.on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"]
+    b = dm.on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"]
+    assert torch.equal(a, b)  # same step, same seed: same shifts (resume-exact)
+    bright = (a > a.min()).flatten(1).sum(1)
+    assert torch.all(bright == 4)  # the 2x2 square moves as a whole (max shift 1 px on 8 px)
+    assert len({tuple((img > img.min()).nonzero()[0].tolist()) for img in a}) > 1
+
+
+def test_preview_images_are_fixed_and_displayable(tiny_dataset):
+    dm = make_dm(tiny_dataset)
+    first = dm.preview_images(5)
+    assert torch.equal(first, dm.preview_images(5)) and first.shape == (5, 1, 8, 8)
+    shown = dm.to_display(first)
+    assert shown.min() >= 0 and shown.max() <= 1
+    assert torch.allclose(shown * 255, dm.splits.train_images[dm.val_indices[:5]].float(), atol=1e-3)

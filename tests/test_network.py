@@ -1,0 +1,121 @@
+"""The stacked what-where network, its architecture strings and its losses."""
+
+import pytest
+import torch
+
+from swwae_lightning.arch import BatchNorm, Conv, Dropout, Linear, Pool, parse_arch
+from swwae_lightning.losses import swwae_loss
+from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.presets import PRESETS
+
+
+def test_parse_arch_reads_the_compact_and_the_paper_notation():
+    assert parse_arch("32C5-32C3-MP2-64C3-MP2-FC128-BN-D0.5") == [
+        Conv(32, 5), Conv(32, 3), Pool(2), Conv(64, 3), Pool(2), Linear(128), BatchNorm(), Dropout(0.5)]
+    assert parse_arch("(16)5c-(32)3c-2p") == parse_arch("16C5-32C3-MP2")
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("32C5-XP2", r"bad token 'XP2'.*grammar"),
+    ("32C5--MP2", r"bad token ''"),
+    ("", "empty architecture"),
+    ("MP2-32C3", "must follow a convolution"),
+    ("32C3-FC10-64C3", "comes after an FC layer"),
+    ("FC10", "has no convolution"),
+    ("32C3-MP1", "pool sizes >= 2"),
+    ("32C3-D1.5", "dropout in"),
+    ("0C3-MP2", "maps, kernels and units"),
+    ("32C3-BN-BN", "BN and Dp may each appear once"),
+])
+def test_bad_architecture_strings_quote_the_problem(arch, message):
+    with pytest.raises(ValueError, match=message):
+        parse_arch(arch)
+
+
+def test_input_size_not_tiled_by_a_pool_fails_at_construction_naming_layer_and_sizes():
+    with pytest.raises(ValueError, match=r"stage 2 pooling MP4 gets a 14x14 map"):
+        StackedWhatWhere("8C3-MP2-8C3-MP4", 1, 28, 10)
+
+
+@pytest.mark.parametrize("preset, shape", [("mnist", (1, 28)), ("cifar", (3, 32)), ("stl10", (3, 96))])
+@pytest.mark.parametrize("pooling", ["hard", "soft"])
+def test_every_decoder_state_has_its_encoder_states_shape(preset, shape, pooling):
+    channels, size = shape
+    net = StackedWhatWhere(PRESETS[preset], channels, size, 10, pooling=pooling).eval()
+    x = torch.randn(2, channels, size, size)
+    out = net(x)
+    assert out.reconstruction.shape == x.shape
+    assert len(out.encoder_states) == len(out.decoder_states) == len(net.stages)
+    for h, r in zip(out.encoder_states, out.decoder_states):
+        assert h.shape == r.shape
+    assert len(out.wheres) == len(out.whats) == len(net.pool_sizes())
+    assert torch.allclose(net.encode(x), out.logits)
+
+
+def test_pooling_and_unpooling_switch_at_run_time():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, 8, 3).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with_where = net(x).reconstruction
+    net.unpooling = "copy"
+    assert not torch.allclose(net(x).reconstruction, with_where)
+    net.unpooling, net.pooling = "where", "soft"
+    assert net(x).wheres[0].dtype == torch.float32
+    net.pooling = "average"
+    with pytest.raises(ValueError, match="pooling='average'"):
+        net.validate_modes()
+
+
+def test_soft_pooling_rejects_non_positive_beta():
+    with pytest.raises(ValueError, match="beta=0"):
+        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling="soft", beta=0)
+
+
+def test_wrong_input_shape_is_named():
+    net = StackedWhatWhere("4C3-MP2", 1, 8, 3)
+    with pytest.raises(ValueError, match=r"input of shape \(3, 8, 8\)"):
+        net(torch.zeros(1, 3, 8, 8))
+
+
+def test_loss_parts_labels_cover_only_the_first_rows_and_none_gives_no_nll():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, 8, 3)
+    x = torch.randn(6, 1, 8, 8)
+    out = net(x)
+    labels = torch.tensor([0, 2])
+    loss = swwae_loss(out, x, labels, lambda_rec=0.5, lambda_mid=0.25)
+    expected_nll = torch.nn.functional.cross_entropy(out.logits[:2], labels)
+    expected_mid = torch.nn.functional.mse_loss(out.decoder_states[0], out.encoder_states[0])
+    assert torch.allclose(loss.nll, expected_nll)
+    assert torch.allclose(loss.rec, torch.nn.functional.mse_loss(out.reconstruction, x))
+    assert torch.allclose(loss.mid, expected_mid)  # the top pair (r_L = h_L) is left out
+    assert torch.allclose(loss.total, loss.nll + 0.5 * loss.rec + 0.25 * loss.mid)
+    assert swwae_loss(out, x, None).nll == 0
+
+
+def test_zero_lambdas_report_the_terms_but_send_no_gradient_to_the_decoder():
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, 8, 3)
+    x = torch.randn(4, 1, 8, 8)
+    loss = swwae_loss(net(x), x, torch.tensor([0, 1]), lambda_rec=0, lambda_mid=0)
+    loss.total.backward()
+    assert loss.rec > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for s in net.stages for p in s.decoder.parameters())
+
+
+@pytest.mark.parametrize("pooling", ["hard", "soft"])
+def test_100_adam_steps_on_one_mnist_batch_cut_the_reconstruction_loss_by_80_percent(mnist_batch, pooling):
+    torch.manual_seed(0)
+    net = StackedWhatWhere("16C5-BN-MP2-32C3-MP2", 1, 28, 10, pooling=pooling)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x = mnist_batch
+    first = None
+    for _ in range(100):
+        loss = swwae_loss(net(x), x, None, lambda_rec=1.0, lambda_mid=0.1)
+        first = first if first is not None else loss.rec.item()
+        opt.zero_grad()
+        loss.total.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        final = swwae_loss(net(x), x, None).rec.item()
+    assert final < 0.2 * first, (first, final)
