@@ -43,8 +43,11 @@ class ResumableLoader:
     ``pending`` returns how many yielded batches the consumer has fetched but not
     used yet: Lightning's training loop prefetches one batch to detect the end of
     the epoch, and a checkpoint written at that moment must not count it.
-    ``sampler`` is the plan so Lightning's ``_set_sampler_epoch`` finds ``set_epoch``.
+    ``sampler`` is the plan so Lightning's ``_set_sampler_epoch`` finds ``set_epoch``;
+    Lightning also reads ``batch_sampler`` off anything that has a ``sampler``.
     """
+
+    batch_sampler = None
 
     def __init__(self, data: InMemoryBatches, plan: EpochPlan | CyclingPlan, num_workers: int = 0,
                  pending: Callable[[], int] = _no_pending):

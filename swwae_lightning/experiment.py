@@ -24,7 +24,7 @@ from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatib
 from .module import SWWAEModule
 from .presets import preset_for
 from .run_files import RunCSVLogger, RunRecord, write_json
-from .tracking import WandbRunId, wandb_logger
+from .tracking import WandbRunId, finish_wandb, wandb_logger
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
@@ -152,6 +152,7 @@ def fit(cfg: dict, run_dir: Path, resume_from: str | None = None) -> dict:
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
         rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; run directory: {run_dir}")
+    finish_wandb(trainer)
     return results
 
 

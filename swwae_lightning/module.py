@@ -93,8 +93,9 @@ class SWWAEModule(pl.LightningModule):
                 f"{', '.join(bad) or 'loss'} = {[float(loss.parts()[b]) for b in bad] or float(loss.total)}"
             )
         size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for v in batch.values())
-        self.log_dict({f"train/{k}": v.detach() for k, v in loss.parts().items()}, prog_bar=False, batch_size=size)
-        self.log("train/loss", loss.total.detach(), prog_bar=True, batch_size=size)
+        parts = {f"train/{k}": v.detach() for k, v in loss.parts().items()}
+        self.log("train/loss", parts.pop("train/loss"), prog_bar=True, batch_size=size)
+        self.log_dict(parts, batch_size=size)
         datamodule = getattr(self.trainer, "datamodule", None)
         if hasattr(datamodule, "stream_progress"):
             self.log_dict({f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size)
@@ -127,6 +128,18 @@ class SWWAEModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_accuracy("test", self.test_accuracy)
+
+    def on_train_start(self) -> None:
+        # A resumed one-cycle/cosine schedule keeps the length it was planned with.
+        for config in self.trainer.lr_scheduler_configs:
+            planned = getattr(config.scheduler, "total_steps", getattr(config.scheduler, "T_max", None))
+            needed = int(self.trainer.estimated_stepping_batches)
+            if planned is not None and planned != needed:
+                raise ValueError(
+                    f"the {self.hparams.schedule} schedule was planned for {planned} steps but this run needs {needed} "
+                    f"(--max-epochs or batch settings changed since the checkpoint); keep them, or start a new run "
+                    f"with --finetune-from"
+                )
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

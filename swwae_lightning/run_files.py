@@ -5,6 +5,7 @@ Only global rank 0 writes, so a DDP run leaves one set of files.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -19,8 +20,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here; a resumed run must append to it.
-        pass
+        # Lightning deletes an existing metrics.csv here; a resumed run appends to it instead,
+        # starting from its header so that the columns of the earlier rows are kept.
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
 
 
 class RunCSVLogger(CSVLogger):

@@ -70,3 +70,10 @@ class WandbRunId(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 checkpoint["wandb_run_id"] = logger.version
+
+
+def finish_wandb(trainer) -> None:
+    """Close the W&B run so its files are complete now, not only when the process exits."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()

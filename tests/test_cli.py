@@ -1,0 +1,133 @@
+"""train.py end to end on a tiny dataset: run directory, resume, fine-tune, evaluate, W&B, precision."""
+
+import csv
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import train
+
+TINY = ["--arch", "4C3-MP2-8C3-MP2", "--labels", "40", "--val-size", "50", "--batch-size", "16",
+        "--unlabeled-batch-size", "32", "--logger", "csv", "--num-images", "4", "--lr", "0.01"]
+
+
+def run(tmp_path, dataset, *args, run_dir="run"):
+    argv = ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY, *args]
+    if run_dir and "--run-dir" not in args and "--evaluate" not in args:
+        argv += ["--run-dir", str(tmp_path / run_dir)]
+    return train.main(argv)
+
+
+def encoder_weights(module_or_state):
+    state = module_or_state if isinstance(module_or_state, dict) else module_or_state.state_dict()
+    return {k: v.clone() for k, v in state.items() if ".encoder." in k}
+
+
+@pytest.mark.parametrize("mode, labels", [("semi", "40"), ("supervised", "all"), ("unsupervised", "all")])
+def test_each_mode_writes_the_whole_run_directory(tmp_path, tiny_dataset, mode, labels):
+    assert run(tmp_path, tiny_dataset, "--mode", mode, "--labels", labels, "--max-epochs", "2") == 0
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "results.json", "split.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("dataset", "labels", "mode", "test_error", "test_accuracy", "epochs", "global_step", "train_seconds", "best_checkpoint"):
+        assert key in results
+    assert results["mode"] == mode and results["epochs"] == 2 and 0 <= results["test_error"] <= 1
+    assert any(p.suffix == ".png" for p in (run_dir / "images").iterdir())
+
+
+def test_semi_supervised_training_learns_the_tiny_task(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "3") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_error"] < 0.3  # chance is 0.75
+
+
+class InterruptAfterFirstEpoch(pl.Callback):
+    """Ctrl-C at the end of the first epoch, as a user would press it."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def interrupt_after_first_epoch(monkeypatch):
+    from swwae_lightning import experiment
+
+    original = experiment.image_callbacks
+    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: original(cfg, run_dir) + [InterruptAfterFirstEpoch()])
+
+
+def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(tmp_path, tiny_dataset, interrupt_after_first_epoch, monkeypatch, capsys):
+    with pytest.raises(SystemExit):  # Lightning exits 1 after a graceful Ctrl-C shutdown
+        run(tmp_path, tiny_dataset, "--max-epochs", "2")
+    run_dir = tmp_path / "run"
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    split = json.loads((run_dir / "split.json").read_text())
+    assert not (run_dir / "results.json").exists()
+    from swwae_lightning import experiment
+
+    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
+    # A different seed on the command line must not change the restored split.
+    assert train.main(["--resume", "last", "--run-dir", str(run_dir), "--seed", "5"]) == 0
+    second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0 and second["epoch"] == 1
+    assert second["global_step"] == 2 * first["global_step"]
+    assert json.loads((run_dir / "split.json").read_text())["labeled_indices"] == split["labeled_indices"]
+    assert second["SemiSupervisedDataModule"]["labeled_indices"] == split["labeled_indices"]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val/error")}
+    assert epochs == {"0", "1"}  # the first run's rows are kept
+
+
+def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_path, tiny_dataset, monkeypatch):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    pretrained = encoder_weights(torch.load(source, weights_only=True)["state_dict"])
+    from swwae_lightning import experiment
+
+    loaded = {}
+    original = experiment.load_finetune_weights
+
+    def spy(module, path):
+        original(module, path)
+        loaded.update(encoder_weights(module))
+
+    monkeypatch.setattr(experiment, "load_finetune_weights", spy)
+    assert run(tmp_path, tiny_dataset, "--finetune-from", str(source), "--freeze-encoder", "--max-epochs", "1",
+               run_dir="probe") == 0
+    assert all(torch.equal(loaded[k], pretrained[k]) for k in pretrained)
+    after = encoder_weights(torch.load(tmp_path / "probe" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert all(torch.equal(after[k], pretrained[k]) for k in pretrained)  # conv weights and BN buffers
+
+
+def test_resume_with_a_longer_one_cycle_schedule_is_refused_clearly(tmp_path, tiny_dataset, capsys):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
+    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run"), "--max-epochs", "2"]) == 2
+    assert "onecycle schedule was planned for 10 steps but this run needs 20" in capsys.readouterr().err
+
+
+def test_evaluate_reproduces_the_test_error_of_results_json(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert train.main(["--evaluate", results["best_checkpoint"], "--data-dir", str(tmp_path / "data")]) == 0
+    evaluated = json.loads((tmp_path / "run" / "checkpoints" / "results.json").read_text())
+    assert evaluated["test_error"] == pytest.approx(results["test_error"], abs=1e-6)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--precision", "bf16-mixed", "--max-epochs", "1") == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_error"] <= 1
+
+
+def test_wandb_offline_run_holds_the_metrics(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--logger", "wandb") == 0
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    events = b"".join(p.read_bytes() for p in offline_runs[0].glob("*.wandb"))  # the run's event log
+    assert b"val/error" in events and b"train/loss" in events
