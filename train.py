@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -242,11 +243,12 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from datamodules.sources import DatasetNotFound
     from swwae_lightning import experiment
+    from swwae_lightning.checkpoints import load_checkpoint
     from swwae_lightning.module import NonFiniteLossError
     from swwae_lightning.run_files import write_yaml
 
@@ -258,21 +260,22 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = None
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
-            from swwae_lightning.checkpoints import load_checkpoint
-
             load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
             resume_from = str(ckpt)
         else:
             run_dir = _new_run_dir(cfg)
+        module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
         _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         os.environ["SWWAE_RUN_DIR"] = str(run_dir)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        experiment.fit(cfg, run_dir, resume_from)
+        experiment.fit(cfg, run_dir, module, datamodule, resume_from)
         return 0
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
+    except SIGTERMException:  # last.ckpt is saved; a scheduler must not read this as success
+        return 128 + signal.SIGTERM
     except NonFiniteLossError as error:
         print(f"error: {error}; the last good checkpoint is untouched (resume with --resume last)", file=sys.stderr)
         return 1

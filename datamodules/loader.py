@@ -52,20 +52,19 @@ class ResumableLoader:
     def __init__(self, data: InMemoryBatches, plan: EpochPlan | CyclingPlan, num_workers: int = 0,
                  pending: Callable[[], int] = _no_pending):
         self.data, self.sampler, self.num_workers, self.pending = data, plan, num_workers, pending
-        self._start = 0  # batches of the current epoch already consumed before (re)starting
-        self._yielded = 0  # batches of the current epoch handed out so far
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.sampler.epoch:
-            self.sampler.set_epoch(epoch)
-            self._start = self._yielded = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches consumed) from a checkpoint
+        self._yielded = 0  # batches of the current pass handed out so far
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator:
-        remaining = self.sampler.batches()[self._start :]
-        self._yielded = self._start
+        epoch = self.sampler.epoch
+        # A restored position applies once, and only to the pass it was saved in.
+        start = self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
+        self._resume_at = None
+        remaining = self.sampler.batches()[start:]
+        self._yielded = start
         if self.num_workers > 0:
             source = DataLoader(self.data, sampler=remaining, batch_size=None, num_workers=self.num_workers,
                                 generator=torch.Generator())  # own generator: leaves the global RNG alone
@@ -74,13 +73,11 @@ class ResumableLoader:
         for batch in source:
             self._yielded += 1
             yield batch
-        # A finished pass starts the next one from the beginning.
-        self._start = self._yielded = 0
 
     def state_dict(self) -> dict[str, int]:
-        consumed = self._yielded - self.pending() if self._yielded else self._start
-        return {"epoch": self.sampler.epoch, "batches_consumed": consumed}
+        return {"epoch": self.sampler.epoch, "batches_consumed": max(0, self._yielded - self.pending())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.set_epoch(state["epoch"])
-        self._start = self._yielded = state["batches_consumed"]
+        self._resume_at = (state["epoch"], state["batches_consumed"])
+        self._yielded = state["batches_consumed"]

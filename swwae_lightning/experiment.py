@@ -124,16 +124,26 @@ def load_finetune_weights(module: SWWAEModule, path: str) -> None:
     module.load_state_dict(theirs)
 
 
-def fit(cfg: dict, run_dir: Path, resume_from: str | None = None) -> dict:
-    """Train, then test the best checkpoint on the official test split; returns results.json's content."""
-    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
+    """Build and check everything that can be wrong in the input before a file is written.
+
+    The data is loaded and split here (Lightning's own ``setup`` call then finds it ready),
+    so missing data or an impossible label count fail before the run directory exists.
+    """
+    _devices(cfg)
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)  # before the weights are drawn
     module = build_module(cfg)
-    resume_id = None
-    if resume_from:
-        resume_id = load_checkpoint(resume_from).get("wandb_run_id")
-    elif cfg["finetune_from"]:
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    if cfg["finetune_from"]:
         load_finetune_weights(module, cfg["finetune_from"])
+    return module, datamodule
+
+
+def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervisedDataModule,
+        resume_from: str | None = None) -> dict:
+    """Train, then test the best checkpoint on the official test split; returns results.json's content."""
+    resume_id = load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
     trainer = build_trainer(cfg, run_dir, resume_id)
     start = time.perf_counter()
     # Resuming loads the full training state (optimizer, loops, RNG-free samplers): that

@@ -13,8 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .losses import SWWAELoss, swwae_loss
 from .network import StackedWhatWhere
-
-SCHEDULES = ("onecycle", "cosine", "constant")
+from .schedules import SCHEDULES
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +52,7 @@ class SWWAEModule(pl.LightningModule):
                 p.requires_grad_(False)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self._rng_states_to_restore: dict | None = None
 
     def train(self, mode: bool = True):
         """A frozen encoder (linear probe) also keeps its batch-norm statistics frozen."""
@@ -129,26 +129,33 @@ class SWWAEModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_accuracy("test", self.test_accuracy)
 
+    # Lightning restores weights, optimizer, schedule and loops but not the RNG that dropout
+    # draws from; without it a resumed run diverges from the uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
     def on_train_start(self) -> None:
-        # A resumed one-cycle/cosine schedule keeps the length it was planned with.
-        for config in self.trainer.lr_scheduler_configs:
-            planned = getattr(config.scheduler, "total_steps", getattr(config.scheduler, "T_max", None))
-            needed = int(self.trainer.estimated_stepping_batches)
-            if planned is not None and planned != needed:
-                raise ValueError(
-                    f"the {self.hparams.schedule} schedule was planned for {planned} steps but this run needs {needed} "
-                    f"(--max-epochs or batch settings changed since the checkpoint); keep them, or start a new run "
-                    f"with --finetune-from"
-                )
+        states = self._rng_states_to_restore
+        if states:  # after the sanity check, right before the first resumed step
+            torch.set_rng_state(states["torch"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            self._rng_states_to_restore = None
+
+    def _lr_factor(self, step: int) -> float:
+        # Step 0 needs no total (LambdaLR evaluates it inside configure_optimizers): see schedules.py.
+        total = 1 if step == 0 else int(self.trainer.estimated_stepping_batches)
+        return SCHEDULES[self.hparams.schedule](step, total)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.schedule == "constant":
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.hparams.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=total)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

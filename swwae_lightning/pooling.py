@@ -37,9 +37,14 @@ def hard_pool(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def hard_unpool(what: Tensor, where: Tensor, k: int) -> Tensor:
-    """Put each value back at its switch, zeros elsewhere."""
+    """Put each value back at its switch, zeros elsewhere.
+
+    Same result as ``F.max_unpool2d`` and as fast, but a scatter, which PyTorch
+    allows under ``use_deterministic_algorithms`` (max_unpool2d does not).
+    """
     b, c, hk, wk = what.shape
-    return F.max_unpool2d(what, where, k, k, output_size=(hk * k, wk * k))
+    flat = what.new_zeros(b, c, hk * k * wk * k).scatter(2, where.flatten(2), what.flatten(2))
+    return flat.view(b, c, hk * k, wk * k)
 
 
 def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:

@@ -48,3 +48,11 @@ def tiny_dataset(monkeypatch) -> str:
                                 (0.3,), (0.3,), False)
     monkeypatch.setitem(registry.DATASETS, "tiny", info)
     return "tiny"
+
+
+@pytest.fixture(autouse=True)
+def restore_global_torch_flags():
+    """Trainer(deterministic=True) switches deterministic algorithms on for the whole process."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)

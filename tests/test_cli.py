@@ -103,10 +103,12 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     assert all(torch.equal(after[k], pretrained[k]) for k in pretrained)  # conv weights and BN buffers
 
 
-def test_resume_with_a_longer_one_cycle_schedule_is_refused_clearly(tmp_path, tiny_dataset, capsys):
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
-    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run"), "--max-epochs", "2"]) == 2
-    assert "onecycle schedule was planned for 10 steps but this run needs 20" in capsys.readouterr().err
+    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run"), "--max-epochs", "2"]) == 0
+    extended = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert extended["global_step"] == 20
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 2
 
 
 def test_evaluate_reproduces_the_test_error_of_results_json(tmp_path, tiny_dataset):

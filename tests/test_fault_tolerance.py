@@ -1,0 +1,176 @@
+"""Exact resume, interruption, the NaN guard, atomic and safe checkpoints."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import train
+from datamodules.loader import InMemoryBatches, ResumableLoader
+from datamodules.sampling import EpochPlan
+from swwae_lightning import experiment
+from swwae_lightning.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from swwae_lightning.module import SWWAEModule
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16-D0.5", "--labels", "40", "--val-size", "50", "--batch-size", "16",
+        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0",
+        "--deterministic", "--max-epochs", "2"]
+
+
+class StopAt(pl.Callback):
+    """Presses Ctrl-C after a given training batch, records which unlabeled images each step used."""
+
+    def __init__(self, epoch=None, batch=None, seen=None):
+        self.epoch, self.batch, self.seen = epoch, batch, seen
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seen is not None and trainer.current_epoch == 0:
+            self.seen.extend(bytes(img.numpy()) for img in batch["unlabeled"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def extra_callback(monkeypatch):
+    """Adds a test callback to the Trainer that train.py builds."""
+    added = []
+    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: list(added))
+    return added
+
+
+def run(tmp_path, dataset, run_dir, *args):
+    return train.main(["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY,
+                       "--run-dir", str(tmp_path / run_dir), *args])
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(tmp_path, tiny_dataset, extra_callback):
+    seen_full = []
+    extra_callback[:] = [StopAt(seen=seen_full)]
+    assert run(tmp_path, tiny_dataset, "full", "--no-augment") == 0
+
+    seen_split = []
+    extra_callback[:] = [StopAt(epoch=0, batch=3, seen=seen_split)]
+    with pytest.raises(SystemExit):
+        run(tmp_path, tiny_dataset, "split", "--no-augment")
+    extra_callback[:] = [StopAt(seen=seen_split)]
+    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "split")]) == 0
+
+    assert sorted(seen_split) == sorted(seen_full)  # neither replayed nor skipped
+    assert len(set(seen_full)) == len(seen_full)
+    full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    assert full["global_step"] == split["global_step"]
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, split["state_dict"][key]), key
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "split")]
+    assert results[0]["test_error"] == results[1]["test_error"]
+
+
+def test_two_ranks_resumed_mid_epoch_cover_the_epoch_exactly_once():
+    data = InMemoryBatches(torch.arange(203).view(203, 1, 1, 1))
+    seen = []
+    for rank in range(2):
+        loader = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
+        it = iter(loader)
+        seen += [next(it) for _ in range(3)]
+        resumed = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
+        resumed.load_state_dict(loader.state_dict())
+        seen += list(resumed)
+    assert sorted(torch.cat(seen).flatten().tolist()) == list(range(203))
+
+
+def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset, monkeypatch, capsys):
+    original = SWWAEModule.compute_loss
+
+    def poisoned(self, batch):
+        loss = original(self, batch)
+        if self.current_epoch == 1 and self.trainer.fit_loop.epoch_loop.batch_idx == 2:
+            loss.rec = loss.rec * float("nan")
+            loss.total = loss.nll + loss.rec
+        return loss
+
+    monkeypatch.setattr(SWWAEModule, "compute_loss", poisoned)
+    assert run(tmp_path, tiny_dataset, "nan") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at global step 12 (epoch 1, batch 2): rec = [nan]" in err
+    good = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.ckpt")
+    assert good["epoch"] == 0 and good["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+    monkeypatch.setattr(SWWAEModule, "compute_loss", original)
+    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "nan")]) == 0
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the kill arrives mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _RunsCode()
+    payload.marker = marker
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": payload}, evil)
+    with pytest.raises(CheckpointError, match="refusing checkpoint"):
+        load_checkpoint(evil)
+    assert train.main(["--evaluate", str(evil)]) == 2
+    assert train.main(["--finetune-from", str(evil), "--run-dir", str(tmp_path / "r")]) == 2
+    assert not marker.exists()
+
+
+def test_sigterm_mid_epoch_saves_last_and_resume_continues_from_that_step(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+            "--val-size", "500", "--limit-val-batches", "1", "--logger", "csv", "--recon-every", "0",
+            "--switch-every", "0", "--max-epochs", "1", "--batch-size", "32", "--unlabeled-batch-size", "32",
+            "--limit-train-batches", "40", "--progress-every", "1", "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = ""
+    deadline = time.time() + 240
+    while "Epoch 0:" not in output or "10/" not in output.split("Epoch 0:")[-1]:
+        chunk = proc.stdout.read(200)
+        assert chunk and time.time() < deadline, output[-2000:]
+        output += chunk
+    proc.send_signal(signal.SIGTERM)
+    output += proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "Continue with: python train.py --resume" in output
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert 10 <= saved["global_step"] < 40 and saved["epoch"] == 0
+    assert not (run_dir / "results.json").exists()
+    resumed = subprocess.run(args[:2] + ["--resume", "last", "--run-dir", str(run_dir)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 40
