@@ -150,6 +150,8 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
     train_seconds = time.perf_counter() - start
+    if trainer.world_size > 1:  # every rank says where it stopped: DDP needs them in step
+        print(f"[rank {trainer.global_rank}] finished training at global step {trainer.global_step}", flush=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
     results = {

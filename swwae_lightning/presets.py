@@ -19,6 +19,8 @@ DATASET_PRESET = {"mnist": "mnist", "fashion-mnist": "mnist", "svhn": "cifar", "
 
 
 def preset_for(dataset: str) -> str:
+    if dataset not in DATASET_PRESET:
+        raise ValueError(f"dataset {dataset!r} has no preset architecture; give one with --arch")
     return PRESETS[DATASET_PRESET[dataset]]
 
 
