@@ -47,22 +47,61 @@ def hard_unpool(what: Tensor, where: Tensor, k: int) -> Tensor:
     return flat.view(b, c, hk * k, wk * k)
 
 
+# exp(-80) ~ 2e-35 is still a normal float32: below that, exp() and everything that
+# touches its result fall into denormals, which run ~30x slower on x86 CPUs, and the
+# weights they would give are zero to float precision anyway.
+_MIN_EXPONENT = -80.0
+
+
+class _SoftPool(torch.autograd.Function):
+    """Soft max / soft argmax per window with a hand-written backward.
+
+    Autograd through the same formulas builds a dozen full-resolution intermediates;
+    the gradient has a closed form that needs one pass (Goroshin et al. 2015):
+        d what / d z_i = w_i (1 + beta (z_i - what))
+        d dy   / d z_i = beta w_i (y_i - dy)      (and likewise for dx)
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, k: int, beta: float):
+        b, c, h, w = z.shape
+        window_max = F.max_pool2d(z, k, k)[:, :, :, None, :, None]
+        weights = (_windows(z, k) - window_max).mul_(beta).clamp_(min=_MIN_EXPONENT).exp_()
+        # Window sums through avg_pool2d, which is much faster than sum over two strided axes.
+        weights.div_(F.avg_pool2d(weights.view(b, c, h, w), k, k).mul_(k * k)[:, :, :, None, :, None])
+        what = F.avg_pool2d(weights.view(b, c, h, w) * z, k, k).mul_(k * k)
+        offsets = torch.arange(k, device=z.device, dtype=z.dtype)
+        dy = weights.sum(dim=5).mul_(offsets.view(k, 1)).sum(dim=3)  # row marginal . row offsets
+        dx = weights.sum(dim=3).mul_(offsets).sum(dim=4)  # column marginal . column offsets
+        ctx.save_for_backward(z, weights, what, dy, dx)
+        ctx.k, ctx.beta = k, beta
+        return what, torch.stack((dy, dx), dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad_what: Tensor, grad_where: Tensor):
+        z, weights, what, dy, dx = ctx.saved_tensors
+        k, beta = ctx.k, ctx.beta
+        grad_dy, grad_dx = grad_where[..., 0], grad_where[..., 1]
+        offsets = torch.arange(k, device=z.device, dtype=z.dtype)
+
+        def per_window(t: Tensor) -> Tensor:
+            return t[:, :, :, None, :, None]
+
+        # grad_i = w_i * (g_what + beta * (g_what z_i + g_dy y_i + g_dx x_i - (g_what what + g_dy dy + g_dx dx)))
+        grad = per_window(grad_what) * _windows(z, k)
+        grad += per_window(grad_dy) * offsets.view(k, 1, 1)
+        grad += per_window(grad_dx) * offsets
+        grad -= per_window(grad_what * what + grad_dy * dy + grad_dx * dx)
+        grad.mul_(beta).add_(per_window(grad_what)).mul_(weights)
+        return grad.view_as(z), None, None
+
+
 def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:
     """Soft max and soft argmax over each window (Goroshin et al. 2015, eq. for m_k and p_k).
 
     w = softmax(beta * z) inside the window; what = sum w*z; where = sum w*(dy, dx).
     """
-    zw = _windows(z, k)
-    logits = beta * zw
-    # Softmax over the two window axes (3 and 5), stabilised by the window max.
-    logits = logits - logits.amax(dim=(3, 5), keepdim=True).detach()
-    e = logits.exp()
-    weights = e / e.sum(dim=(3, 5), keepdim=True)
-    what = (weights * zw).sum(dim=(3, 5))
-    offsets = torch.arange(k, device=z.device, dtype=weights.dtype)
-    dy = (weights.sum(dim=5) * offsets.view(k, 1)).sum(dim=3)  # marginal over rows
-    dx = (weights.sum(dim=3) * offsets).sum(dim=4)  # marginal over columns
-    return what, torch.stack((dy, dx), dim=-1)
+    return _SoftPool.apply(z.contiguous(), k, float(beta))
 
 
 def _tent(position: Tensor, k: int) -> Tensor:

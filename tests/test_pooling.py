@@ -98,3 +98,9 @@ def test_unknown_modes_name_the_bad_value():
         P.pool(torch.zeros(1, 1, 2, 2), 2, "max", 1.0)
     with pytest.raises(ValueError, match="unpool='nearest'"):
         P.unpool(torch.zeros(1, 1, 1, 1), None, 2, "nearest")
+
+
+def test_soft_pool_hand_written_gradient_matches_finite_differences():
+    z = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: P.soft_pool(t, 3, 2.0), (z,))
+    assert torch.autograd.gradcheck(lambda t: P.soft_unpool(*P.soft_pool(t, 2, 1.5), 2), (z,))
