@@ -231,7 +231,9 @@ def _new_run_dir(cfg: dict) -> Path:
 
 
 def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> None:
-    if is_rank_zero and fresh and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
+    # A SLURM requeue reruns the same command in the same directory: Lightning resumes from its hpc checkpoint.
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    if is_rank_zero and fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
         raise CLIError(f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it")
     try:
         (run_dir / "images").mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,13 @@ def test_a_new_run_never_overwrites_an_earlier_one(workdir, capsys):
     assert (run_dir / "results.json").read_text() == '{"test_error": 0.01}'
 
 
+def test_a_slurm_requeue_may_reuse_its_run_directory(workdir, monkeypatch):
+    run_dir = workdir / "slurm"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert train.main(["--dataset", "tiny", "--labels", "40", *SMALL, "--run-dir", str(run_dir)]) == 0
+
+
 def test_the_real_process_exits_non_zero_without_a_traceback(tmp_path):
     for args in (["--pooling", "average"], ["--arch", "32C5-XP2", "--data-dir", str(tmp_path)]):
         proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
