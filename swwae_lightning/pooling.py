@@ -81,6 +81,7 @@ class _SoftPool(torch.autograd.Function):
     def backward(ctx, grad_what: Tensor, grad_where: Tensor):
         z, weights, what, dy, dx = ctx.saved_tensors
         k, beta = ctx.k, ctx.beta
+        grad_what = grad_what.contiguous()  # it may arrive channels-last
         grad_dy, grad_dx = grad_where[..., 0], grad_where[..., 1]
         offsets = torch.arange(k, device=z.device, dtype=z.dtype)
 
@@ -93,7 +94,7 @@ class _SoftPool(torch.autograd.Function):
         grad += per_window(grad_dx) * offsets
         grad -= per_window(grad_what * what + grad_dy * dy + grad_dx * dx)
         grad.mul_(beta).add_(per_window(grad_what)).mul_(weights)
-        return grad.view_as(z), None, None
+        return grad.reshape(z.shape), None, None
 
 
 def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:

@@ -104,3 +104,11 @@ def test_soft_pool_hand_written_gradient_matches_finite_differences():
     z = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: P.soft_pool(t, 3, 2.0), (z,))
     assert torch.autograd.gradcheck(lambda t: P.soft_unpool(*P.soft_pool(t, 2, 1.5), 2), (z,))
+
+
+def test_soft_pool_backward_accepts_channels_last_gradients():
+    z = torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
+    what, where = P.soft_pool(z, 2, 10.0)
+    conv = torch.nn.Conv2d(4, 4, 1).to(memory_format=torch.channels_last)
+    (conv(what).sum() + where.sum()).backward()
+    assert z.grad.shape == z.shape and torch.isfinite(z.grad).all()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The throughput table on a lent GPU (issue 7): 32-true, bf16-mixed, then torch.compile; under 5 minutes.
+# Run from anywhere: `bash benchmarks/gpu_check.sh`. Tables, JSON and Lightning's stderr go to $OUT
+# when it is set (the device machine's results folder), else to a fresh temporary folder.
+# No network is assumed: the repository's packages import from its root, and a venv is built only
+# when a dependency is missing (it sees the machine's own torch through --system-site-packages).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+RESULTS=${OUT:-$(mktemp -d)}
+mkdir -p "$RESULTS"
+
+if ! "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+  echo "gpu_check: $PYTHON has no torch with a CUDA device" >&2
+  exit 2
+fi
+if ! "$PYTHON" -c 'import swwae_lightning.experiment, datamodules.semi_supervised, callbacks' 2>/dev/null; then
+  echo "gpu_check: dependencies missing; installing into .gpu-venv"
+  "$PYTHON" -m venv --system-site-packages .gpu-venv &&
+    { .gpu-venv/bin/pip install --quiet -e ".[mnist]" || .gpu-venv/bin/pip install --quiet -e .; } ||
+    { echo "gpu_check: pip install -e . failed" >&2; exit 2; }
+  PYTHON=.gpu-venv/bin/python
+fi
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(),
+  "| TF32: matmul", torch.backends.cuda.matmul.allow_tf32, "cudnn", torch.backends.cudnn.allow_tf32)'
+
+run() {  # run NAME SECONDS [throughput.py options]
+  local name=$1 seconds=$2
+  shift 2
+  echo "== $name: $*"
+  timeout "$seconds" "$PYTHON" benchmarks/throughput.py --device cuda --steps 100 --warmup 10 \
+    --json "$RESULTS/throughput-$name.json" "$@" 2>"$RESULTS/throughput-$name.stderr" |
+    tee "$RESULTS/throughput-$name.txt"
+  local status=${PIPESTATUS[0]}
+  [ "$status" -eq 0 ] || echo "gpu_check: $name ended with status $status (124: timed out); see $RESULTS/throughput-$name.stderr"
+}
+
+run fp32 75 --precision 32-true
+run bf16 75 --precision bf16-mixed
+# Every row compiles its own network: one round and no soft row keep it inside the budget. Its
+# pictures sample also recompiles the eval-mode forward: read "callbacks on / off" from fp32 and bf16.
+run compile 150 --precision 32-true --compile --pooling hard --rounds 1
+echo "gpu_check: results in $RESULTS"

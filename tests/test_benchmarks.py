@@ -1,0 +1,58 @@
+"""The throughput benchmark runs every row, and its plain loop trains exactly as the Lightning path does."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from benchmarks import throughput
+from datamodules import registry
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny batches gain nothing from intra-op threads, and on a shared CPU the threads fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bundled_mnist(monkeypatch, mnist_splits):
+    """The benchmark's MNIST from the session's copy: loaded once for the whole test run."""
+    info = registry.DATASETS["mnist"]
+    monkeypatch.setitem(registry.DATASETS, "mnist", dataclasses.replace(info, load=lambda *a, **k: mnist_splits))
+
+
+def test_quick_run_reports_every_row_and_ratio(bundled_mnist, tmp_path):
+    out = tmp_path / "rows.json"
+    result = throughput.main(["--quick", "--device", "cpu", "--json", str(out)])
+
+    assert [row["name"] for row in result["rows"]] == [
+        "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "loader"]
+    assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
+    ratios = {r["name"]: r for r in result["ratios"]}
+    assert set(throughput.TARGETS) <= set(ratios)
+    for name in throughput.TARGETS:
+        assert ratios[name]["value"] > 0 and ratios[name]["verdict"] in ("PASS", "MISS")
+    assert result["flops"]["gflop_per_step"] > 0 and result["flops"]["matmul_gflops"] > 0
+    assert json.loads(out.read_text())["ratios"] == result["ratios"]
+
+
+def test_plain_loop_and_lightning_reach_the_same_loss(bundled_mnist, tmp_path):
+    # Same seed, same initial weights, same batches (no augmentation: the Lightning path would
+    # draw its own per step), constant LR (the module's default schedule is a LambdaLR).
+    args = throughput.parse_args(["--quick", "--device", "cpu"])
+    cfg = throughput.job_config(args, augment=False, schedule="constant")
+    warmup, steps = 1, 5
+    bench = throughput.make_bench(args, cfg, tmp_path, prepared_batches=warmup + steps)
+
+    plain = throughput.train_plain(bench, cfg, warmup, steps, "plain")
+    lightning = throughput.train_lightning(bench, cfg, warmup, steps, "lightning")
+
+    assert len(plain.losses) == len(lightning.losses) == warmup + steps
+    torch.testing.assert_close(torch.tensor(lightning.losses), torch.tensor(plain.losses), rtol=1e-5, atol=1e-6)
+    # The check can tell training runs apart: six steps move the loss far beyond the tolerance.
+    assert abs(plain.losses[-1] - plain.losses[0]) > 1e-2
