@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(optim, "--lr", 3e-3, "Adam (peak) learning rate", type=float)
     _add(optim, "--weight-decay", 0.0, "Adam weight decay", type=float)
     _add(optim, "--schedule", "onecycle", "learning-rate schedule, stepped every batch", choices=SCHEDULES)
-    _add(optim, "--max-epochs", 5, "passes over the unlabeled pool (the labeled set in supervised mode)", type=int)
+    _add(optim, "--max-epochs", 4, "passes over the unlabeled pool (the labeled set in supervised mode)", type=int)
     _add(optim, "--seed", 0, "seed of the split, the batch order, augmentation and initialization", type=int)
     _add(optim, "--deterministic", False, "deterministic algorithms (bit-exact resume on CPU)", action=argparse.BooleanOptionalAction)
     hw = p.add_argument_group("hardware")
@@ -268,10 +268,17 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = _new_run_dir(cfg)
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
         _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
-        os.environ["SWWAE_RUN_DIR"] = str(run_dir)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        experiment.fit(cfg, run_dir, module, datamodule, resume_from)
+        previous = os.environ.get("SWWAE_RUN_DIR")
+        os.environ["SWWAE_RUN_DIR"] = str(run_dir)  # for the DDP processes Lightning launches during fit
+        try:
+            experiment.fit(cfg, run_dir, module, datamodule, resume_from)
+        finally:
+            if previous is None:
+                os.environ.pop("SWWAE_RUN_DIR", None)
+            else:
+                os.environ["SWWAE_RUN_DIR"] = previous
         return 0
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)

@@ -83,8 +83,10 @@ def image_callbacks(cfg: dict, run_dir: Path) -> list:
 
 def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
     validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
+    # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
+    monitor = "val/rec" if cfg["mode"] == "unsupervised" else "val/error"
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/error" if validate else None, mode="min",
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor if validate else None, mode="min",
         save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
     callbacks = [checkpoint, InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"), RunRecord(run_dir, cfg),

@@ -1,0 +1,1 @@
+"""Studies built on the framework: the where ablation and the equivariance of soft pooling."""

@@ -1,0 +1,77 @@
+"""What both studies share: train (or reuse) a run with train.py, load its network, read test images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from datamodules.registry import get_dataset
+from swwae_lightning.checkpoints import load_checkpoint
+from swwae_lightning.module import SWWAEModule
+from swwae_lightning.network import StackedWhatWhere
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+
+
+def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
+    """Run ``train.py argv --run-dir run_dir`` in this process; returns the run's last.ckpt.
+
+    A finished run (results.json) is reused as it is, an interrupted one is resumed, so a
+    study can be rerun to redo only its tables and pictures.
+    """
+    import train
+
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / "results.json").is_file() and last.is_file():
+        print(f"reusing the finished run {run_dir} (delete it to train again)", flush=True)
+        return last
+    argv = [*argv, "--run-dir", str(run_dir)] + (["--resume", "last"] if last.is_file() else [])
+    print(f"python train.py {' '.join(argv)}", flush=True)
+    before = os.environ.get("SWWAE_RUN_DIR")
+    try:
+        code = train.main(argv)
+    finally:  # train.main names its run directory here for DDP children; the next run in this process must not inherit it
+        if before is None:
+            os.environ.pop("SWWAE_RUN_DIR", None)
+        else:
+            os.environ["SWWAE_RUN_DIR"] = before
+    if code != 0 or not last.is_file():
+        raise RuntimeError(f"train.py {' '.join(argv)} failed (exit status {code}); see the messages above")
+    return last
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run directory's checkpoints/last.ckpt (its final weights)."""
+    path = Path(path)
+    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+
+
+def load_network(path: str | Path) -> tuple[StackedWhatWhere, dict]:
+    """The trained network (eval mode) and the run's resolved config, from a run directory or a checkpoint."""
+    checkpoint = load_checkpoint(checkpoint_path(path))
+    module = SWWAEModule(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.net.eval(), checkpoint.get("swwae_config", {})
+
+
+def load_test_images(config: dict, limit: int | None = None) -> tuple[Tensor, tuple, tuple]:
+    """The first ``limit`` images of the official test split as float [0, 1], and the dataset's mean and std."""
+    info = get_dataset(config.get("dataset", "mnist"))
+    splits = info.load(Path(config.get("data_dir", "data")), download=config.get("download", True), include_extra=False)
+    images = splits.test_images[:limit] if limit else splits.test_images
+    return images.float() / 255, info.mean, info.std
+
+
+def normalize01(images: Tensor, mean: tuple, std: tuple) -> Tensor:
+    """[0, 1] images -> the model's input space (the standardization of ``augment.normalize``)."""
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def to_display(images: Tensor, mean: tuple, std: tuple) -> Tensor:
+    """Model-space images back to [0, 1] for pictures."""
+    return (images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)

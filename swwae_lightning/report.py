@@ -1,0 +1,290 @@
+"""Results tables and plots from finished runs, and seed sweeps that produce them.
+
+    python -m swwae_lightning.report RUNS_DIR... --out reports/
+    python -m swwae_lightning.report --sweep configs/mnist-100.yaml --seeds 0 1 2 --out reports/ [-- TRAIN.PY OPTIONS]
+
+A run directory is one with ``results.json`` and ``config.yaml`` (what ``train.py``
+leaves); a RUNS_DIR may also be a folder of them. Runs are grouped into experiments
+by every setting that can change the result except the seed, and each experiment
+becomes one row: mean ± sample std (ddof=1) of the test error over its seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+# The paper's figures (SWWAE_SPEC.md), test error in %, for the standard model (hard pooling,
+# unpooling with the where, lambda > 0): (dataset, labels or None for all, mode) -> (error, note).
+PAPER_ERRORS: dict[tuple[str, int | None, str], tuple[float, str]] = {
+    ("mnist", 100, "semi"): (9.0, "≈ 9 (recalled, not verified)"),
+    ("svhn", 1000, "semi"): (27.83, "27.83 (23.56 with dropout)"),
+    ("stl10", 1000, "semi"): (25.67, "25.67 (74.33 % acc.)"),
+    ("cifar10", None, "supervised"): (7.8, "7.8 (92.2 % acc.)"),
+    ("cifar100", None, "supervised"): (30.9, "30.9 (69.1 % acc.)"),
+}
+
+# Config keys that do not change what is learned: left out of the experiment key.
+BOOKKEEPING = {
+    "seed", "run_dir", "data_dir", "download", "num_workers", "logger", "wandb_project", "wandb_entity",
+    "wandb_name", "wandb_tags", "resume", "evaluate", "recon_every", "switch_every", "num_images",
+    "log_every", "progress_every", "gpus", "accelerator", "devices", "strategy", "num_nodes", "deterministic",
+    "arch",  # null in a config means the preset; results.json holds the architecture actually built
+}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    results: dict
+
+    @property
+    def is_baseline(self) -> bool:
+        """The plain convnet: no reconstruction term at all."""
+        return self.results["lambda_rec"] == 0 and self.results["lambda_mid"] == 0
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every finished run in or under ``paths`` (a results.json written by --evaluate has no config.yaml beside it)."""
+    runs, seen = [], set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        candidates = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
+        for results_file in candidates:
+            run_dir = results_file.parent.resolve()
+            if run_dir in seen or not (run_dir / "config.yaml").is_file():
+                continue
+            results = json.loads(results_file.read_text())
+            if "test_error" not in results:
+                continue
+            seen.add(run_dir)
+            runs.append(Run(results_file.parent, yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, results))
+    return runs
+
+
+def experiment_key(run: Run) -> tuple:
+    """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
+    from_results = tuple(run.results.get(k) for k in ("dataset", "labels", "mode", "arch", "pooling", "unpool",
+                                                      "lambda_rec", "lambda_mid"))
+    from_config = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in BOOKKEEPING))
+    return from_results + from_config
+
+
+def run_name(run: Run) -> str:
+    """The run directory's name without its seed or timestamp suffix: runs/mnist-100-seed2 -> mnist-100."""
+    name = re.sub(r"-seed\d+$", "", run.path.name)
+    return re.sub(r"-(\d{8}-\d{6}|slurm\d+)$", "", name)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); no std from a single value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def paper_error(run: Run) -> tuple[float, str] | None:
+    r = run.results
+    if run.is_baseline or r.get("pooling") != "hard" or r.get("unpool") != "where":
+        return None
+    labels = r.get("labels")
+    if labels is None and run.config.get("fold") is not None:
+        labels = 1000  # an STL-10 fold
+    return PAPER_ERRORS.get((r.get("dataset"), labels, r.get("mode")))
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """One row per experiment, sorted by dataset, label count, then SWWAE before its baseline."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(experiment_key(run), []).append(run)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.results.get("seed", 0))
+        first = members[0]
+        errors = [100 * m.results["test_error"] for m in members]
+        mean, std = mean_std(errors)
+        paper = paper_error(first)
+        names = sorted({run_name(m) for m in members})
+        seeds = [m.results.get("seed") for m in members]
+        if len(set(seeds)) < len(seeds):
+            print(f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr)
+        rows.append({
+            "experiment": names[0] if len(names) == 1 else " / ".join(names),
+            "dataset": first.results["dataset"], "labels": first.results.get("labels"),
+            "fold": first.config.get("fold"), "mode": first.results["mode"],
+            "pooling": first.results.get("pooling"), "unpool": first.results.get("unpool"),
+            "lambda_rec": first.results["lambda_rec"], "lambda_mid": first.results["lambda_mid"],
+            "baseline": first.is_baseline, "seeds": seeds,
+            "errors": errors, "error_mean": mean, "error_std": std,
+            "paper_error": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
+            "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
+            "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
+            "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
+            "run_dirs": [str(m.path) for m in members],
+        })
+    rows.sort(key=lambda r: (r["dataset"], r["labels"] is None, r["labels"] or 0, r["mode"] == "unsupervised",
+                             r["baseline"], r["experiment"]))
+    return rows
+
+
+def _labels_text(row: dict) -> str:
+    labels = "all" if row["labels"] is None else f"{row['labels']:,}"
+    return f"{labels} (fold {row['fold']})" if row["fold"] is not None else labels
+
+
+def _error_text(row: dict) -> str:
+    std = "—" if row["error_std"] is None else f"{row['error_std']:.2f}"
+    return f"{row['error_mean']:.2f} ± {std}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) | paper error % "
+        "| minutes (mean) | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if row["baseline"]:
+            model = f"{row['mode']}, no reconstruction (baseline)"
+        else:
+            model = f"{row['mode']}, {row['pooling']} pool, {row['unpool']} unpool, λ {row['lambda_rec']:g}/{row['lambda_mid']:g}"
+        lines.append(
+            f"| {row['experiment']} | {row['dataset']} | {_labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
+            f"| {_error_text(row)} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} | {'; '.join(row['hardware'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _series_name(row: dict) -> str:
+    if row["baseline"]:
+        return "supervised-only baseline"
+    extras = [x for x in (row["pooling"] != "hard" and f"{row['pooling']} pooling",
+                          row["unpool"] != "where" and f"{row['unpool']} unpooling") if x]
+    return "SWWAE" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def plot_error_vs_labels(rows: list[dict], path: Path) -> None:
+    """Test error against label count, one panel per dataset: SWWAE vs its baseline, paper points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    plotted = [r for r in rows if r["labels"] is not None and r["mode"] != "unsupervised"]
+    datasets = sorted({r["dataset"] for r in plotted}) or ["(no runs with a labeled subset)"]
+    fig = Figure(figsize=(5.5 * len(datasets), 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets):
+        series: dict[str, list[dict]] = {}
+        for row in plotted:
+            if row["dataset"] == dataset:
+                series.setdefault(_series_name(row), []).append(row)
+        for name, members in sorted(series.items()):
+            members.sort(key=lambda r: r["labels"])
+            ax.errorbar([r["labels"] for r in members], [r["error_mean"] for r in members],
+                        yerr=[r["error_std"] or 0 for r in members], marker="o", capsize=4,
+                        linestyle="--" if name.startswith("supervised") else "-", label=name)
+        paper = sorted((labels, err) for (ds, labels, _), (err, _) in PAPER_ERRORS.items() if ds == dataset and labels)
+        if paper:
+            ax.scatter(*zip(*paper), marker="*", s=160, color="black", zorder=3, label="paper (SWWAE)")
+        ax.set_xscale("log")
+        ax.set_xlabel("labeled examples")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(dataset)
+        ax.grid(True, which="both", alpha=0.3)
+        if series or paper:
+            ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]:
+    """results.md and error_vs_labels.png in ``out_dir``; returns the table's rows."""
+    runs = find_runs(run_paths)
+    if not runs:
+        raise ValueError(f"no finished runs (results.json + config.yaml) in {', '.join(map(str, run_paths))}")
+    rows = summarize(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# Results\n\n"
+        f"{len(runs)} runs in {len(rows)} experiments. Test error on the official test split; "
+        "± is the sample standard deviation over seeds (— for one seed). Steps: optimizer steps per run; "
+        "minutes: training wall-clock per run.\n\n"
+    )
+    (out_dir / "results.md").write_text(header + markdown_table(rows))
+    plot_error_vs_labels(rows, out_dir / "error_vs_labels.png")
+    return rows
+
+
+def sweep(configs: list[str], seeds: list[int], runs_root: str | Path = "runs",
+          train_args: list[str] | None = None) -> tuple[list[Path], list[str]]:
+    """train.py once per (config, seed), one after the other, into runs_root/<config>-seed<S>.
+
+    A finished run (results.json) is kept; an interrupted one (last.ckpt, no results.json) is resumed.
+    Returns the run directories and a line for each run that failed.
+    """
+    run_dirs, failures = [], []
+    for config in configs:
+        for seed in seeds:
+            run_dir = Path(runs_root) / f"{Path(config).stem}-seed{seed}"
+            run_dirs.append(run_dir)
+            if (run_dir / "results.json").is_file():
+                print(f"[sweep] {run_dir} is finished; kept", flush=True)
+                continue
+            command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", config, "--seed", str(seed),
+                       "--run-dir", str(run_dir), *(train_args or [])]
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():
+                command += ["--resume", "last"]
+            print(f"[sweep] {' '.join(command)}", flush=True)
+            code = subprocess.run(command).returncode
+            if code != 0:
+                failures.append(f"{run_dir}: train.py exited with status {code}")
+    return run_dirs, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="In --sweep mode, options after a lone -- go to train.py, "
+                                            "e.g. --sweep configs/mnist-100.yaml -- --logger csv")
+    parser.add_argument("runs", nargs="*", help="run directories, or folders holding them")
+    parser.add_argument("--out", default="reports", help="where results.md and error_vs_labels.png go (default: reports)")
+    parser.add_argument("--sweep", nargs="+", metavar="CONFIG", help="train these configs first, once per seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep (default: 0 1 2)")
+    parser.add_argument("--runs-root", default="runs", help="where --sweep puts its run directories (default: runs)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if train_args and not args.sweep:
+        parser.error(f"options for train.py ({' '.join(train_args)}) need --sweep")
+    if not args.runs and not args.sweep:
+        parser.error("give run directories, or --sweep CONFIG")
+    paths, failures = list(args.runs), []
+    if args.sweep:
+        run_dirs, failures = sweep(args.sweep, args.seeds, args.runs_root, train_args)
+        paths += [d for d in run_dirs if (d / "results.json").is_file()]
+    try:
+        rows = write_report(paths, args.out)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows), end="")
+    print(f"wrote {Path(args.out) / 'results.md'} and {Path(args.out) / 'error_vs_labels.png'}")
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

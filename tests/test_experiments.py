@@ -1,0 +1,201 @@
+"""The experiment kit: configs that run unchanged, the results report, the where ablation and the equivariance study."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from experiments import equivariance, where_ablation
+from swwae_lightning import experiment, report
+from swwae_lightning import pooling as P
+from swwae_lightning.network import StackedWhatWhere
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_every_experiment_of_the_issue_has_a_config():
+    names = {p.stem for p in CONFIGS}
+    for labels in (100, 600, 1000, 3000):
+        assert {f"mnist-{labels}", f"mnist-{labels}-baseline"} <= names
+    assert {"svhn-1000", "svhn-1000-baseline", "stl10-fold0", "cifar10-supervised", "cifar100-supervised",
+            "where-ablation", "equivariance-soft"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_resolves_through_train_py_and_builds_its_network(path):
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert path.read_text().startswith("#") and any(f"python train.py --config configs/{path.name}" in line
+                                                     or "python -m experiments." in line for line in header)
+    assert any("Time here" in line for line in header), "each config says how long it takes on this machine"
+    cfg = train.resolve_config(["--config", str(path)])
+    module = experiment.build_module(cfg)
+    channels, size = module.hparams.in_channels, module.hparams.image_size
+    with torch.no_grad():
+        out = module.net.eval()(torch.randn(2, channels, size, size))
+    assert out.reconstruction.shape == (2, channels, size, size)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-baseline")], ids=lambda p: p.stem)
+def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
+    """Trained the same way: every setting equal but the two lambdas, so the steps, the labeled
+    order and the augmentation are identical and only the reconstruction terms differ."""
+    base = train.resolve_config(["--config", str(path)])
+    swwae = train.resolve_config(["--config", str(path.with_name(path.name.replace("-baseline", "")))])
+    assert base["lambda_rec"] == base["lambda_mid"] == 0 and swwae["lambda_rec"] > 0
+    different = {k for k in base if base[k] != swwae[k]}
+    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every"}, different
+
+
+# ----------------------------------------------------------------------------- report
+def fake_run(directory: Path, seed: int, test_error: float, lambda_rec: float = 1.0, minutes: float = 10.0) -> Path:
+    directory.mkdir(parents=True)
+    results = {"dataset": "mnist", "labels": 100, "mode": "semi" if lambda_rec else "supervised",
+               "arch": "16C5-BN-MP2-32C3-MP2-FC128-D0.3", "pooling": "hard", "unpool": "where",
+               "lambda_rec": lambda_rec, "lambda_mid": 0.1 if lambda_rec else 0.0, "seed": seed,
+               "test_error": test_error, "test_accuracy": 1 - test_error, "hardware": "1 process(es) on 2-core CPU",
+               "epochs": 6, "global_step": 2574, "train_seconds": 60 * minutes, "run_dir": str(directory)}
+    config = {k: results[k] for k in ("dataset", "labels", "mode", "pooling", "unpool", "lambda_rec", "lambda_mid", "seed")}
+    config.update(arch=None, max_epochs=6, run_dir=str(directory), logger="wandb")
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def test_report_groups_seeds_into_mean_and_sample_std(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs / "mnist-100-seed0", 0, 0.10)
+    fake_run(runs / "mnist-100-seed1", 1, 0.14, minutes=20)
+    fake_run(runs / "mnist-100-baseline-seed0", 0, 0.20, lambda_rec=0.0)
+    (runs / "mnist-100-seed0" / "checkpoints").mkdir()  # --evaluate's results.json has no config.yaml: skipped
+    (runs / "mnist-100-seed0" / "checkpoints" / "results.json").write_text(json.dumps({"test_error": 0.5}))
+    rows = report.write_report([runs], tmp_path / "reports")
+    swwae, baseline = rows
+    assert swwae["experiment"] == "mnist-100" and swwae["seeds"] == [0, 1]
+    assert swwae["error_mean"] == pytest.approx(12.0) and swwae["error_std"] == pytest.approx(2.828, abs=1e-3)
+    assert swwae["minutes_mean"] == pytest.approx(15.0) and swwae["paper_error"] == 9.0
+    assert baseline["baseline"] and baseline["error_std"] is None and baseline["paper_error"] is None
+    table = (tmp_path / "reports" / "results.md").read_text()
+    assert "| 2 | 12.00 ± 2.83 |" in table and "20.00 ± —" in table
+    png = tmp_path / "reports" / "error_vs_labels.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_train(command, **kwargs):  # stands in for `python train.py ...`
+        calls.append(command)
+        run_dir = Path(command[command.index("--run-dir") + 1])
+        seed = int(command[command.index("--seed") + 1])
+        fake_run(run_dir, seed, 0.10 + 0.04 * seed)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(report.subprocess, "run", fake_train)
+    config = str(CONFIGS[0].with_name("mnist-100.yaml"))
+    argv = ["--sweep", config, "--seeds", "0", "1", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"),
+            "--", "--logger", "csv"]
+    assert report.main(argv) == 0
+    assert [c[c.index("--run-dir") + 1] for c in calls] == [str(tmp_path / "runs" / f"mnist-100-seed{s}") for s in (0, 1)]
+    assert all(c[-2:] == ["--logger", "csv"] for c in calls)  # options after -- go to train.py
+    assert "12.00 ± 2.83" in (tmp_path / "rep" / "results.md").read_text()
+    assert report.main(argv) == 0 and len(calls) == 2  # finished seeds are kept, not retrained
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep2")]) == 0
+    assert report.main([str(tmp_path / "empty-nothing-here"), "--out", str(tmp_path / "rep3")]) == 2
+
+
+# ----------------------------------------------------------------------------- where ablation
+def identity_network(size: int = 4, pooling: str = "hard") -> StackedWhatWhere:
+    """1x1 conv encoder and decoder with weight 1: the reconstruction is exactly the unpooled max."""
+    net = StackedWhatWhere("1C1-MP2", in_channels=1, image_size=size, num_classes=2, pooling=pooling)
+    stage = net.stages[0]
+    for conv in (stage.encoder[0][0], stage.decoder[0][0]):
+        conv.weight.data.fill_(1.0)
+        conv.bias.data.zero_()
+    return net
+
+
+def test_reconstruction_mse_with_and_without_the_where_on_a_hand_built_network():
+    images = torch.zeros(3, 1, 4, 4)
+    images[:, 0, 0, 1] = images[:, 0, 1, 2] = images[:, 0, 3, 0] = images[:, 0, 2, 3] = 1.0  # one pixel per window
+    net = identity_network()
+    assert where_ablation.reconstruction_mse(net, images, "where") == pytest.approx(0.0)
+    assert where_ablation.reconstruction_mse(net, images, "copy", batch_size=2) == pytest.approx(0.75)  # 3 of 4 pixels off by 1
+    assert net.unpooling == "where"  # the network's own setting comes back
+
+
+def test_ablation_findings_check_both_claims():
+    rows = [{"pool_size": 2, "where": 0.1, "copy": 0.2}, {"pool_size": 7, "where": 0.2, "copy": 0.9},
+            {"pool_size": 4, "where": 0.15, "copy": 0.5}]
+    assert where_ablation.findings(rows) == {"where_better_everywhere": True, "gap_grows_with_pool_size": True}
+    rows[0]["copy"] = 0.05
+    assert not where_ablation.findings(rows)["where_better_everywhere"]
+    for row, copy_trained in zip(rows, (0.3, 0.25, 0.4)):  # pool sizes 2, 7, 4: the gap shrinks from 4 to 7
+        row["copy_trained"] = copy_trained
+    assert where_ablation.findings(rows, "copy_trained") == {"where_better_everywhere": True, "gap_grows_with_pool_size": False}
+
+
+def test_ablation_and_equivariance_run_end_to_end_on_a_tiny_dataset(tmp_path, tiny_dataset):
+    tiny = ["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--val-size", "50", "--max-epochs", "1",
+            "--limit-train-batches", "2", "--unlabeled-batch-size", "32", "--logger", "none", "--recon-every", "0",
+            "--switch-every", "0"]
+    rows = where_ablation.run_ablation([2, 4], where_ablation.CONFIGS / "where-ablation.yaml", tmp_path / "runs",
+                                       tmp_path / "reports", tiny, num_show=3, train_copy=True)
+    assert [r["pool_size"] for r in rows] == [2, 4]
+    assert all(r["where"] > 0 and r["copy"] > 0 and r["copy_trained"] > 0 for r in rows)
+    assert (tmp_path / "runs" / "where-ablation-mp4-copy" / "results.json").is_file()
+    assert (tmp_path / "reports" / "where_ablation.png").stat().st_size > 0
+    table = (tmp_path / "reports" / "where_ablation.md").read_text()
+    assert "`16C5-32C3-MP4`" in table and "where beats *copy, own net* at every pool size" in table
+    results = equivariance.run_study([("mp2", tmp_path / "runs" / "where-ablation-mp2")], tmp_path / "reports",
+                                     max_shift=1, num_images=20)
+    assert [r["axis"] for r in results[0]["responses"]] == ["horizontal", "vertical"]
+    assert (tmp_path / "reports" / "equivariance.png").stat().st_size > 0
+    assert "top where slope" in (tmp_path / "reports" / "equivariance.md").read_text()
+
+
+# ----------------------------------------------------------------------------- equivariance
+def test_shift_images_moves_pixels_and_fills_with_zeros():
+    images = torch.arange(16.0).view(1, 1, 4, 4) + 1
+    shifted = equivariance.shift_images(images, 1, -2)
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[..., 1:, :2] = images[..., :3, 2:]
+    assert torch.equal(shifted, expected)
+    assert torch.equal(equivariance.shift_images(images, 0, 0), images)
+
+
+def test_linear_fit_recovers_a_known_slope():
+    slope, intercept, r2 = equivariance.linear_fit([-2, -1, 0, 1, 2], [0, 0.5, 1, 1.5, 2])
+    assert (slope, intercept, r2) == pytest.approx((0.5, 1.0, 1.0))
+    assert equivariance.linear_fit([0, 1, 2], [1, 0, 1])[2] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("pooling", ["hard", "soft"])
+def test_mean_where_position_follows_a_moving_activation_with_slope_one(pooling):
+    positions = []
+    for shift in range(-2, 3):
+        z = torch.zeros(1, 2, 8, 8)
+        z[0, 0, 4, 3 + shift] = 2.0  # a feature that moves with the input; channel 1 stays silent
+        what, where = P.pool(z, 2, pooling, beta=100.0)
+        positions.append(equivariance.mean_where_position(what, where, 2)[0].tolist())
+    rows, cols = zip(*positions)
+    assert rows == pytest.approx([4.0] * 5, abs=1e-3)
+    slope, _, r2 = equivariance.linear_fit(range(-2, 3), cols)
+    assert slope == pytest.approx(1.0, abs=1e-3) and r2 == pytest.approx(1.0, abs=1e-6)
+    # Above a stride-2 layer a map pixel covers two input pixels: column 5 is input pixels 10-11.
+    assert equivariance.mean_where_position(what, where, 2, stride=2)[0, 1] == pytest.approx(10.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["hard", "soft"])
+def test_shift_response_of_a_hand_built_network_moves_its_where_with_the_input(pooling):
+    images = torch.zeros(1, 1, 8, 8)
+    images[0, 0, 3, 3] = 1.0
+    net = identity_network(size=8, pooling=pooling)
+    for axis in ("horizontal", "vertical"):
+        resp = equivariance.shift_response(net, images, (0.0,), (1.0,), [-2, -1, 0, 1, 2], axis)
+        assert resp["slope"][0] == pytest.approx(1.0, abs=1e-3) and resp["r2"][0] == pytest.approx(1.0, abs=1e-6)
+        assert resp["displacement"][0] == pytest.approx([-2, -1, 0, 1, 2], abs=1e-3)
+        assert resp["what_change"][2] == 0 and resp["summed_what_change"] == pytest.approx([0] * 5, abs=1e-6)
