@@ -133,3 +133,27 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path, tiny_dataset, monkeypatch
     assert len(offline_runs) == 1
     events = b"".join(p.read_bytes() for p in offline_runs[0].glob("*.wandb"))  # the run's event log
     assert b"val/error" in events and b"train/loss" in events
+
+
+def test_resume_continues_the_same_wandb_run(tmp_path, tiny_dataset, interrupt_after_first_epoch, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.raises(SystemExit):
+        run(tmp_path, tiny_dataset, "--max-epochs", "2", "--logger", "wandb")
+    import wandb
+
+    wandb.finish()  # the interrupted process would have exited here
+    run_id = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]
+    from swwae_lightning import experiment
+
+    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
+    assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run")]) == 0
+    offline_runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
+
+
+def test_fast_dev_run_is_a_smoke_check_that_still_reports(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--fast-dev-run") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["global_step"] == 1 and results["best_checkpoint"] == ""
