@@ -12,11 +12,23 @@ import torch
 from torch import Tensor
 
 
+def _per_channel(values: tuple[float, ...], like: Tensor) -> Tensor:
+    return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
+
+def standardize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Float images in [0, 1] -> the model's input space (per-channel standardization)."""
+    return (images - _per_channel(mean, images)) / _per_channel(std, images)
+
+
+def destandardize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """The model's input space -> [0, 1], for pictures."""
+    return (images * _per_channel(std, images) + _per_channel(mean, images)).clamp(0, 1)
+
+
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (B, C, H, W) -> float, scaled to [0, 1] then standardized per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255 - mean_t) / std_t
+    return standardize(images.float() / 255, mean, std)
 
 
 def random_translate(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:

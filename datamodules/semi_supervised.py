@@ -214,9 +214,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     def to_display(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalization: model-space images back to [0, 1] for pictures."""
-        mean = torch.tensor(self.info.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.info.std, device=images.device).view(1, -1, 1, 1)
-        return (images * std + mean).clamp(0, 1)
+        return augment.destandardize(images, self.info.mean, self.info.std)
 
     def stream_progress(self, batch_idx: int) -> dict[str, float]:
         """Share of the unlabeled pool seen so far this epoch and labeled cycles so far."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from datamodules.registry import get_dataset
@@ -65,13 +64,3 @@ def load_test_images(config: dict, limit: int | None = None) -> tuple[Tensor, tu
     splits = info.load(Path(config.get("data_dir", "data")), download=config.get("download", True), include_extra=False)
     images = splits.test_images[:limit] if limit else splits.test_images
     return images.float() / 255, info.mean, info.std
-
-
-def normalize01(images: Tensor, mean: tuple, std: tuple) -> Tensor:
-    """[0, 1] images -> the model's input space (the standardization of ``augment.normalize``)."""
-    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-
-
-def to_display(images: Tensor, mean: tuple, std: tuple) -> Tensor:
-    """Model-space images back to [0, 1] for pictures."""
-    return (images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)

@@ -27,7 +27,8 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import CONFIGS, load_network, load_test_images, normalize01, train_or_reuse  # noqa: E402
+from datamodules.augment import standardize  # noqa: E402
+from experiments.common import CONFIGS, load_network, load_test_images, train_or_reuse  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.pooling import switch_positions  # noqa: E402
 
@@ -90,7 +91,7 @@ def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tu
         dy, dx = (shift, 0) if axis == "vertical" else (0, shift)
         tops, positions = [], []
         for chunk in images01.split(batch_size):
-            out = net(normalize01(shift_images(chunk, dy, dx), mean, std))
+            out = net(standardize(shift_images(chunk, dy, dx), mean, std))
             tops.append(out.whats[-1])
             positions.append(torch.stack([mean_where_position(what, where, k, stride)[:, index] for what, where, k, stride
                                           in zip(out.whats, out.wheres, pool_sizes, strides)], dim=1))

@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callbacks.reconstructions import unpooling as unpooling_mode  # noqa: E402
-from experiments.common import (CONFIGS, load_network, load_test_images, normalize01, to_display,  # noqa: E402
-                                train_or_reuse)
+from datamodules.augment import destandardize, standardize  # noqa: E402
+from experiments.common import CONFIGS, load_network, load_test_images, train_or_reuse  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 
 POOL_SIZES = (2, 4, 7)
@@ -149,7 +149,7 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
         argv = ["--config", str(config), "--arch", arch_for(pool_size), *train_args]
         net, cfg = load_network(train_or_reuse(argv + ["--unpool", "where"], run_dir))
         images01, mean, std = load_test_images(cfg, num_test)
-        images = normalize01(images01, mean, std)
+        images = standardize(images01, mean, std)
         row = {"pool_size": pool_size, "arch": net.arch, "run_dir": str(run_dir),
                **{mode: reconstruction_mse(net, images, mode) for mode in UNPOOLINGS}}
         shown = images[:num_show]
@@ -160,7 +160,7 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
             recon["copy_trained"] = reconstructions(copy_net, shown)["copy"]
         rows.append(row)
         samples.append({"pool_size": pool_size, "mse": row,
-                        **{k: to_display(v, mean, std) for k, v in (("input", shown), *recon.items())}})
+                        **{k: destandardize(v, mean, std) for k, v in (("input", shown), *recon.items())}})
         print(f"pool {pool_size}: MSE " + ", ".join(f"{ROW_NAMES[k]} {row[k]:.4f}" for k in recon), flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
