@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
@@ -64,3 +67,20 @@ def load_test_images(config: dict, limit: int | None = None) -> tuple[Tensor, tu
     splits = info.load(Path(config.get("data_dir", "data")), download=config.get("download", True), include_extra=False)
     images = splits.test_images[:limit] if limit else splits.test_images
     return images.float() / 255, info.mean, info.std
+
+
+def parse_study_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The study's own options, and everything else (after an optional '--') for train.py."""
+    args, train_args = parser.parse_known_args(argv)
+    return args, train_args[1:] if train_args[:1] == ["--"] else train_args
+
+
+def run_and_report(study: Callable[[], object], out_dir: str | Path, stem: str) -> int:
+    """Run a study; one error line and exit status 1 if it fails, else say which files it wrote."""
+    try:
+        study()
+    except (RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {Path(out_dir) / (stem + '.md')} and {Path(out_dir) / (stem + '.png')}")
+    return 0

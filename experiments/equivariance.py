@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.augment import standardize  # noqa: E402
-from experiments.common import CONFIGS, load_network, load_test_images, train_or_reuse  # noqa: E402
+from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
+                                run_and_report, train_or_reuse)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.pooling import switch_positions  # noqa: E402
 
@@ -215,10 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports", help="where equivariance.md and .png go")
     parser.add_argument("--max-shift", type=int, default=3, help="shifts -N..N pixels (default 3)")
     parser.add_argument("--num-test", type=int, default=1000, help="test images measured (default 1000)")
-    args, train_args = parser.parse_known_args(argv)
-    if train_args[:1] == ["--"]:
-        train_args = train_args[1:]
-    try:
+    args, train_args = parse_study_args(parser, argv)
+
+    def study():
         if args.checkpoint:
             if train_args:
                 parser.error(f"unrecognized arguments: {' '.join(train_args)} (nothing is trained with --checkpoint)")
@@ -230,12 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 train_or_reuse(["--config", args.config, "--pooling", pooling, *train_args], run_dir)
                 models.append((run_dir.name, run_dir))
         run_study(models, args.out, args.max_shift, args.num_test)
-    except (RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {Path(args.out) / 'equivariance.md'} and {Path(args.out) / 'equivariance.png'}")
-    return 0
 
+    return run_and_report(study, args.out, "equivariance")
 
 if __name__ == "__main__":
     sys.exit(main())

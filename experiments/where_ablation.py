@@ -32,7 +32,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from callbacks.reconstructions import unpooling as unpooling_mode  # noqa: E402
 from datamodules.augment import destandardize, standardize  # noqa: E402
-from experiments.common import CONFIGS, load_network, load_test_images, train_or_reuse  # noqa: E402
+from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
+                                run_and_report, train_or_reuse)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 
 POOL_SIZES = (2, 4, 7)
@@ -180,18 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-show", type=int, default=8, help="images in the picture")
     parser.add_argument("--train-copy", action="store_true",
                         help="also train a copy-unpooling network per pool size (the paper's model without the where)")
-    args, train_args = parser.parse_known_args(argv)
-    if train_args[:1] == ["--"]:
-        train_args = train_args[1:]
-    try:
-        run_ablation(args.pool_sizes, args.config, args.runs_root, args.out, train_args, args.num_test, args.num_show,
-                     args.train_copy)
-    except (RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {Path(args.out) / 'where_ablation.md'} and {Path(args.out) / 'where_ablation.png'}")
-    return 0
-
+    args, train_args = parse_study_args(parser, argv)
+    return run_and_report(lambda: run_ablation(args.pool_sizes, args.config, args.runs_root, args.out, train_args,
+                                               args.num_test, args.num_show, args.train_copy),
+                          args.out, "where_ablation")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,5 @@
 """Shared fixtures: the real bundled MNIST (loaded once) and a tiny synthetic dataset."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
