@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 import pytorch_lightning as pl
@@ -150,7 +151,8 @@ def test_resume_continues_the_same_wandb_run(tmp_path, tiny_dataset, interrupt_a
     monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run")]) == 0
     offline_runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)
+    # offline-run-<time>-<id>, with "-1" added when both start within the same second
+    assert len(offline_runs) == 2 and all(re.fullmatch(rf"offline-run-\d+_\d+-{run_id}(-\d+)?", p.name) for p in offline_runs)
 
 
 def test_fast_dev_run_is_a_smoke_check_that_still_reports(tmp_path, tiny_dataset):
