@@ -35,9 +35,9 @@ run() {  # run NAME SECONDS [throughput.py options]
   [ "$status" -eq 0 ] || echo "gpu_check: $name ended with status $status (124: timed out); see $RESULTS/throughput-$name.stderr"
 }
 
-run fp32 75 --precision 32-true
-run bf16 75 --precision bf16-mixed
+run fp32 70 --precision 32-true
+run bf16 70 --precision bf16-mixed
 # Every row compiles its own network: one round and no soft row keep it inside the budget. Its
 # pictures sample also recompiles the eval-mode forward: read "callbacks on / off" from fp32 and bf16.
-run compile 150 --precision 32-true --compile --pooling hard --rounds 1
+run compile 120 --precision 32-true --compile --pooling hard --rounds 1
 echo "gpu_check: results in $RESULTS"

@@ -2,6 +2,7 @@
 
     python -m swwae_lightning.report RUNS_DIR... --out reports/
     python -m swwae_lightning.report --sweep configs/mnist-100.yaml --seeds 0 1 2 --out reports/ [-- TRAIN.PY OPTIONS]
+    python -m swwae_lightning.report --plan configs/sweeps/mnist-100.yaml --jobs 8 --out reports/sweep-mnist-100
 
 A run directory is one with ``results.json`` and ``config.yaml`` (what ``train.py``
 leaves); a RUNS_DIR may also be a folder of them. Runs are grouped into experiments
@@ -17,6 +18,7 @@ import math
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,14 +230,49 @@ def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]
     return rows
 
 
-def sweep(configs: list[str], seeds: list[int], runs_root: str | Path = "runs",
-          train_args: list[str] | None = None) -> tuple[list[Path], list[str]]:
-    """train.py once per (config, seed), one after the other, into runs_root/<config>-seed<S>.
+def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
+    """Expand a sweep plan into one config file per variant, under runs_root/configs/.
+
+    A plan is YAML: ``base`` (a config path, relative to the plan's folder or the repository),
+    optional ``common`` settings for every variant, and ``variants``, a mapping of variant name to
+    the settings it changes, e.g. ``{baseline: {lambda_rec: 0, lambda_mid: 0}, no-augment: {augment: false}}``.
+    Each variant's config is the base with its settings replaced; its runs go to runs_root/<variant>-seed<S>.
+    """
+    plan_file = Path(plan_file)
+    try:
+        plan = yaml.safe_load(plan_file.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"sweep plan {plan_file} does not exist") from None
+    variants = plan.get("variants") if isinstance(plan, dict) else None
+    if not isinstance(variants, dict) or not variants or "base" not in plan:
+        raise ValueError(f"sweep plan {plan_file} needs 'base: CONFIG' and 'variants: {{NAME: {{SETTING: VALUE}}}}'")
+    base_path = next((p for p in (plan_file.parent / plan["base"], REPO_ROOT / plan["base"]) if p.is_file()), None)
+    if base_path is None:
+        raise ValueError(f"sweep plan {plan_file}: base config {plan['base']!r} does not exist")
+    base = {**(yaml.safe_load(base_path.read_text()) or {}), **(plan.get("common") or {})}
+    out_dir = Path(runs_root) / "configs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs = []
+    for name, changes in variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)) or not isinstance(changes or {}, dict):
+            raise ValueError(f"sweep plan {plan_file}: variant {name!r} needs a plain name (letters, digits, . _ -) "
+                             f"and a mapping of settings")
+        config = out_dir / f"{name}.yaml"
+        config.write_text(f"# {name}: {base_path.name} with {changes or 'nothing'} changed (from {plan_file})\n"
+                          + yaml.safe_dump({**base, **(changes or {})}, sort_keys=False))
+        configs.append(config)
+    return configs
+
+
+def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "runs",
+          train_args: list[str] | None = None, jobs: int = 1) -> tuple[list[Path], list[str]]:
+    """train.py once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time.
 
     A finished run (results.json) is kept; an interrupted one (last.ckpt, no results.json) is resumed.
+    With jobs > 1 each run's output goes to its run directory's train.log instead of the terminal.
     Returns the run directories and a line for each run that failed.
     """
-    run_dirs, failures = [], []
+    run_dirs, commands = [], []
     for config in configs:
         for seed in seeds:
             run_dir = Path(runs_root) / f"{Path(config).stem}-seed{seed}"
@@ -243,14 +280,24 @@ def sweep(configs: list[str], seeds: list[int], runs_root: str | Path = "runs",
             if (run_dir / "results.json").is_file():
                 print(f"[sweep] {run_dir} is finished; kept", flush=True)
                 continue
-            command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", config, "--seed", str(seed),
+            command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config), "--seed", str(seed),
                        "--run-dir", str(run_dir), *(train_args or [])]
             if (run_dir / "checkpoints" / "last.ckpt").is_file():
                 command += ["--resume", "last"]
-            print(f"[sweep] {' '.join(command)}", flush=True)
+            commands.append((run_dir, command))
+
+    def train(run_dir: Path, command: list[str]) -> str | None:
+        print(f"[sweep] {' '.join(command)}", flush=True)
+        if jobs == 1:
             code = subprocess.run(command).returncode
-            if code != 0:
-                failures.append(f"{run_dir}: train.py exited with status {code}")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "train.log", "ab") as log:
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        return None if code == 0 else f"{run_dir}: train.py exited with status {code}"
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        failures = [line for line in pool.map(lambda job: train(*job), commands) if line]
     return run_dirs, failures
 
 
@@ -261,18 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", help="run directories, or folders holding them")
     parser.add_argument("--out", default="reports", help="where results.md and error_vs_labels.png go (default: reports)")
     parser.add_argument("--sweep", nargs="+", metavar="CONFIG", help="train these configs first, once per seed")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep (default: 0 1 2)")
+    parser.add_argument("--plan", help="train every variant of this sweep plan (YAML: base config + variants), once per seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep/--plan (default: 0 1 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="train.py processes at once in --sweep/--plan (default: 1)")
     parser.add_argument("--runs-root", default="runs", help="where --sweep puts its run directories (default: runs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    if train_args and not args.sweep:
-        parser.error(f"options for train.py ({' '.join(train_args)}) need --sweep")
-    if not args.runs and not args.sweep:
-        parser.error("give run directories, or --sweep CONFIG")
+    if train_args and not (args.sweep or args.plan):
+        parser.error(f"options for train.py ({' '.join(train_args)}) need --sweep or --plan")
+    if not args.runs and not args.sweep and not args.plan:
+        parser.error("give run directories, --sweep CONFIG or --plan PLAN")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more processes")
     paths, failures = list(args.runs), []
-    if args.sweep:
-        run_dirs, failures = sweep(args.sweep, args.seeds, args.runs_root, train_args)
+    try:
+        configs = list(args.sweep or []) + (plan_configs(args.plan, args.runs_root) if args.plan else [])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if configs:
+        run_dirs, failures = sweep(configs, args.seeds, args.runs_root, train_args, args.jobs)
         paths += [d for d in run_dirs if (d / "results.json").is_file()]
     try:
         rows = write_report(paths, args.out)
