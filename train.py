@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--log-every", 20, "log training metrics every N steps", type=int)
     _add(run, "--progress-every", 10, "refresh the progress bar every N steps", type=int)
     smoke = p.add_argument_group("smoke runs (Lightning's)")
-    _add(smoke, "--fast-dev-run", False, "run N batches (default 1) of train/val/test; writes no checkpoints", nargs="?", const=1, type=int)
+    _add(smoke, "--fast-dev-run", 0, "run N batches (default 1) of train/val/test; writes no checkpoints", nargs="?", const=1, type=int)
     _add(smoke, "--limit-train-batches", None, "batches per epoch (int) or fraction (float)", type=_limit)
     _add(smoke, "--limit-val-batches", None, "validation batches (int) or fraction (float)", type=_limit)
     return p

@@ -41,6 +41,8 @@ BOOKKEEPING = {
     "log_every", "progress_every", "gpus", "accelerator", "devices", "strategy", "num_nodes", "deterministic",
     "arch",  # null in a config means the preset; results.json holds the architecture actually built
 }
+# What a supervised-only baseline may differ in from the SWWAE runs it is the baseline of: it has no decoder.
+DECODER_SETTINGS = {"lambda_rec", "lambda_mid", "pooling", "beta", "unpool"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,12 +77,22 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
+def _settings(run: Run, leave_out: set[str]) -> tuple:
+    # false and 0 (or true and 1) are the same setting: a resumed run's config may hold either.
+    return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in run.config.items() if k not in leave_out))
+
+
 def experiment_key(run: Run) -> tuple:
     """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
     from_results = tuple(run.results.get(k) for k in ("dataset", "labels", "mode", "arch", "pooling", "unpool",
                                                       "lambda_rec", "lambda_mid"))
-    from_config = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in BOOKKEEPING))
-    return from_results + from_config
+    return from_results + _settings(run, BOOKKEEPING)
+
+
+def comparison_key(run: Run) -> tuple:
+    """What a run and its baseline share: everything but the seed and the decoder's settings."""
+    return tuple(run.results.get(k) for k in ("dataset", "labels", "mode", "arch")) + _settings(
+        run, BOOKKEEPING | DECODER_SETTINGS)
 
 
 def run_name(run: Run) -> str:
@@ -136,7 +148,10 @@ def summarize(runs: list[Run]) -> list[dict]:
             "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
             "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
             "run_dirs": [str(m.path) for m in members],
+            "comparison_key": comparison_key(first),
+            "error_by_seed": dict(zip(seeds, errors)),
         })
+    add_paired_differences(rows)
     rows.sort(key=lambda r: (r["dataset"], r["labels"] is None, r["labels"] or 0, r["mode"] == "unsupervised",
                              r["baseline"], r["experiment"]))
     return rows
@@ -152,11 +167,36 @@ def _error_text(row: dict) -> str:
     return f"{row['error_mean']:.2f} ± {std}"
 
 
+def add_paired_differences(rows: list[dict]) -> None:
+    """Each SWWAE row's error minus its baseline's, seed by seed (same seed: same labeled subset and data order).
+
+    Seeds draw different labeled subsets, which moves the error by more than the method does at
+    100 labels; the paired difference takes that out. Sets row["vs_baseline"] = (mean, std or None,
+    number of shared seeds), or None where no single baseline row shares the row's other settings.
+    """
+    for row in rows:
+        row["vs_baseline"] = None
+        if row["baseline"]:
+            continue
+        matches = [b for b in rows if b["baseline"] and b["comparison_key"] == row["comparison_key"]]
+        shared = sorted(set(row["error_by_seed"]) & set(matches[0]["error_by_seed"])) if len(matches) == 1 else []
+        if shared:
+            diffs = [row["error_by_seed"][s] - matches[0]["error_by_seed"][s] for s in shared]
+            row["vs_baseline"] = (*mean_std(diffs), len(shared))
+
+
+def _difference_text(row: dict) -> str:
+    if row["vs_baseline"] is None:
+        return "—"
+    mean, std, n = row["vs_baseline"]
+    return f"{mean:+.2f} ± {'—' if std is None else f'{std:.2f}'} ({n})"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) | paper error % "
-        "| minutes (mean) | hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) "
+        "| vs baseline, same seeds (points) | paper error % | minutes (mean) | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if row["baseline"]:
@@ -165,7 +205,7 @@ def markdown_table(rows: list[dict]) -> str:
             model = f"{row['mode']}, {row['pooling']} pool, {row['unpool']} unpool, λ {row['lambda_rec']:g}/{row['lambda_mid']:g}"
         lines.append(
             f"| {row['experiment']} | {row['dataset']} | {_labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
-            f"| {_error_text(row)} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} | {'; '.join(row['hardware'])} |"
+            f"| {_error_text(row)} | {_difference_text(row)} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} | {'; '.join(row['hardware'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -223,7 +263,9 @@ def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]
         "# Results\n\n"
         f"{len(runs)} runs in {len(rows)} experiments. Test error on the official test split; "
         "± is the sample standard deviation over seeds (— for one seed). Steps: optimizer steps per run; "
-        "minutes: training wall-clock per run.\n\n"
+        "minutes: training wall-clock per run. vs baseline: the run's test error minus that of the supervised-only "
+        "baseline with the same settings and seed (the seed draws the labeled subset), mean ± std over the shared "
+        "seeds (their number in brackets); negative: SWWAE is better.\n\n"
     )
     (out_dir / "results.md").write_text(header + markdown_table(rows))
     plot_error_vs_labels(rows, out_dir / "error_vs_labels.png")

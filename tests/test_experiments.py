@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,15 +52,16 @@ def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
 
 
 # ----------------------------------------------------------------------------- report
-def fake_run(directory: Path, seed: int, test_error: float, lambda_rec: float = 1.0, minutes: float = 10.0) -> Path:
-    directory.mkdir(parents=True)
-    results = {"dataset": "mnist", "labels": 100, "mode": "semi" if lambda_rec else "supervised",
+def fake_run(directory: Path, seed: int, test_error: float, lambda_rec: float = 1.0, minutes: float = 10.0,
+             mode: str | None = None, **config_extra) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)  # sweep --jobs N makes the run directory first, for train.log
+    results = {"dataset": "mnist", "labels": 100, "mode": mode or ("semi" if lambda_rec else "supervised"),
                "arch": "16C5-BN-MP2-32C3-MP2-FC128-D0.3", "pooling": "hard", "unpool": "where",
                "lambda_rec": lambda_rec, "lambda_mid": 0.1 if lambda_rec else 0.0, "seed": seed,
                "test_error": test_error, "test_accuracy": 1 - test_error, "hardware": "1 process(es) on 2-core CPU",
                "epochs": 6, "global_step": 2574, "train_seconds": 60 * minutes, "run_dir": str(directory)}
     config = {k: results[k] for k in ("dataset", "labels", "mode", "pooling", "unpool", "lambda_rec", "lambda_mid", "seed")}
-    config.update(arch=None, max_epochs=6, run_dir=str(directory), logger="wandb")
+    config.update(arch=None, max_epochs=6, run_dir=str(directory), logger="wandb", **config_extra)
     (directory / "results.json").write_text(json.dumps(results))
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
     return directory
@@ -84,6 +86,22 @@ def test_report_groups_seeds_into_mean_and_sample_std(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_pairs_each_swwae_row_with_its_baseline_seed_by_seed(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, error in enumerate((0.10, 0.12, 0.08)):
+        fake_run(runs / f"swwae-seed{seed}", seed, error, augment=True, fast_dev_run=False)
+    # The baseline: semi mode, lambdas 0, the same other settings; a resumed run wrote fast_dev_run 0, not false.
+    fake_run(runs / "baseline-seed0", 0, 0.11, lambda_rec=0.0, mode="semi", augment=True, fast_dev_run=False)
+    fake_run(runs / "baseline-seed1", 1, 0.14, lambda_rec=0.0, mode="semi", augment=True, fast_dev_run=0)
+    fake_run(runs / "other-seed0", 0, 0.30, augment=False)  # no baseline without augmentation: no pair
+    rows = {r["experiment"]: r for r in report.write_report([runs], tmp_path / "rep")}
+    assert rows["baseline"]["seeds"] == [0, 1]  # false and 0 are one setting: one row
+    mean, std, n = rows["swwae"]["vs_baseline"]
+    assert n == 2 and mean == pytest.approx(-1.5) and std == pytest.approx(0.7071, abs=1e-4)  # -1 and -2 points
+    assert rows["other"]["vs_baseline"] is None and rows["baseline"]["vs_baseline"] is None
+    assert "| -1.50 ± 0.71 (2) |" in (tmp_path / "rep" / "results.md").read_text()
+
+
 def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch, capsys):
     calls = []
 
@@ -105,6 +123,76 @@ def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch,
     assert report.main(argv) == 0 and len(calls) == 2  # finished seeds are kept, not retrained
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep2")]) == 0
     assert report.main([str(tmp_path / "empty-nothing-here"), "--out", str(tmp_path / "rep3")]) == 2
+
+
+def write_plan(path: Path, **plan) -> Path:
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def test_plan_configs_apply_common_then_each_variants_settings_to_the_base(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", base="configs/mnist-100.yaml", common={"recon_every": 0},
+                      variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}})
+    base = yaml.safe_load(CONFIGS[0].with_name("mnist-100.yaml").read_text())
+    configs = report.plan_configs(plan, tmp_path / "runs")
+    assert configs == [tmp_path / "runs" / "configs" / f"{v}.yaml" for v in ("swwae", "baseline")]
+    swwae, baseline = (yaml.safe_load(c.read_text()) for c in configs)
+    assert swwae == {**base, "recon_every": 0}
+    assert baseline == {**base, "recon_every": 0, "lambda_rec": 0.0, "lambda_mid": 0.0}
+    assert base["lambda_rec"] == 1.0 and baseline["labels"] == base["labels"] == 100 and baseline["arch"] == base["arch"]
+
+
+def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_run_dirs(tmp_path, monkeypatch):
+    calls, two_at_once = [], threading.Barrier(2, timeout=30)
+
+    def fake_train(command, **kwargs):  # each run's output goes to its train.log with --jobs > 1
+        run_dir = Path(command[command.index("--run-dir") + 1])
+        calls.append((command, kwargs))
+        two_at_once.wait()  # --jobs 2: runs go in pairs (breaks, and the sweep raises, if they ran one by one)
+        assert kwargs["stdout"].name == str(run_dir / "train.log")
+        lambda_rec = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())["lambda_rec"]
+        seed = int(command[command.index("--seed") + 1])
+        fake_run(run_dir, seed, 0.10 + 0.04 * seed + (0.1 if lambda_rec == 0 else 0), lambda_rec=lambda_rec)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(report.subprocess, "run", fake_train)
+    plan = write_plan(tmp_path / "plan.yaml", base="configs/mnist-100.yaml", common={"recon_every": 0},
+                      variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}})
+    runs = tmp_path / "runs"
+    argv = ["--plan", str(plan), "--seeds", "0", "1", "--jobs", "2", "--runs-root", str(runs), "--out", str(tmp_path / "rep"),
+            "--", "--logger", "csv"]
+    assert report.main(argv) == 0
+    assert sorted(c[c.index("--run-dir") + 1] for c, _ in calls) == sorted(
+        str(runs / f"{v}-seed{s}") for v in ("swwae", "baseline") for s in (0, 1))
+    for command, _ in calls:
+        variant = Path(command[command.index("--run-dir") + 1]).name.rsplit("-seed", 1)[0]
+        assert command[command.index("--config") + 1] == str(runs / "configs" / f"{variant}.yaml")
+        assert command[-2:] == ["--logger", "csv"]
+    assert all((runs / f"{v}-seed{s}" / "train.log").is_file() for v in ("swwae", "baseline") for s in (0, 1))
+    rows = [line for line in (tmp_path / "rep" / "results.md").read_text().splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| swwae", "| baseline"]
+    assert "12.00 ± 2.83" in rows[0] and "22.00 ± 2.83" in rows[1]
+
+
+@pytest.mark.parametrize("plan, wrong", [
+    (None, "nowhere.yaml"),
+    ({"base": "configs/mnist-100.yaml"}, "plan.yaml"),
+    ({"base": "configs/mnist-100.yaml", "variants": {"a/b": {}}}, "a/b"),
+    ({"base": "configs/no-such-config.yaml", "variants": {"swwae": {}}}, "no-such-config.yaml"),
+], ids=["missing-plan", "no-variants", "slash-in-variant", "missing-base"])
+def test_report_plan_rejects_bad_plans_with_one_line_naming_the_wrong_value(tmp_path, monkeypatch, capsys, plan, wrong):
+    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: pytest.fail("nothing is trained from a bad plan"))
+    path = tmp_path / "nowhere.yaml" if plan is None else write_plan(tmp_path / "plan.yaml", **plan)
+    assert report.main(["--plan", str(path), "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and wrong in err
+
+
+def test_report_jobs_must_be_at_least_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: pytest.fail("--jobs 0 trains nothing"))
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--sweep", str(CONFIGS[0]), "--jobs", "0", "--out", str(tmp_path / "rep")])
+    assert exit_info.value.code == 2 and "--jobs 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- where ablation
