@@ -159,3 +159,21 @@ def test_fast_dev_run_is_a_smoke_check_that_still_reports(tmp_path, tiny_dataset
     assert run(tmp_path, tiny_dataset, "--fast-dev-run") == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["global_step"] == 1 and results["best_checkpoint"] == ""
+
+
+def test_training_metrics_are_written_every_log_every_steps_and_only_then(tmp_path, tiny_dataset, monkeypatch):
+    """training_step skips self.log on the steps Lightning would not write (its fixed cost per step):
+    the steps it does write must still carry every training metric."""
+    from swwae_lightning.module import SWWAEModule
+
+    calls = []
+    original = SWWAEModule.log
+    monkeypatch.setattr(SWWAEModule, "log", lambda self, name, *a, **k: (calls.append(name), original(self, name, *a, **k))[1])
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--log-every", "2", "--recon-every", "0", "--switch-every", "0") == 0
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert steps == list(range(1, results["global_step"], 2))  # Lightning's steps 2, 4, ... are written as 1, 3, ...
+    assert all(r["train/nll"] and r["train/rec"] and r["train/mid"] and r["data/unlabeled_seen"] for r in rows)
+    assert calls.count("train/loss") == len(steps)  # not called on the steps in between
