@@ -42,12 +42,17 @@ def build_datamodule(cfg: dict) -> SemiSupervisedDataModule:
 def build_module(cfg: dict) -> SWWAEModule:
     info = get_dataset(cfg["dataset"])
     channels, height, _ = info.image_shape
-    return SWWAEModule(
+    module = SWWAEModule(
         arch=cfg["arch"] or preset_for(cfg["dataset"]), in_channels=channels, image_size=height,
         num_classes=info.num_classes, pooling=cfg["pooling"], beta=cfg["beta"], unpooling=cfg["unpool"],
         lambda_rec=cfg["lambda_rec"], lambda_mid=cfg["lambda_mid"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
         schedule=cfg["schedule"], freeze_encoder=cfg["freeze_encoder"],
     )
+    if cfg.get("channels_last"):
+        # Channels-last weights make every convolution run channels-last (oneDNN on CPU, cuDNN on GPU). The
+        # values are unchanged, so checkpoints load either way; loading copies into the strides of this module.
+        module.net.to(memory_format=torch.channels_last)
+    return module
 
 
 def _devices(cfg: dict) -> dict:

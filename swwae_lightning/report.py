@@ -39,6 +39,7 @@ BOOKKEEPING = {
     "seed", "run_dir", "data_dir", "download", "num_workers", "logger", "wandb_project", "wandb_entity",
     "wandb_name", "wandb_tags", "resume", "evaluate", "recon_every", "switch_every", "num_images",
     "log_every", "progress_every", "gpus", "accelerator", "devices", "strategy", "num_nodes", "deterministic",
+    "channels_last",  # the memory layout: the same network and values
     "arch",  # null in a config means the preset; results.json holds the architecture actually built
 }
 # What a supervised-only baseline may differ in from the SWWAE runs it is the baseline of: it has no decoder.

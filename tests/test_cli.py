@@ -177,3 +177,9 @@ def test_training_metrics_are_written_every_log_every_steps_and_only_then(tmp_pa
     assert steps == list(range(1, results["global_step"], 2))  # Lightning's steps 2, 4, ... are written as 1, 3, ...
     assert all(r["train/nll"] and r["train/rec"] and r["train/mid"] and r["data/unlabeled_seen"] for r in rows)
     assert calls.count("train/loss") == len(steps)  # not called on the steps in between
+
+
+def test_channels_last_flag_trains_and_is_recorded(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--channels-last", "--max-epochs", "1") == 0
+    assert "channels_last: true" in (tmp_path / "run" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_error"] < 0.75  # learns: chance is 0.75

@@ -119,3 +119,26 @@ def test_100_adam_steps_on_one_mnist_batch_cut_the_reconstruction_loss_by_80_per
     with torch.no_grad():
         final = swwae_loss(net(x), x, None).rec.item()
     assert final < 0.2 * first, (first, final)
+
+
+def test_channels_last_module_computes_the_same_losses_and_gradients():
+    """--channels-last changes only the memory layout: same loss and gradients, channels-last weights."""
+    from swwae_lightning.experiment import build_module
+    from swwae_lightning.losses import swwae_loss
+
+    cfg = {"dataset": "mnist", "arch": "4C5-BN-MP2-8C3-MP2-FC16", "pooling": "hard", "beta": 100.0, "unpool": "where",
+           "lambda_rec": 1.0, "lambda_mid": 0.1, "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "freeze_encoder": False}
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    losses, grads = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        module = build_module({**cfg, "channels_last": channels_last}).train()
+        convs = [p for p in module.parameters() if p.dim() == 4]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert all(p.is_contiguous(memory_format=layout) for p in convs)
+        loss = swwae_loss(module.net(x), x, y, 1.0, 0.1).total
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in module.parameters()])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
