@@ -92,7 +92,7 @@ class SWWAEModule(pl.LightningModule):
                 f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
                 f"{', '.join(bad) or 'loss'} = {[float(loss.parts()[b]) for b in bad] or float(loss.total)}"
             )
-        if self._writes_logs_this_step():
+        if self._writes_logs_this_step(batch_idx):
             size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for v in batch.values())
             parts = {f"train/{k}": v.detach() for k, v in loss.parts().items()}
             self.log("train/loss", parts.pop("train/loss"), prog_bar=True, batch_size=size)
@@ -102,8 +102,9 @@ class SWWAEModule(pl.LightningModule):
                 self.log_dict({f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size)
         return loss.total
 
-    def _writes_logs_this_step(self) -> bool:
-        """Whether Lightning writes this step's training metrics (every ``log_every_n_steps``).
+    def _writes_logs_this_step(self, batch_idx: int) -> bool:
+        """Whether Lightning writes this step's training metrics: every ``log_every_n_steps``, and
+        at the end of the epoch (the last batch's values), so a short epoch still records them.
 
         Training metrics are logged per step only, so on the other steps ``self.log`` is work
         thrown away: the six calls cost about half of Lightning's fixed per-step overhead, which
@@ -111,7 +112,8 @@ class SWWAEModule(pl.LightningModule):
         """
         trainer = self.trainer
         every = trainer.log_every_n_steps
-        return bool(trainer.fast_dev_run) or (every > 0 and (trainer.global_step + 1) % every == 0)
+        return (bool(trainer.fast_dev_run) or batch_idx + 1 >= trainer.num_training_batches
+                or (every > 0 and (trainer.global_step + 1) % every == 0))
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y = batch
