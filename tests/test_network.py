@@ -142,3 +142,23 @@ def test_channels_last_module_computes_the_same_losses_and_gradients():
         grads.append([p.grad.clone() for p in module.parameters()])
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_image_output_conv_runs_channels_last_on_cpu_with_the_plain_convs_values_and_gradients():
+    from swwae_lightning.network import ImageOutputConv2d
+
+    net = StackedWhatWhere("4C5-MP2-8C3-MP2", in_channels=3, image_size=8, num_classes=2)
+    last = net.stages[0].decoder[-1][0]
+    assert isinstance(last, ImageOutputConv2d) and last.out_channels == 3
+    assert not any(isinstance(m, ImageOutputConv2d) for m in net.stages[1].modules())  # only the image's conv
+    plain = torch.nn.Conv2d(4, 3, 5, padding="same")
+    plain.load_state_dict(last.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    out, ref = last(xs[0]), plain(xs[1])
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.allclose(out, ref, atol=1e-6)
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.allclose(xs[0].grad, xs[1].grad, atol=1e-6) and torch.allclose(last.weight.grad, plain.weight.grad, atol=1e-5)
+    assert last.weight.is_contiguous()  # the stored weights keep their layout (checkpoints unchanged)
