@@ -1,12 +1,14 @@
 """What/where pooling and unpooling (SWWAE_SPEC.md, "Hard and soft what/where").
 
-Every function works on the (B, C, H/k, k, W/k, k) view of a feature map, so a
-k x k window is two tensor axes: no Python loop over windows and no unfold copy.
+A k x k window is always two tensor axes, never a Python loop: hard pooling uses
+``max_pool2d`` and a scatter; soft pooling copies the map once into a (B, C, k, k, H/k, W/k)
+layout so that every per-window reduction runs over outer axes with contiguous inner loops.
 
 Shapes of the *where*:
 - hard: int64 (B, C, H/k, W/k), flat switch index into the H x W map, exactly
   what ``F.max_pool2d(return_indices=True)`` returns (so ``F.max_unpool2d`` reads it);
-- soft: float (B, C, H/k, W/k, 2), the (dy, dx) offset inside the window, each in [0, k-1].
+- soft: float (B, C, H/k, W/k, 2), the (dy, dx) offset inside the window, each in [0, k-1]
+  (a view of a (B, C, 2, H/k, W/k) tensor: reshape it, do not ``view`` it).
 """
 
 from __future__ import annotations
@@ -17,12 +19,6 @@ from torch import Tensor
 
 POOLINGS = ("hard", "soft")
 UNPOOLINGS = ("where", "copy")
-
-
-def _windows(z: Tensor, k: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, H/k, k, W/k, k) view (no copy)."""
-    b, c, h, w = z.shape
-    return z.view(b, c, h // k, k, w // k, k)
 
 
 def _merge_windows(v: Tensor) -> Tensor:
