@@ -38,8 +38,8 @@ class ImageOutputConv2d(nn.Conv2d):
     forward + backward took 156 ms NCHW vs 52 ms channels-last at batch 256 on this
     project's CPU (16 -> 3: 212 vs 155 ms). Only the layout changes: the values, the
     weights' own layout and the checkpoints stay the same. (Running every decoder conv
-    channels-last gained less overall: the layout copies between layers ate it.) Other
-    devices run the plain convolution.
+    channels-last also slowed the soft-pooling path, whose window copies want NCHW; most
+    of the gain is in this one layer.) Other devices run the plain convolution.
     """
 
     def forward(self, x: Tensor) -> Tensor:
