@@ -112,3 +112,12 @@ def test_soft_pool_backward_accepts_channels_last_gradients():
     conv = torch.nn.Conv2d(4, 4, 1).to(memory_format=torch.channels_last)
     (conv(what).sum() + where.sum()).backward()
     assert z.grad.shape == z.shape and torch.isfinite(z.grad).all()
+
+
+def test_soft_pool_and_unpool_take_channels_last_maps_with_the_same_values_and_gradients():
+    z = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    channels_last = z.contiguous(memory_format=torch.channels_last).requires_grad_()
+    what, where = P.soft_pool(channels_last, 2, 3.0)
+    ref_what, ref_where = P.soft_pool(z, 2, 3.0)
+    assert torch.equal(what, ref_what) and torch.equal(where, ref_where)
+    assert torch.autograd.gradcheck(lambda t: P.soft_unpool(*P.soft_pool(t, 2, 1.5), 2), (channels_last,))
