@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +33,7 @@ def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
         return last
     argv = [*argv, "--run-dir", str(run_dir)] + (["--resume", "last"] if last.is_file() else [])
     print(f"python train.py {' '.join(argv)}", flush=True)
-    before = os.environ.get("SWWAE_RUN_DIR")
-    try:
-        code = train.main(argv)
-    finally:  # train.main names its run directory here for DDP children; the next run in this process must not inherit it
-        if before is None:
-            os.environ.pop("SWWAE_RUN_DIR", None)
-        else:
-            os.environ["SWWAE_RUN_DIR"] = before
+    code = train.main(argv)  # it restores SWWAE_RUN_DIR itself, so the next run here starts clean
     if code != 0 or not last.is_file():
         raise RuntimeError(f"train.py {' '.join(argv)} failed (exit status {code}); see the messages above")
     return last

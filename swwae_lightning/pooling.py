@@ -21,12 +21,6 @@ POOLINGS = ("hard", "soft")
 UNPOOLINGS = ("where", "copy")
 
 
-def _merge_windows(v: Tensor) -> Tensor:
-    """(B, C, H/k, k, W/k, k) -> (B, C, H, W)."""
-    b, c, hk, k, wk, _ = v.shape
-    return v.reshape(b, c, hk * k, wk * k)
-
-
 def hard_pool(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """what = max over each k x k window, where = flat index of that max (the switch)."""
     return F.max_pool2d(z, k, k, return_indices=True)
@@ -128,16 +122,19 @@ def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:
 
 
 def _tent(position: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Bilinear weights of real positions (B, C, h, w) over a window's k offsets, (B, C, k, h, w), and their slope.
+    """Bilinear weights of real positions (B, C, h, w) over a window's k offsets, (B, C, k, h, w), and the distances j - position.
 
     tent(j) = max(0, 1 - |j - position|): an integer position gets weight 1 on its
     pixel, a half position 0.5 on each neighbour, and the weights always sum to 1
-    for positions in [0, k-1], so splatting preserves mass. The slope d tent / d position
-    is sign(j - position) inside the tent and 0 outside.
+    for positions in [0, k-1], so splatting preserves mass.
     """
     distance = _offsets(k, position) - position[:, :, None]
-    tent = (1 - distance.abs()).clamp_(min=0)
-    return tent, distance.sign_().mul_(tent > 0)
+    return (1 - distance.abs()).clamp_(min=0), distance
+
+
+def _tent_slope(tent: Tensor, distance: Tensor) -> Tensor:
+    """d tent / d position: sign(j - position) inside the tent, 0 outside (needed by the backward only)."""
+    return distance.sign().mul_(tent > 0)
 
 
 class _SoftUnpool(torch.autograd.Function):
@@ -145,16 +142,17 @@ class _SoftUnpool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, what: Tensor, where: Tensor, k: int):
-        wy, slope_y = _tent(where[..., 0], k)
-        wx, slope_x = _tent(where[..., 1], k)
+        wy, distance_y = _tent(where[..., 0], k)
+        wx, distance_x = _tent(where[..., 1], k)
         # out[b, c, y, x, i, j] = what[b, c, i, j] * wy[b, c, y, i, j] * wx[b, c, x, i, j]
         out = (what[:, :, None] * wy)[:, :, :, None] * wx[:, :, None]
-        ctx.save_for_backward(what, wy, wx, slope_y, slope_x)
+        ctx.save_for_backward(what, wy, wx, distance_y, distance_x)
         return _from_windows(out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        what, wy, wx, slope_y, slope_x = ctx.saved_tensors
+        what, wy, wx, distance_y, distance_x = ctx.saved_tensors
+        slope_y, slope_x = _tent_slope(wy, distance_y), _tent_slope(wx, distance_x)
         g = _to_windows(grad_out, wy.shape[2])  # channels-last when the decoder conv above ran so
         along_x = (g * wx[:, :, None]).sum(dim=3)  # (B, C, k, h, w): each row of the window, weighted by x
         along_y = (g * wy[:, :, :, None]).sum(dim=2)
@@ -172,7 +170,7 @@ def soft_unpool(what: Tensor, where: Tensor, k: int) -> Tensor:
 def copy_unpool(what: Tensor, k: int) -> Tensor:
     """Unpooling without the where: the value fills its whole window (nearest upsampling)."""
     b, c, hk, wk = what.shape
-    return _merge_windows(what[:, :, :, None, :, None].expand(b, c, hk, k, wk, k))
+    return _from_windows(what[:, :, None, None].expand(b, c, k, k, hk, wk))
 
 
 def pool(z: Tensor, k: int, pooling: str, beta: float) -> tuple[Tensor, Tensor]:

@@ -150,7 +150,6 @@ def summarize(runs: list[Run]) -> list[dict]:
             "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
             "run_dirs": [str(m.path) for m in members],
             "comparison_key": comparison_key(first),
-            "error_by_seed": dict(zip(seeds, errors)),
         })
     add_paired_differences(rows)
     rows.sort(key=lambda r: (r["dataset"], r["labels"] is None, r["labels"] or 0, r["mode"] == "unsupervised",
@@ -180,10 +179,12 @@ def add_paired_differences(rows: list[dict]) -> None:
         if row["baseline"]:
             continue
         matches = [b for b in rows if b["baseline"] and b["comparison_key"] == row["comparison_key"]]
-        shared = sorted(set(row["error_by_seed"]) & set(matches[0]["error_by_seed"])) if len(matches) == 1 else []
+        if len(matches) != 1:
+            continue
+        ours, theirs = dict(zip(row["seeds"], row["errors"])), dict(zip(matches[0]["seeds"], matches[0]["errors"]))
+        shared = sorted(set(ours) & set(theirs))
         if shared:
-            diffs = [row["error_by_seed"][s] - matches[0]["error_by_seed"][s] for s in shared]
-            row["vs_baseline"] = (*mean_std(diffs), len(shared))
+            row["vs_baseline"] = (*mean_std([ours[s] - theirs[s] for s in shared]), len(shared))
 
 
 def _difference_text(row: dict) -> str:
