@@ -73,7 +73,7 @@ class WandbRunId(Callback):
 
 
 def finish_wandb(trainer) -> None:
-    """Close the W&B run so its files are complete now, not only when the process exits."""
+    """Close the W&B run now, not only when the process exits (W&B's service may take a moment more to write its files)."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import time
 
 import pytest
 import pytorch_lightning as pl
@@ -132,7 +133,14 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path, tiny_dataset, monkeypatch
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--logger", "wandb") == 0
     offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
-    events = b"".join(p.read_bytes() for p in offline_runs[0].glob("*.wandb"))  # the run's event log
+    # W&B's own service process writes the event log; once in four suite runs it had written only the
+    # header when finish() returned, so give the file a few seconds to arrive.
+    deadline = time.monotonic() + 15
+    while True:
+        events = b"".join(p.read_bytes() for p in offline_runs[0].glob("*.wandb"))  # the run's event log
+        if (b"val/error" in events and b"train/loss" in events) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert b"val/error" in events and b"train/loss" in events
 
 
