@@ -1,4 +1,4 @@
-"""Training throughput of the framework against a hand-written PyTorch loop (issue 7).
+"""Training throughput of the framework against a hand-written PyTorch loop of the same model and loss.
 
 Every row runs in this one process on the same data, in rounds that take turns
 (plain, lightning, ..., then again), and each row keeps its best round: noise from
@@ -30,22 +30,20 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from pytorch_lightning.profilers import SimpleProfiler
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py and the packages, when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, when run as a script
 
-import train  # noqa: E402  (its DEFAULTS are the default job's settings)
 from datamodules.registry import DATASETS, get_dataset  # noqa: E402
 from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
 from swwae_lightning import experiment  # noqa: E402
-from swwae_lightning.losses import swwae_loss  # noqa: E402
+from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
-from swwae_lightning.presets import preset_for  # noqa: E402
+from swwae_lightning.objectives import Objective  # noqa: E402
 from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
 
 FULL = {"batch_size": 128, "unlabeled_batch_size": 128, "steps": 30, "warmup": 5, "rounds": 3,
@@ -107,7 +105,7 @@ def best_of(rounds: list[Row]) -> Row:
 
 @dataclass
 class Ratio:
-    """Two rows compared and, where issue 7 sets one, the target the comparison must meet."""
+    """Two rows compared and, where the project sets one, the target the comparison must meet."""
 
     name: str
     value: float | None  # None: its rows were not run (soft/hard without --pooling both)
@@ -150,9 +148,9 @@ class Bench:
 
 
 def job_config(args: argparse.Namespace, **overrides) -> dict:
-    """train.py's defaults (the default job) with the benchmark's choices on top."""
-    train.build_parser()  # fills train.DEFAULTS
-    cfg = dict(train.DEFAULTS)
+    """The declared defaults (the default job) with the benchmark's choices on top."""
+    S.register_settings_modules()
+    cfg = S.defaults()
     cfg.update(dataset=args.dataset, data_dir=args.data_dir, download=False, batch_size=args.batch_size,
                unlabeled_batch_size=args.unlabeled_batch_size, precision=args.precision, logger="csv")
     cfg.update(overrides)
@@ -214,13 +212,18 @@ def new_network(cfg: dict, device: torch.device) -> StackedWhatWhere:
     pl.seed_everything(cfg["seed"], verbose=False)
     info = get_dataset(cfg["dataset"])
     channels, height, _ = info.image_shape
-    net = StackedWhatWhere(cfg["arch"] or preset_for(cfg["dataset"]), channels, height, info.num_classes,
-                           cfg["pooling"], cfg["beta"], cfg["unpool"])
+    net = StackedWhatWhere(experiment.architecture(cfg), channels, height, info.num_classes,
+                           **{k: cfg[k] for k in S.names_in(["what-where"])})
     return net.to(device)
 
 
+def objective(cfg: dict) -> Objective:
+    """The same loss code the LightningModule trains with."""
+    return Objective(**{k: cfg[k] for k in S.names_in(["objectives"])})
+
+
 def is_encoder_only(cfg: dict) -> bool:
-    return cfg["lambda_rec"] == 0 and cfg["lambda_mid"] == 0
+    return not objective(cfg).uses_decoder
 
 
 def images_per_step(cfg: dict) -> int:
@@ -349,22 +352,18 @@ def top_hooks(profiler: SimpleProfiler, steps: int, rows: int = 8) -> str:
 
 # ------------------------------------------------------------------------------------------ rows
 def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, profile: bool = False) -> Row:
-    """The reference: zero_grad, forward, swwae_loss, backward, Adam step; nothing else."""
+    """The reference: zero_grad, the objective's forward and loss, backward, Adam step; nothing else."""
     net = adapt_network(new_network(cfg, bench.device), bench).train()
+    loss_of = objective(cfg)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning
     losses, clock = [], StepClock(warmup, steps, bench.synchronize)
     with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
         while clock.running:
             batch = bench.batches[clock.ended % len(bench.batches)]
-            (labeled, labels), unlabeled = batch["labeled"], batch["unlabeled"]
             optimizer.zero_grad()
             with bench.autocast():
-                if is_encoder_only(cfg):
-                    loss = F.cross_entropy(net.encode(labeled).float(), labels)
-                else:
-                    x = torch.cat((labeled, unlabeled))
-                    loss = swwae_loss(net(x), x, labels, cfg["lambda_rec"], cfg["lambda_mid"]).total
+                loss = loss_of(net, batch).total
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
@@ -474,10 +473,8 @@ def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool 
 def training_flops(bench: Bench, cfg: dict) -> int:
     """Matmul and convolution FLOPs of one forward + backward of the full model on one batch."""
     net = new_network(cfg, bench.device).train()
-    (labeled, labels), unlabeled = bench.batches[0]["labeled"], bench.batches[0]["unlabeled"]
-    x = torch.cat((labeled, unlabeled))
     with FlopCounterMode(display=False) as counter:
-        swwae_loss(net(x), x, labels, cfg["lambda_rec"], cfg["lambda_mid"]).total.backward()
+        objective(cfg)(net, bench.batches[0]).total.backward()
     return counter.get_total_flops()
 
 
@@ -649,7 +646,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = measure(args, row_runs(args, bench))
         result = {
             "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                         "arch": cfg["arch"] or preset_for(cfg["dataset"])},
+                         "arch": experiment.architecture(cfg)},
             "device": (torch.cuda.get_device_name(bench.device) if bench.device.type == "cuda"
                        else f"CPU ({os.cpu_count()} cores)"),
             "data": bench.data_source,

@@ -21,12 +21,12 @@ ROWS = ("input", "with where", "copy (no where)", "|error| with where")
 @contextmanager
 def unpooling(net: StackedWhatWhere, mode: str) -> Iterator[None]:
     """Run the same weights with another unpooling; the network's own setting comes back even on error."""
-    previous = net.unpooling
-    net.unpooling = mode
+    previous = net.unpool
+    net.unpool = mode
     try:
         yield
     finally:
-        net.unpooling = previous
+        net.unpool = previous
 
 
 class ReconstructionLogger(PictureCallback):

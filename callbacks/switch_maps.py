@@ -12,47 +12,39 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from swwae_lightning import pooling as P
+from swwae_lightning.pooling import Pooling
 
 from .image_logging import PictureCallback
 
 
-def switch_mass(where: Tensor, k: int) -> Tensor:
-    """Unit mass unpooled at every switch: float (B, C, H, W) at the pre-pool resolution.
-
-    Hard: 1 at each window's max position. Soft: each window's unit mass splatted
-    bilinearly at its (dy, dx), exactly as soft unpooling places the what.
-    """
-    ones = torch.ones(where.shape[:4], device=where.device)
-    return P.unpool(ones, where if where.dtype == torch.int64 else where.float(), k, "where")
-
-
-def switch_density(where: Tensor, k: int, out_hw: tuple[int, int]) -> Tensor:
+def switch_density(pooling: Pooling, where: Tensor, k: int, out_hw: tuple[int, int]) -> Tensor:
     """How many switches (summed over channels) fell on each pre-pool pixel: float (B, *out_hw).
 
-    Upsampled by nearest neighbour, so each output pixel holds its pre-pool pixel's count.
+    Unit mass is placed at every switch as the variant unpools (hard: on the max; soft:
+    splatted bilinearly at its (dy, dx)), then upsampled by nearest neighbour, so each
+    output pixel holds its pre-pool pixel's count.
     """
-    density = switch_mass(where, k).sum(dim=1, keepdim=True)
+    density = pooling.switch_mass(where, k).sum(dim=1, keepdim=True)
     return F.interpolate(density, size=tuple(out_hw), mode="nearest-exact").squeeze(1)
 
 
-def switch_histogram(where: Tensor, k: int) -> Tensor:
+def switch_histogram(pooling: Pooling, where: Tensor, k: int) -> Tensor:
     """Counts of switch positions inside the k x k window over all windows: float (k, k).
 
     Sums to the number of windows, B * C * H/k * W/k.
     """
-    mass = switch_mass(where, k)
+    mass = pooling.switch_mass(where, k)
     b, c, h, w = mass.shape
     return mass.view(b, c, h // k, k, w // k, k).sum(dim=(0, 1, 2, 4))
 
 
-def mean_switch_offset(where: Tensor, k: int) -> Tensor:
+def mean_switch_offset(pooling: Pooling, where: Tensor, k: int) -> Tensor:
     """The (dy, dx) offset averaged over images and channels: float (H/k, W/k, 2).
 
     For soft pooling this shows whether the soft argmax drifts towards a side of the
     window in some part of the image.
     """
-    return P.switch_positions(where, k).float().mean(dim=(0, 1))
+    return pooling.positions(where, k).float().mean(dim=(0, 1))
 
 
 def red_overlay(grey: Tensor, heat: Tensor) -> Tensor:
@@ -84,28 +76,28 @@ class SwitchMapLogger(PictureCallback):
         grey = trainer.datamodule.to_display(images.detach().float().cpu()).mean(dim=1, keepdim=True)
         for layer, (where, k) in enumerate(zip(wheres, net.pool_sizes()), start=1):
             where = where.detach().cpu()
-            cells, rows = self._cells(where, k, grey)
+            cells, rows = self._cells(net.pooling, where, k, grey)
             _, c, h, w = where.shape[:4]
             caption = (
-                f"pooling layer {layer} ({net.pooling}, {k}x{k}): where {tuple(where.shape)} from a "
+                f"pooling layer {layer} ({net.pooling.describe()}, {k}x{k}): where {tuple(where.shape)} from a "
                 f"{c}x{h * k}x{w * k} map, epoch {trainer.current_epoch}; {', then '.join(rows)}"
             )
             self.publish(trainer, make_grid(torch.cat(cells), nrow=len(images)), f"switches_layer{layer}", caption)
 
     @staticmethod
-    def _cells(where: Tensor, k: int, grey: Tensor) -> tuple[list[Tensor], list[str]]:
+    def _cells(pooling: Pooling, where: Tensor, k: int, grey: Tensor) -> tuple[list[Tensor], list[str]]:
         """The grid's pictures, each (N, 3, H, W) at the input size, and what each shows."""
         hw = tuple(grey.shape[-2:])
-        density = switch_density(where, k, hw)
-        histogram = switch_histogram(where, k)
+        density = switch_density(pooling, where, k, hw)
+        histogram = switch_histogram(pooling, where, k)
         cells = [red_overlay(grey, _as_fraction(density)), _fill(_as_fraction(histogram).expand(3, k, k), hw)]
         top_share = (histogram.max() / histogram.sum()).item()  # a number for what a grey level hides
         rows = [
             "switch density (red) over each input",
             f"the {k}x{k} histogram of positions in the window (top position {top_share:.0%}, flat {1 / k**2:.0%})",
         ]
-        if where.is_floating_point():  # soft where: the offsets themselves are worth a look
-            dy_dx = mean_switch_offset(where, k).permute(2, 0, 1) / (k - 1)
+        if pooling.name != "hard":  # real-valued offsets are worth a look of their own
+            dy_dx = mean_switch_offset(pooling, where, k).permute(2, 0, 1) / (k - 1)
             cells.append(_fill(torch.cat([dy_dx, torch.zeros_like(dy_dx[:1])]), hw))
             rows.append("the mean (dy, dx) offset (red dy, green dx)")
         return cells, rows

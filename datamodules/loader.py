@@ -2,14 +2,14 @@
 
 Small datasets live in memory, so a batch is one fancy-indexing gather, not
 ``batch_size`` calls of a per-sample ``__getitem__`` and a collate. The loader
-remembers how many batches the training loop has consumed, and Lightning saves
-that through ``state_dict`` (it does so for every child of a CombinedLoader that
+remembers how many batches the training loop has consumed (the DataModule marks
+each batch Lightning transfers to the device), and Lightning saves that through ``state_dict`` (it does so for every child of a CombinedLoader that
 has one), so a mid-epoch resume neither replays nor skips examples.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -33,27 +33,22 @@ class InMemoryBatches:
         return self.images[indices], self.labels[indices]
 
 
-def _no_pending() -> int:
-    return 0
-
-
 class ResumableLoader:
     """Yields the batches of ``plan`` for its current epoch, starting where it left off.
 
-    ``pending`` returns how many yielded batches the consumer has fetched but not
-    used yet: Lightning's training loop prefetches one batch to detect the end of
-    the epoch, and a checkpoint written at that moment must not count it.
+    Lightning's training loop prefetches one batch to detect the end of the epoch, so
+    what was yielded is not what was used: the consumer calls ``mark_consumed`` for each
+    batch it uses, and only those count in a checkpoint.
     ``sampler`` is the plan so Lightning's ``_set_sampler_epoch`` finds ``set_epoch``;
     Lightning also reads ``batch_sampler`` off anything that has a ``sampler``.
     """
 
     batch_sampler = None
 
-    def __init__(self, data: InMemoryBatches, plan: EpochPlan | CyclingPlan, num_workers: int = 0,
-                 pending: Callable[[], int] = _no_pending):
-        self.data, self.sampler, self.num_workers, self.pending = data, plan, num_workers, pending
+    def __init__(self, data: InMemoryBatches, plan: EpochPlan | CyclingPlan, num_workers: int = 0):
+        self.data, self.sampler, self.num_workers = data, plan, num_workers
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches consumed) from a checkpoint
-        self._yielded = 0  # batches of the current pass handed out so far
+        self._consumed = 0  # batches of the current pass the consumer has used
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -64,20 +59,21 @@ class ResumableLoader:
         start = self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
         self._resume_at = None
         remaining = self.sampler.batches()[start:]
-        self._yielded = start
+        self._consumed = start
         if self.num_workers > 0:
             source = DataLoader(self.data, sampler=remaining, batch_size=None, num_workers=self.num_workers,
                                 generator=torch.Generator())  # own generator: leaves the global RNG alone
         else:
             source = (self.data[indices] for indices in remaining)
-        for batch in source:
-            self._yielded += 1
-            yield batch
+        yield from source
+
+    def mark_consumed(self) -> None:
+        self._consumed += 1
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_consumed": max(0, self._yielded - self.pending())}
+        return {"epoch": self.sampler.epoch, "batches_consumed": self._consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.set_epoch(state["epoch"])
         self._resume_at = (state["epoch"], state["batches_consumed"])
-        self._yielded = state["batches_consumed"]
+        self._consumed = state["batches_consumed"]

@@ -1,9 +1,16 @@
-"""Dataset name -> how to load it and what it looks like: the one place a new dataset is added."""
+"""Dataset name -> how to load it and what it looks like: with its loader, the one place a dataset is added.
+
+A new dataset is a loader returning ``ImageSplits`` (see ``sources``) and one ``register_dataset``
+call: its image shape, classes, normalization, whether flips keep labels, its predefined
+labeled folds and the preset network the model uses when ``--arch`` is not given.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+from swwae_lightning.presets import PRESETS
 
 from . import sources
 
@@ -17,19 +24,35 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale
     std: tuple[float, ...]
     hflip: bool  # horizontal flips are label-preserving (never for digits)
+    preset: str  # the architecture string used when --arch is not given
+    folds: int = 0  # predefined labeled folds (--fold 0..folds-1); the loader returns them in ImageSplits.folds
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo("mnist", sources.load_mnist, (1, 28, 28), 10, (0.1307,), (0.3081,), False),
-        DatasetInfo("fashion-mnist", sources.load_fashion_mnist, (1, 28, 28), 10, (0.2860,), (0.3530,), True),
-        DatasetInfo("svhn", sources.load_svhn, (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False),
-        DatasetInfo("cifar10", sources.load_cifar10, (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
-        DatasetInfo("cifar100", sources.load_cifar100, (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
-        DatasetInfo("stl10", sources.load_stl10, (3, 96, 96), 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True),
-    )
-}
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Make ``info.name`` a valid ``--dataset`` (a name may be registered once)."""
+    if info.name in DATASETS and DATASETS[info.name] != info:
+        raise ValueError(f"dataset {info.name!r} is already registered")
+    DATASETS[info.name] = info
+    return info
+
+
+for _info in (
+    DatasetInfo("mnist", sources.load_mnist, (1, 28, 28), 10, (0.1307,), (0.3081,), False, PRESETS["mnist"]),
+    DatasetInfo("fashion-mnist", sources.load_fashion_mnist, (1, 28, 28), 10, (0.2860,), (0.3530,), True,
+                PRESETS["mnist"]),
+    DatasetInfo("svhn", sources.load_svhn, (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False,
+                PRESETS["cifar"]),
+    DatasetInfo("cifar10", sources.load_cifar10, (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                True, PRESETS["cifar"]),
+    DatasetInfo("cifar100", sources.load_cifar100, (3, 32, 32), 100, (0.5071, 0.4865, 0.4409),
+                (0.2673, 0.2564, 0.2762), True, PRESETS["cifar"]),
+    DatasetInfo("stl10", sources.load_stl10, (3, 96, 96), 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
+                True, PRESETS["stl10"], folds=10),
+):
+    register_dataset(_info)
 
 
 def get_dataset(name: str) -> DatasetInfo:

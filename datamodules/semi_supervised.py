@@ -17,58 +17,74 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import CombinedLoader
 
+from swwae_lightning import settings as S
+
 from . import augment
 from .loader import InMemoryBatches, ResumableLoader
-from .registry import get_dataset
+from .registry import DATASETS, get_dataset
 from .sampling import (CyclingPlan, EpochPlan, balanced_labeled_indices, check_label_count, hold_out_validation,
                        seeded_generator)
 from .sources import ImageSplits
+from .strong_augment import strong_augment
 
 MODES = ("semi", "supervised", "unsupervised")
+VIEW_KINDS = ("strong", "second")  # extra views of the unlabeled batch, drawn only when an objective asks
+
+S.declare(
+    S.Setting("dataset", "mnist", "dataset", "data", type=str, choices=lambda: sorted(DATASETS)),
+    S.Setting("data_dir", "data", "where datasets are looked for (and downloaded to)", "data", type=str,
+              affects_result=False),
+    S.Setting("labels", 100, "labeled examples, balanced over classes; 'all' with --mode supervised", "data",
+              type=S.labels_value),
+    S.Setting("mode", "semi", "semi: NLL on labeled + unlabeled terms on all; supervised; unsupervised", "data",
+              type=str, choices=lambda: MODES),
+    S.Setting("batch_size", 128, "labeled examples per step (per process)", "data", type=int, check=S.at_least(1)),
+    S.Setting("unlabeled_batch_size", 128, "unlabeled examples per step (per process)", "data", type=int,
+              check=S.at_least(1)),
+    S.Setting("val_size", 5000, "training examples held out for validation", "data", type=int, check=S.at_least(0)),
+    S.Setting("fold", None, "predefined labeled fold of datasets that have them (STL-10: 0-9)", "data", type=int),
+    S.Setting("include_extra", False, "add SVHN 'extra' / STL-10 'unlabeled' to the unlabeled pool", "data",
+              flag="switch"),
+    S.Setting("augment", True, "random shifts (and flips where label-preserving)", "data", flag="switch"),
+    S.Setting("download", True, "let torchvision download a dataset that is not found locally", "data",
+              flag="switch", affects_result=False),
+    S.Setting("num_workers", 0, "loader worker processes (data is in memory: 0 is usually fastest)", "data",
+              type=int, check=S.at_least(0), affects_result=False),
+)
 
 
 class SemiSupervisedDataModule(pl.LightningDataModule):
-    def __init__(
-        self,
-        dataset: str = "mnist",
-        data_dir: str | Path = "data",
-        labels: int | None = 100,
-        batch_size: int = 128,
-        unlabeled_batch_size: int = 128,
-        val_size: int = 5000,
-        seed: int = 0,
-        mode: str = "semi",
-        augment: bool = True,
-        num_workers: int = 0,
-        fold: int | None = None,
-        include_extra: bool = False,
-        download: bool = True,
-    ):
+    """``SemiSupervisedDataModule(views=(), **settings)``: any data setting by name (the others take their
+    declared defaults); ``views`` names the extra views of the unlabeled batch an objective needs."""
+
+    def __init__(self, views: tuple[str, ...] = (), **settings):  # settings: the data group and the seed
         super().__init__()
+        values = S.complete(settings, [*S.names_in(["data"]), "seed"], "SemiSupervisedDataModule")
+        dataset, labels, fold, mode = values["dataset"], values["labels"], values["fold"], values["mode"]
         self.info = get_dataset(dataset)
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {MODES}")
-        for name, value in (("batch_size", batch_size), ("unlabeled_batch_size", unlabeled_batch_size)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be >= 0")
-        if fold is not None and dataset != "stl10":
-            raise ValueError(f"fold={fold} applies only to stl10 (its 10 predefined 1,000-label folds), not {dataset!r}")
-        if fold is not None and not 0 <= fold < 10:
-            raise ValueError(f"fold={fold} must be in 0..9 (STL-10 has 10 predefined folds)")
+        unknown = sorted(set(views) - set(VIEW_KINDS))
+        if unknown:
+            raise ValueError(f"views {unknown} are not among {VIEW_KINDS}")
+        if fold is not None and not self.info.folds:
+            raise ValueError(f"fold={fold} applies only to datasets with predefined folds, not {dataset!r}")
+        if fold is not None and not 0 <= fold < self.info.folds:
+            raise ValueError(f"fold={fold} must be in 0..{self.info.folds - 1} ({dataset} has {self.info.folds} "
+                             f"predefined folds)")
         if mode == "semi" and labels is None and fold is None:
             raise ValueError("mode='semi' needs labels=N (how many labeled examples) or, for stl10, a fold")
         if labels is not None:
             check_label_count(labels, self.info.num_classes)  # fail before loading any data
-        self.dataset, self.data_dir, self.labels = dataset, Path(data_dir), labels
-        self.batch_size, self.unlabeled_batch_size, self.val_size = batch_size, unlabeled_batch_size, val_size
-        self.seed, self.mode, self.augment, self.num_workers = seed, mode, augment, num_workers
-        self.fold, self.include_extra, self.download = fold, include_extra, download
+        self.dataset, self.data_dir, self.labels = dataset, Path(values["data_dir"]), labels
+        self.batch_size, self.unlabeled_batch_size = values["batch_size"], values["unlabeled_batch_size"]
+        self.val_size, self.seed, self.mode = values["val_size"], values["seed"], mode
+        self.augment, self.num_workers = values["augment"], values["num_workers"]
+        self.fold, self.include_extra, self.download = fold, values["include_extra"], values["download"]
+        self.views = tuple(v for v in VIEW_KINDS if v in views)
         self.max_shift = round(self.info.image_shape[1] / 14)  # 2 px on 28/32 px images, 7 on STL-10's 96
         self.splits: ImageSplits | None = None
         self.labeled_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
+        self._train_streams: dict[str, ResumableLoader] = {}
 
     # ----------------------------------------------------------------- the split
     def setup(self, stage: str | None = None) -> None:
@@ -141,13 +157,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def _prefetched_batches(self) -> int:
-        # Lightning's training fetcher holds one batch ahead (to know the last batch).
-        fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None) if self.trainer is not None else None
-        return len(getattr(fetcher, "batches", ()))
-
     def _stream(self, data: InMemoryBatches, plan) -> ResumableLoader:
-        return ResumableLoader(data, plan, self.num_workers, pending=self._prefetched_batches)
+        return ResumableLoader(data, plan, self.num_workers)
 
     def train_streams(self) -> dict[str, ResumableLoader]:
         rank, world = self._rank_world()
@@ -166,7 +177,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return streams
 
     def train_dataloader(self) -> CombinedLoader:
-        return CombinedLoader(self.train_streams(), mode="min_size")
+        self._train_streams = self.train_streams()
+        return CombinedLoader(self._train_streams, mode="min_size")
 
     def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> ResumableLoader:
         rank, world = self._rank_world()
@@ -187,21 +199,40 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
                 images = augment.random_hflip(images, generator)
         return augment.normalize(images, self.info.mean, self.info.std)
 
+    def _strong(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A weak view's shift and flip, then the strong distortions, then normalization."""
+        images = augment.random_translate(images, self.max_shift, generator)
+        if self.info.hflip:
+            images = augment.random_hflip(images, generator)
+        return augment.standardize(strong_augment(images.float() / 255, generator, hflip=False),
+                                   self.info.mean, self.info.std)
+
+    def _views(self, images: torch.Tensor, step: int, rank: int) -> dict[str, torch.Tensor]:
+        """The extra views of the unlabeled batch, from their own generator: the default path draws as before."""
+        generator = seeded_generator(self.seed, step, rank, 0x5EC)
+        return {name: self._strong(images, generator) if name == "strong" else self._prepare(images, generator)
+                for name in self.views}
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not isinstance(batch, dict):  # validation / test: (x, y)
             images, labels = batch
             return self._prepare(images, None), labels
-        generator = None
-        if self.augment:
-            step = self.trainer.global_step if self.trainer is not None else 0
-            rank, _ = self._rank_world()
-            generator = seeded_generator(self.seed, step, rank, 0xA06)
+        # Lightning transfers exactly the batches the training loop uses (not the one it prefetches):
+        # counting here is what a mid-epoch checkpoint must record as consumed.
+        for name in batch:
+            if name in self._train_streams:
+                self._train_streams[name].mark_consumed()
+        step = self.trainer.global_step if self.trainer is not None else 0
+        rank, _ = self._rank_world()
+        generator = seeded_generator(self.seed, step, rank, 0xA06) if self.augment else None
         out = {}
         if "labeled" in batch:
             images, labels = batch["labeled"]
             out["labeled"] = (self._prepare(images, generator), labels)
         if "unlabeled" in batch:
             out["unlabeled"] = self._prepare(batch["unlabeled"], generator)
+            if self.views:
+                out["views"] = self._views(batch["unlabeled"], step, rank)
         return out
 
     def preview_images(self, num_images: int) -> torch.Tensor:
@@ -218,7 +249,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     def stream_progress(self, batch_idx: int) -> dict[str, float]:
         """Share of the unlabeled pool seen so far this epoch and labeled cycles so far."""
-        streams = self.trainer.fit_loop._combined_loader.iterables if self.trainer is not None else {}
+        streams = (self.trainer.train_dataloader if self.trainer is not None else None) or {}
         progress = {}
         if "unlabeled" in streams:
             progress["unlabeled_seen"] = (batch_idx + 1) / len(streams["unlabeled"])

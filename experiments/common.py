@@ -24,7 +24,7 @@ def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
     A finished run (results.json) is reused as it is, an interrupted one is resumed, so a
     study can be rerun to redo only its tables and pictures.
     """
-    import train
+    from swwae_lightning.cli import main
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -33,7 +33,7 @@ def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
         return last
     argv = [*argv, "--run-dir", str(run_dir)] + (["--resume", "last"] if last.is_file() else [])
     print(f"python train.py {' '.join(argv)}", flush=True)
-    code = train.main(argv)  # it restores SWWAE_RUN_DIR itself, so the next run here starts clean
+    code = main(argv)  # it restores SWWAE_RUN_DIR itself, so the next run here starts clean
     if code != 0 or not last.is_file():
         raise RuntimeError(f"train.py {' '.join(argv)} failed (exit status {code}); see the messages above")
     return last

@@ -5,7 +5,7 @@ Test digits are shifted by -3..+3 pixels horizontally, then vertically. For each
 - the *where* should move with the shift: for each pooling layer, the mean over all positions
   and channels of each switch's absolute position (window origin + (dy, dx), in input pixels),
   weighted by the what magnitude; a linear fit against the shift gives its slope (1 = moves
-  exactly with the input) and R^2 (1 = moves smoothly). Hard switches come from switch_positions.
+  exactly with the input) and R^2 (1 = moves smoothly). Switch positions come from the pooling variant's ``positions``.
 
     python -m experiments.equivariance --out reports/                    # trains both models
     python -m experiments.equivariance --checkpoint runs/equivariance-soft runs/equivariance-hard
@@ -31,7 +31,7 @@ from datamodules.augment import standardize  # noqa: E402
 from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
                                 run_and_report, train_or_reuse)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
-from swwae_lightning.pooling import switch_positions  # noqa: E402
+from swwae_lightning.pooling import Pooling  # noqa: E402
 
 AXES = {"horizontal": 1, "vertical": 0}  # index into the (dy, dx) of a where
 
@@ -44,22 +44,22 @@ def shift_images(images: Tensor, dy: int, dx: int) -> Tensor:
     return padded[..., top:top + h, left:left + w]
 
 
-def absolute_positions(where: Tensor, k: int) -> Tensor:
+def absolute_positions(pooling: Pooling, where: Tensor, k: int) -> Tensor:
     """(B, C, H/k, W/k, 2) float: each switch's (row, col) in the pooled map = window origin + (dy, dx)."""
-    offsets = switch_positions(where, k)
+    offsets = pooling.positions(where, k)
     rows = torch.arange(offsets.shape[2], dtype=offsets.dtype, device=offsets.device) * k
     cols = torch.arange(offsets.shape[3], dtype=offsets.dtype, device=offsets.device) * k
     origin = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (H/k, W/k, 2)
     return offsets + origin
 
 
-def mean_where_position(what: Tensor, where: Tensor, k: int, stride: int = 1) -> Tensor:
+def mean_where_position(pooling: Pooling, what: Tensor, where: Tensor, k: int, stride: int = 1) -> Tensor:
     """(B, 2): the what-weighted mean absolute switch position of each image, in input pixels.
 
     ``stride`` is the input pixels per pixel of the pooled map (the product of the pool sizes
     below it); a map pixel p covers input pixels p*stride .. p*stride + stride - 1.
     """
-    positions = absolute_positions(where, k) * stride + (stride - 1) / 2
+    positions = absolute_positions(pooling, where, k) * stride + (stride - 1) / 2
     weights = what.abs().unsqueeze(-1)
     return (weights * positions).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(1e-12)
 
@@ -94,7 +94,7 @@ def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tu
         for chunk in images01.split(batch_size):
             out = net(standardize(shift_images(chunk, dy, dx), mean, std))
             tops.append(out.whats[-1])
-            positions.append(torch.stack([mean_where_position(what, where, k, stride)[:, index] for what, where, k, stride
+            positions.append(torch.stack([mean_where_position(net.pooling, what, where, k, stride)[:, index] for what, where, k, stride
                                           in zip(out.whats, out.wheres, pool_sizes, strides)], dim=1))
         return torch.cat(tops), torch.cat(positions)
 
@@ -116,7 +116,7 @@ def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tu
 
 
 def model_label(net: StackedWhatWhere, name: str) -> str:
-    return f"{name} ({net.pooling}" + (f", beta {net.beta:g})" if net.pooling == "soft" else ")")
+    return f"{name} ({net.pooling.describe()})"
 
 
 def _change_at(response: dict, distance: int, key: str = "what_change") -> float:

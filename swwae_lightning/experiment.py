@@ -20,34 +20,83 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from datamodules.registry import get_dataset
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
+from . import settings as S
 from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatible, load_checkpoint
-from .module import SWWAEModule
-from .presets import preset_for
+from .module import SWWAEModule, module_settings
+from .objectives import views_needed
 from .run_files import RunCSVLogger, RunRecord, write_json
 from .tracking import WandbRunId, finish_wandb, wandb_logger
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 
+S.declare(
+    S.Setting("arch", None, "architecture string, e.g. 16C5-BN-MP2-32C3-MP2-FC128-D0.3; default: the dataset's preset",
+              "model", type=str),
+    S.Setting("max_epochs", 4, "passes over the unlabeled pool (the labeled set in supervised mode)", "optimization",
+              type=int, check=S.at_least(1)),
+    S.Setting("deterministic", False, "deterministic algorithms (bit-exact resume on CPU)", "optimization",
+              flag="switch", affects_result=False),
+    S.Setting("gpus", 0, "shorthand: accelerator=gpu, devices=N, DDP when N > 1", "hardware", type=int,
+              check=S.at_least(0), affects_result=False),
+    S.Setting("accelerator", "auto", "Lightning accelerator (cpu, gpu, mps, auto)", "hardware", type=str,
+              affects_result=False),
+    S.Setting("devices", "auto", "Lightning devices (a count, a list, or auto)", "hardware", type=str,
+              affects_result=False),
+    S.Setting("strategy", "auto", "Lightning strategy (ddp, ddp_spawn, auto, ...)", "hardware", type=str,
+              affects_result=False),
+    S.Setting("num_nodes", 1, "machines (DDP)", "hardware", type=int, check=S.at_least(1), affects_result=False),
+    S.Setting("precision", "32-true", "numeric precision", "hardware", type=str, choices=lambda: PRECISIONS),
+    S.Setting("channels_last", False, "channels-last memory format for every convolution (measured on this project's "
+              "CPU: no gain; the decoder's image-output conv already runs channels-last on CPU)", "hardware",
+              flag="switch", affects_result=False),
+    S.Setting("logger", "wandb", "experiment tracker besides metrics.csv (W&B goes offline by itself without "
+              "credentials)", "run", type=str, choices=lambda: LOGGERS, affects_result=False),
+    S.Setting("run_dir", None, "run directory; default: runs/<dataset>-<labels>-<timestamp>", "run", type=str,
+              affects_result=False),
+    S.Setting("resume", None, "continue training from PATH, or 'last' (the newest run's last.ckpt, or --run-dir's)",
+              "run", type=str, affects_result=False),
+    S.Setting("finetune_from", None, "start from these weights with a fresh optimizer (any compatible dataset/mode)",
+              "run", type=str),
+    S.Setting("evaluate", None, "test this checkpoint on the official test split and exit", "run", type=str,
+              affects_result=False),
+    S.Setting("recon_every", 1, "log reconstruction grids every N epochs (0: off)", "run", type=int,
+              check=S.at_least(0), affects_result=False),
+    S.Setting("switch_every", 1, "log switch maps every N epochs (0: off)", "run", type=int, check=S.at_least(0),
+              affects_result=False),
+    S.Setting("num_images", 8, "validation images in each picture", "run", type=int, check=S.at_least(1),
+              affects_result=False),
+    S.Setting("log_every", 20, "log training metrics every N steps", "run", type=int, check=S.at_least(1),
+              affects_result=False),
+    S.Setting("progress_every", 10, "refresh the progress bar every N steps", "run", type=int, check=S.at_least(1),
+              affects_result=False),
+    S.Setting("fast_dev_run", 0, "run N batches (default 1) of train/val/test; writes no checkpoints", "smoke",
+              type=int, flag="optional", const=1, check=S.at_least(0), affects_result=False),
+    S.Setting("limit_train_batches", None, "batches per epoch (int) or fraction (float)", "smoke",
+              type=S.batches_value),
+    S.Setting("limit_val_batches", None, "validation batches (int) or fraction (float)", "smoke",
+              type=S.batches_value, affects_result=False),
+)
+
+
+def data_settings(cfg: dict) -> dict:
+    return {k: cfg[k] for k in [*S.names_in(["data"]), "seed"]}
+
 
 def build_datamodule(cfg: dict) -> SemiSupervisedDataModule:
-    return SemiSupervisedDataModule(
-        dataset=cfg["dataset"], data_dir=cfg["data_dir"], labels=cfg["labels"], batch_size=cfg["batch_size"],
-        unlabeled_batch_size=cfg["unlabeled_batch_size"], val_size=cfg["val_size"], seed=cfg["seed"],
-        mode=cfg["mode"], augment=cfg["augment"], num_workers=cfg["num_workers"], fold=cfg["fold"],
-        include_extra=cfg["include_extra"], download=cfg["download"],
-    )
+    return SemiSupervisedDataModule(views=views_needed(cfg), **data_settings(cfg))
+
+
+def architecture(cfg: dict) -> str:
+    """The architecture a config builds: its own, or its dataset's preset."""
+    return cfg["arch"] or get_dataset(cfg["dataset"]).preset
 
 
 def build_module(cfg: dict) -> SWWAEModule:
     info = get_dataset(cfg["dataset"])
     channels, height, _ = info.image_shape
-    module = SWWAEModule(
-        arch=cfg["arch"] or preset_for(cfg["dataset"]), in_channels=channels, image_size=height,
-        num_classes=info.num_classes, pooling=cfg["pooling"], beta=cfg["beta"], unpooling=cfg["unpool"],
-        lambda_rec=cfg["lambda_rec"], lambda_mid=cfg["lambda_mid"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-        schedule=cfg["schedule"], freeze_encoder=cfg["freeze_encoder"],
-    )
+    module = SWWAEModule(architecture(cfg), channels, height, info.num_classes,
+                         **{k: cfg[k] for k in module_settings()})
     if cfg.get("channels_last"):
         # Channels-last weights make every convolution run channels-last (oneDNN on CPU, cuDNN on GPU). The
         # values are unchanged, so checkpoints load either way; loading copies into the strides of this module.
@@ -162,9 +211,7 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
     results = {
-        "dataset": cfg["dataset"], "labels": cfg["labels"], "mode": cfg["mode"], "arch": module.hparams.arch,
-        "pooling": cfg["pooling"], "unpool": cfg["unpool"], "lambda_rec": cfg["lambda_rec"],
-        "lambda_mid": cfg["lambda_mid"], "seed": cfg["seed"], **_test_results(trainer, tested),
+        **result_settings(cfg), "arch": module.hparams.arch, **_test_results(trainer, tested),
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "train_seconds": round(train_seconds, 1), "best_checkpoint": best, "run_dir": str(run_dir),
     }
@@ -173,6 +220,12 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
         rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; run directory: {run_dir}")
     finish_wandb(trainer)
     return results
+
+
+def result_settings(cfg: dict) -> dict:
+    """Every setting that can change the result, and the seed: what results.json records of the config."""
+    keep = [s.name for s in S.SETTINGS.values() if s.affects_result or s.name == "seed"]
+    return {k: cfg[k] for k in keep if k in cfg}
 
 
 def evaluate(cfg: dict, checkpoint_path: str) -> dict:

@@ -1,4 +1,4 @@
-"""The LightningModule: a thin wrapper that trains a StackedWhatWhere network.
+"""The LightningModule: a thin wrapper that trains a StackedWhatWhere network with an Objective.
 
 Hyper-parameters are plain Python types only, so a checkpoint loads with
 ``torch.load(weights_only=True)`` (no pickled code runs when it is opened).
@@ -9,11 +9,29 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .losses import SWWAELoss, swwae_loss
+from . import settings as S
 from .network import StackedWhatWhere
+from .objectives import LossParts, Objective
 from .schedules import SCHEDULES
+
+S.declare(
+    S.Setting("lr", 3e-3, "Adam (peak) learning rate", "optimization", type=float, check=S.greater_than(0)),
+    S.Setting("weight_decay", 0.0, "Adam weight decay", "optimization", type=float, check=S.at_least(0)),
+    S.Setting("schedule", "onecycle", "learning-rate schedule, stepped every batch", "optimization", type=str,
+              choices=lambda: tuple(SCHEDULES)),
+    S.Setting("freeze_encoder", False, "train only the classifier head (and decoder): a linear probe",
+              "optimization", flag="switch"),
+)
+OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
+
+
+def module_settings() -> list[str]:
+    """Every setting SWWAEModule takes: the network's, the objective's and the optimizer's."""
+    return S.names_in(["what-where", "objectives"]) + list(OPTIMIZER_SETTINGS)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -21,37 +39,32 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SWWAEModule(pl.LightningModule):
-    def __init__(
-        self,
-        arch: str,
-        in_channels: int,
-        image_size: int,
-        num_classes: int,
-        pooling: str = "hard",
-        beta: float = 100.0,
-        unpooling: str = "where",
-        lambda_rec: float = 1.0,
-        lambda_mid: float = 0.1,
-        lr: float = 3e-3,
-        weight_decay: float = 0.0,
-        schedule: str = "onecycle",
-        freeze_encoder: bool = False,
-    ):
+    """``SWWAEModule(arch, in_channels, image_size, num_classes, **settings)``: any what-where,
+    objective or optimizer setting by name (``python train.py --help`` lists them); the
+    others take their declared defaults."""
+
+    def __init__(self, arch: str, in_channels: int, image_size: int, num_classes: int, **settings):
         super().__init__()
-        for name, value in (("lambda_rec", lambda_rec), ("lambda_mid", lambda_mid), ("weight_decay", weight_decay)):
-            if value < 0:
-                raise ValueError(f"{name}={value} must be >= 0")
-        if not lr > 0:
-            raise ValueError(f"lr={lr} must be > 0")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
-        self.save_hyperparameters()
-        self.net = StackedWhatWhere(arch, in_channels, image_size, num_classes, pooling, beta, unpooling)
-        if freeze_encoder:
+        values = S.complete(settings, module_settings(), "SWWAEModule")
+        self.save_hyperparameters({"arch": arch, "in_channels": in_channels, "image_size": image_size,
+                                   "num_classes": num_classes, **values})
+        names = S.names_in(["what-where"])
+        self.net = StackedWhatWhere(arch, in_channels, image_size, num_classes, **{k: values[k] for k in names})
+        self.objective = Objective(**{k: values[k] for k in S.names_in(["objectives"])})
+        if values["freeze_encoder"]:
             for p in self.net.encoder_parameters():
                 p.requires_grad_(False)
+        self.teacher = None
+        if self.objective.needs_teacher:
+            # PyTorch's EMA of the weights and buffers; a submodule, so every checkpoint holds it.
+            self.teacher = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(values["ema_decay"]),
+                                         use_buffers=True)
+            self.teacher.requires_grad_(False)
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_term_metrics = torch.nn.ModuleDict({
+            f"{term}_{metric}": MeanMetric() for term in self.objective.computed
+            for metric in getattr(self.objective.terms[term], "validation_metrics", ())})
         self._rng_states_to_restore: dict | None = None
 
     def train(self, mode: bool = True):
@@ -64,25 +77,14 @@ class SWWAEModule(pl.LightningModule):
 
     @property
     def encoder_only(self) -> bool:
-        """lambda_rec = lambda_mid = 0 is the plain convnet baseline: skip the decoder entirely."""
-        return self.hparams.lambda_rec == 0 and self.hparams.lambda_mid == 0
+        """No term needs the decoder (the plain convnet baseline, or FixMatch alone): it never runs."""
+        return not self.objective.uses_decoder
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net.encode(x)
 
-    def compute_loss(self, batch: dict) -> SWWAELoss:
-        """One forward pass over the labeled rows followed by the unlabeled rows."""
-        labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
-        labels = labeled[1] if labeled is not None else None
-        if self.encoder_only:
-            if labeled is None:
-                raise ValueError("lambda_rec = lambda_mid = 0 with no labeled data leaves nothing to train")
-            nll = torch.nn.functional.cross_entropy(self.net.encode(labeled[0]).float(), labels)
-            zero = nll.new_zeros(()).detach()
-            return SWWAELoss(nll, nll, zero, zero)
-        parts = [t for t in (labeled[0] if labeled is not None else None, unlabeled) if t is not None]
-        x = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return swwae_loss(self.net(x), x, labels, self.hparams.lambda_rec, self.hparams.lambda_mid)
+    def compute_loss(self, batch: dict) -> LossParts:
+        return self.objective(self.net, batch, self.teacher)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.compute_loss(batch)
@@ -93,14 +95,18 @@ class SWWAEModule(pl.LightningModule):
                 f"{', '.join(bad) or 'loss'} = {[float(loss.parts()[b]) for b in bad] or float(loss.total)}"
             )
         if self._writes_logs_this_step(batch_idx):
-            size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for v in batch.values())
-            parts = {f"train/{k}": v.detach() for k, v in loss.parts().items()}
+            size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for k, v in batch.items() if k != "views")
+            parts = {f"train/{k}": v.detach() for k, v in {**loss.parts(), **loss.metrics}.items()}
             self.log("train/loss", parts.pop("train/loss"), prog_bar=True, batch_size=size)
             self.log_dict(parts, batch_size=size)
             datamodule = getattr(self.trainer, "datamodule", None)
             if hasattr(datamodule, "stream_progress"):
                 self.log_dict({f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size)
         return loss.total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.teacher is not None:  # after the optimizer step: the teacher follows the new weights
+            self.teacher.update_parameters(self.net)
 
     def _writes_logs_this_step(self, batch_idx: int) -> bool:
         """Whether Lightning writes this step's training metrics: every ``log_every_n_steps``, and
@@ -125,6 +131,11 @@ class SWWAEModule(pl.LightningModule):
             self.log(f"{stage}/rec", torch.nn.functional.mse_loss(out.reconstruction.float(), x),
                      sync_dist=True, batch_size=len(x))
         accuracy.update(logits, y)
+        if stage == "val":
+            for term in self.objective.computed:
+                counts = getattr(self.objective.terms[term], "validation_counts", None)
+                for metric, (value, weight) in (counts(logits, y) if counts else {}).items():
+                    self.val_term_metrics[f"{term}_{metric}"].update(value, weight)
 
     def _log_accuracy(self, stage: str, accuracy: MulticlassAccuracy) -> None:
         acc = accuracy.compute()  # reduced over all ranks by torchmetrics
@@ -136,6 +147,9 @@ class SWWAEModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy("val", self.val_accuracy)
+        for name, metric in self.val_term_metrics.items():  # reduced over all ranks by torchmetrics
+            self.log(f"val/{name}", metric.compute())
+            metric.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_accuracy)

@@ -1,11 +1,11 @@
 """The stacked what-where network: plain PyTorch, usable and testable without Lightning.
 
-State naming (SWWAE_SPEC.md): encoder stage l maps h_{l-1} -> z_l (convs) ->
-(what_l, where_l) = pool(z_l), h_l = what_l. Decoder stage l maps r_l -> unpool
-with where_l -> convs -> r_{l-1}. ``encoder_states[i]`` is h_{i+1} and
-``decoder_states[i]`` is r_{i+1}, its reconstruction, so the two lists pair up
-index by index; the intermediate-layer loss uses every pair but the top one
-(r_L is h_L itself: the decoder starts from the top what).
+State naming (docs/model.md, "Notation and states"): encoder stage l maps h_{l-1} -> z_l
+(convs) -> (what_l, where_l) = pool(z_l), h_l = what_l. Decoder stage l maps r_l -> unpool
+with where_l -> convs -> r_{l-1}. ``encoder_states[i]`` is h_{i+1} and ``decoder_states[i]``
+is r_{i+1}, its reconstruction, so the two lists pair up index by index. The decoder's top
+r_L is either h_L itself (``decoder_top="what"``) or decoded from the class layer through
+layers mirroring the classifier (``decoder_top="label"``: the paper's label-topped decoder).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import pooling as P
+from . import settings as S
 from .arch import BatchNorm, Conv, Dropout, Linear, LayerSpec, check_input_size, parse_arch, stages
 
 
@@ -29,6 +31,19 @@ class SWWAEOutput:
     decoder_states: list[Tensor]
     whats: list[Tensor]
     wheres: list[Tensor]
+    top_is_copy: bool = True  # r_L is h_L itself, so that pair carries no loss
+
+    def reconstruction_pairs(self) -> list[tuple[Tensor, Tensor]]:
+        """(h_l, r_l) pairs the intermediate loss compares: all but a copied top."""
+        pairs = list(zip(self.encoder_states, self.decoder_states))
+        return pairs[:-1] if self.top_is_copy else pairs
+
+
+DECODER_TOPS = ("what", "label")
+S.declare(S.Setting(
+    "decoder_top", "what", "where the decoder starts: the top what, or the class layer (one-hot label for labeled "
+    "rows, the classifier's softmax for unlabeled rows) decoded through layers mirroring the classifier",
+    "what-where", type=str, choices=lambda: DECODER_TOPS))
 
 
 class ImageOutputConv2d(nn.Conv2d):
@@ -79,43 +94,38 @@ class WhatWhereStage(nn.Module):
         self.decoder = nn.Sequential(*blocks)
         self.out_channels = widths[-1]
 
-    def encode(self, h: Tensor, pooling: str, beta: float) -> tuple[Tensor, Tensor | None]:
+    def encode(self, h: Tensor, pooling: P.Pooling) -> tuple[Tensor, Tensor | None]:
         z = self.encoder(h)
         if self.pool_size is None:
             return z, None
-        return P.pool(z, self.pool_size, pooling, beta)
+        return pooling.pool(z, self.pool_size)
 
-    def decode(self, r: Tensor, where: Tensor | None, unpooling: str) -> Tensor:
+    def decode(self, r: Tensor, where: Tensor | None, pooling: P.Pooling, unpool: str) -> Tensor:
         if self.pool_size is not None:
-            r = P.unpool(r, where, self.pool_size, unpooling)
+            r = P.unpool(pooling, r, where, self.pool_size, unpool)
         return self.decoder(r)
 
 
 class StackedWhatWhere(nn.Module):
     """Convnet encoder + classifier head + deconvnet decoder unpooling with the switches.
 
-    ``pooling`` ("hard"/"soft"), ``beta`` and ``unpooling`` ("where"/"copy") are plain
-    attributes, so a trained network can be switched at run time (e.g. the
-    where ablation reconstructs the same weights with ``unpooling="copy"``).
+    ``settings`` are the what-where settings (``pooling`` and its variant's options,
+    ``unpool``, ``decoder_top``); missing ones take their declared defaults. ``pooling`` (a
+    ``Pooling``) and ``unpool`` are plain attributes, so a trained network can be switched at
+    run time (the where ablation reconstructs the same weights with ``unpool = "copy"``).
     """
 
-    def __init__(
-        self,
-        arch: str | list[LayerSpec],
-        in_channels: int,
-        image_size: int | tuple[int, int],
-        num_classes: int,
-        pooling: str = "hard",
-        beta: float = 100.0,
-        unpooling: str = "where",
-    ):
+    def __init__(self, arch: str | list[LayerSpec], in_channels: int, image_size: int | tuple[int, int],
+                 num_classes: int, **settings):
         super().__init__()
+        options = S.complete(settings, S.names_in(["what-where"]), "StackedWhatWhere")
         specs = parse_arch(arch) if isinstance(arch, str) else list(arch)
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         sizes = check_input_size(specs, height, width)
         self.arch = arch if isinstance(arch, str) else "-".join(map(str, specs))
-        self.pooling, self.beta, self.unpooling = pooling, beta, unpooling
-        self.validate_modes()
+        self.pooling = P.make_pooling(options["pooling"], **options)
+        self.unpool = options["unpool"]
+        self.decoder_top = options["decoder_top"]
         batch_norm = any(isinstance(s, BatchNorm) for s in specs)
         dropout = next((s.p for s in specs if isinstance(s, Dropout)), 0.0)
 
@@ -128,53 +138,88 @@ class StackedWhatWhere(nn.Module):
 
         top_h, top_w = sizes[-1]
         features = channels * top_h * top_w
+        self.top_shape = (channels, top_h, top_w)
         head: list[nn.Module] = [nn.Flatten()]
+        widths = [features]
         for spec in specs:
             if isinstance(spec, Linear):
-                head += [nn.Dropout(dropout), nn.Linear(features, spec.features), nn.ReLU(inplace=True)]
-                features = spec.features
-        head += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
+                head += [nn.Dropout(dropout), nn.Linear(widths[-1], spec.features), nn.ReLU(inplace=True)]
+                widths.append(spec.features)
+        head += [nn.Dropout(dropout), nn.Linear(widths[-1], num_classes)]
         self.head = nn.Sequential(*head)
+        if self.decoder_top == "label":
+            # The classifier mirrored: classes -> its hidden widths in reverse -> the top what's size.
+            # ReLU throughout, as the top what it reconstructs is a pooled ReLU map.
+            widths = [num_classes] + widths[::-1]
+            self.top_decoder = nn.Sequential(*[m for i in range(len(widths) - 1)
+                                               for m in (nn.Linear(widths[i], widths[i + 1]), nn.ReLU(inplace=True))])
         self.input_shape = (in_channels, height, width)
         self.num_classes = num_classes
 
-    def validate_modes(self) -> None:
-        """Check the run-time switches, so a typo fails here and not deep in a forward."""
-        if self.pooling not in P.POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {P.POOLINGS}")
-        if self.unpooling not in P.UNPOOLINGS:
-            raise ValueError(f"unpooling={self.unpooling!r} is not one of {P.UNPOOLINGS}")
-        if self.pooling == "soft" and not self.beta > 0:
-            raise ValueError(f"beta={self.beta} must be > 0 for soft pooling (the paper uses 100)")
+    @property
+    def unpool(self) -> str:
+        return self._unpool
 
-    def _encode(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+    @unpool.setter
+    def unpool(self, mode: str) -> None:
+        if mode not in P.UNPOOLINGS:
+            raise ValueError(f"unpool={mode!r} is not one of {P.UNPOOLINGS}")
+        self._unpool = mode
+
+    def set_pooling(self, name: str, **options) -> None:
+        """Switch the what/where pooling of a built (or trained) network."""
+        self.pooling = P.make_pooling(name, **options)
+
+    def encode_states(self, x: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Every encoder state h_l and its where (None for a final stage without pooling)."""
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input of shape {tuple(x.shape[1:])} does not match the network's {self.input_shape}")
         states, wheres = [], []
         h = x
         for stage in self.stages:
-            h, where = stage.encode(h, self.pooling, self.beta)
+            h, where = stage.encode(h, self.pooling)
             states.append(h)
             wheres.append(where)
         return states, wheres
 
     def encode(self, x: Tensor) -> Tensor:
         """Logits from the encoder and head only: inference without the decoder's cost."""
-        states, _ = self._encode(x)
+        states, _ = self.encode_states(x)
         return self.head(states[-1])
 
-    def forward(self, x: Tensor) -> SWWAEOutput:
-        states, wheres = self._encode(x)
-        logits = self.head(states[-1])
-        decoded = [states[-1]]
-        r = states[-1]
+    def top_code(self, top_what: Tensor, logits: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's starting point r_L for this batch (see the module docstring).
+
+        With ``decoder_top="label"`` the first ``len(labels)`` rows start from their one-hot
+        label and the others from the classifier's softmax, through which the reconstruction's
+        gradient reaches the classifier.
+        """
+        if self.decoder_top == "what":
+            return top_what
+        top = F.softmax(logits.float(), dim=1).to(logits.dtype)
+        if labels is not None and labels.numel() > 0:
+            top = torch.cat([F.one_hot(labels, self.num_classes).to(top.dtype), top[labels.shape[0]:]])
+        return self.top_decoder(top).view(-1, *self.top_shape)
+
+    def decode(self, top: Tensor, wheres: list[Tensor | None]) -> list[Tensor]:
+        """[r_L, r_{L-1}, ..., r_1, reconstruction]: the decoder from ``top`` with these wheres."""
+        decoded = [top]
+        r = top
         for stage, where in zip(reversed(self.stages), reversed(wheres)):
-            r = stage.decode(r, where, self.unpooling)
+            r = stage.decode(r, where, self.pooling, self.unpool)
             decoded.append(r)
+        return decoded
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> SWWAEOutput:
+        """Everything; ``labels`` (of the first rows) matter only to the label-topped decoder."""
+        states, wheres = self.encode_states(x)
+        logits = self.head(states[-1])
+        decoded = self.decode(self.top_code(states[-1], logits, labels), wheres)
         reconstruction = decoded.pop()
         decoder_states = decoded[::-1]  # decoder_states[i] reconstructs states[i]
         whats = [s for s, w in zip(states, wheres) if w is not None]
-        return SWWAEOutput(logits, reconstruction, states, decoder_states, whats, [w for w in wheres if w is not None])
+        return SWWAEOutput(logits, reconstruction, states, decoder_states, whats, [w for w in wheres if w is not None],
+                           top_is_copy=self.decoder_top == "what")
 
     def pool_sizes(self) -> list[int]:
         return [s.pool_size for s in self.stages if s.pool_size is not None]

@@ -1,6 +1,7 @@
-"""Default architectures per input size (the paper gives none for MNIST/SVHN/CIFAR: these are ours).
+"""The named preset architectures (the paper gives none for MNIST/SVHN/CIFAR: these are ours).
 
-Parameter counts are printed by ``python -m swwae_lightning.presets`` and quoted in the README.
+Each dataset's registry entry names the preset it uses. Parameter counts are printed by
+``python -m swwae_lightning.presets`` and quoted in the README.
 """
 
 from __future__ import annotations
@@ -10,19 +11,9 @@ PRESETS: dict[str, str] = {
     "mnist": "16C5-BN-MP2-32C3-MP2-FC128-D0.3",
     # 32x32x3: a VGG-style stack, three what-where stages.
     "cifar": "64C3-64C3-BN-MP2-128C3-128C3-MP2-256C3-256C3-MP2-FC512-D0.5",
-    # 96x96x3: the STL-10 network of a public SWWAE re-implementation (SWWAE_SPEC.md), with BN.
+    # 96x96x3: the STL-10 network of a public SWWAE re-implementation (docs/model.md), with BN.
     "stl10": "(64)3c-4p-(64)3c-3p-(128)3c-(128)3c-2p-(256)3c-(256)3c-(256)3c-(512)3c-(512)3c-(512)3c-2p-BN-D0.5",
 }
-
-DATASET_PRESET = {"mnist": "mnist", "fashion-mnist": "mnist", "svhn": "cifar", "cifar10": "cifar",
-                  "cifar100": "cifar", "stl10": "stl10"}
-
-
-def preset_for(dataset: str) -> str:
-    if dataset not in DATASET_PRESET:
-        raise ValueError(f"dataset {dataset!r} has no preset architecture; give one with --arch")
-    return PRESETS[DATASET_PRESET[dataset]]
-
 
 if __name__ == "__main__":
     from .network import StackedWhatWhere

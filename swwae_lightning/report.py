@@ -24,8 +24,13 @@ from pathlib import Path
 
 import yaml
 
-# The paper's figures (SWWAE_SPEC.md), test error in %, for the standard model (hard pooling,
-# unpooling with the where, lambda > 0): (dataset, labels or None for all, mode) -> (error, note).
+from . import settings as S
+from .objectives import active_terms, is_baseline
+
+S.register_settings_modules()  # every setting's default, for runs whose config predates it
+
+# The paper's figures (docs/model.md, "Claims and reported figures"), test error in %, for the standard
+# model (hard pooling, unpooling with the where, lambda > 0): (dataset, labels or None for all, mode) -> (error, note).
 PAPER_ERRORS: dict[tuple[str, int | None, str], tuple[float, str]] = {
     ("mnist", 100, "semi"): (9.0, "≈ 9 (recalled, not verified)"),
     ("svhn", 1000, "semi"): (27.83, "27.83 (23.56 with dropout)"),
@@ -34,19 +39,6 @@ PAPER_ERRORS: dict[tuple[str, int | None, str], tuple[float, str]] = {
     ("cifar100", None, "supervised"): (30.9, "30.9 (69.1 % acc.)"),
 }
 
-# Config keys that do not change what is learned: left out of the experiment key.
-BOOKKEEPING = {
-    "seed", "run_dir", "data_dir", "download", "num_workers", "logger", "wandb_project", "wandb_entity",
-    "wandb_name", "wandb_tags", "resume", "evaluate", "recon_every", "switch_every", "num_images",
-    "log_every", "progress_every", "gpus", "accelerator", "devices", "strategy", "num_nodes", "deterministic",
-    "channels_last",  # the memory layout: the same network and values
-    "arch",  # null in a config means the preset; results.json holds the architecture actually built
-}
-# What a supervised-only baseline may differ in from the SWWAE runs it is the baseline of: it has no decoder.
-DECODER_SETTINGS = {"lambda_rec", "lambda_mid", "pooling", "beta", "unpool"}
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
 @dataclass
 class Run:
     path: Path
@@ -54,9 +46,13 @@ class Run:
     results: dict
 
     @property
+    def settings(self) -> dict:
+        """The run's settings: its config.yaml, with the architecture it actually built (null means the preset)."""
+        return {**self.config, "arch": self.results.get("arch", self.config.get("arch"))}
+
+    @property
     def is_baseline(self) -> bool:
-        """The plain convnet: no reconstruction term at all."""
-        return self.results["lambda_rec"] == 0 and self.results["lambda_mid"] == 0
+        return is_baseline(self.settings)
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -79,21 +75,20 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def _settings(run: Run, leave_out: set[str]) -> tuple:
+    """The run's settings but ``leave_out``, defaults filled in for settings its config predates."""
+    values = {**S.defaults(), **run.settings}
     # false and 0 (or true and 1) are the same setting: a resumed run's config may hold either.
-    return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in run.config.items() if k not in leave_out))
+    return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in values.items() if k not in leave_out))
 
 
 def experiment_key(run: Run) -> tuple:
     """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
-    from_results = tuple(run.results.get(k) for k in ("dataset", "labels", "mode", "arch", "pooling", "unpool",
-                                                      "lambda_rec", "lambda_mid"))
-    return from_results + _settings(run, BOOKKEEPING)
+    return _settings(run, S.bookkeeping() | {"seed"})
 
 
 def comparison_key(run: Run) -> tuple:
-    """What a run and its baseline share: everything but the seed and the decoder's settings."""
-    return tuple(run.results.get(k) for k in ("dataset", "labels", "mode", "arch")) + _settings(
-        run, BOOKKEEPING | DECODER_SETTINGS)
+    """What a run and its baseline share: everything but the seed and the method's settings (what-where, objectives)."""
+    return _settings(run, S.bookkeeping() | {"seed"} | S.method_settings())
 
 
 def run_name(run: Run) -> str:
@@ -111,8 +106,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def paper_error(run: Run) -> tuple[float, str] | None:
-    r = run.results
-    if run.is_baseline or r.get("pooling") != "hard" or r.get("unpool") != "where":
+    r = run.settings
+    plain_swwae = {t.name for t in active_terms(r)} <= {"rec", "mid"} and r.get("decoder_top", "what") == "what"
+    if run.is_baseline or not plain_swwae or r.get("pooling") != "hard" or r.get("unpool") != "where":
         return None
     labels = r.get("labels")
     if labels is None and run.config.get("fold") is not None:
@@ -136,13 +132,13 @@ def summarize(runs: list[Run]) -> list[dict]:
         seeds = [m.results.get("seed") for m in members]
         if len(set(seeds)) < len(seeds):
             print(f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr)
+        settings = {**S.defaults(), **first.settings}
         rows.append({
             "experiment": names[0] if len(names) == 1 else " / ".join(names),
-            "dataset": first.results["dataset"], "labels": first.results.get("labels"),
-            "fold": first.config.get("fold"), "mode": first.results["mode"],
-            "pooling": first.results.get("pooling"), "unpool": first.results.get("unpool"),
-            "lambda_rec": first.results["lambda_rec"], "lambda_mid": first.results["lambda_mid"],
-            "baseline": first.is_baseline, "seeds": seeds,
+            "dataset": settings["dataset"], "labels": settings["labels"], "fold": settings["fold"],
+            "mode": settings["mode"], "pooling": settings["pooling"], "unpool": settings["unpool"],
+            "terms": {t.name: settings[t.weight.name] for t in active_terms(settings)},
+            "decoder_top": settings["decoder_top"], "baseline": first.is_baseline, "seeds": seeds,
             "errors": errors, "error_mean": mean, "error_std": std,
             "paper_error": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
             "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
@@ -201,10 +197,7 @@ def markdown_table(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        if row["baseline"]:
-            model = f"{row['mode']}, no reconstruction (baseline)"
-        else:
-            model = f"{row['mode']}, {row['pooling']} pool, {row['unpool']} unpool, λ {row['lambda_rec']:g}/{row['lambda_mid']:g}"
+        model = _model_text(row)
         lines.append(
             f"| {row['experiment']} | {row['dataset']} | {_labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
             f"| {_error_text(row)} | {_difference_text(row)} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} | {'; '.join(row['hardware'])} |"
@@ -212,12 +205,27 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _uses_decoder(row: dict) -> bool:
+    return bool({"rec", "mid", "swap"} & set(row["terms"]))
+
+
+def _model_text(row: dict) -> str:
+    if row["baseline"]:
+        return f"{row['mode']}, no unlabeled term (baseline)"
+    terms = " + ".join(f"{name} {weight:g}" for name, weight in row["terms"].items())
+    decoder = (f", {row['pooling']} pool, {row['unpool']} unpool, {row['decoder_top']} top"
+               if _uses_decoder(row) else "")
+    return f"{row['mode']}{decoder}, λ: {terms}"
+
+
 def _series_name(row: dict) -> str:
     if row["baseline"]:
         return "supervised-only baseline"
-    extras = [x for x in (row["pooling"] != "hard" and f"{row['pooling']} pooling",
-                          row["unpool"] != "where" and f"{row['unpool']} unpooling") if x]
-    return "SWWAE" + (f" ({', '.join(extras)})" if extras else "")
+    method = "SWWAE" if set(row["terms"]) <= {"rec", "mid"} else " + ".join(row["terms"])
+    extras = [x for x in (_uses_decoder(row) and row["pooling"] != "hard" and f"{row['pooling']} pooling",
+                          _uses_decoder(row) and row["unpool"] != "where" and f"{row['unpool']} unpooling",
+                          _uses_decoder(row) and row["decoder_top"] != "what" and f"{row['decoder_top']} top") if x]
+    return method + (f" ({', '.join(extras)})" if extras else "")
 
 
 def plot_error_vs_labels(rows: list[dict], path: Path) -> None:
@@ -277,7 +285,7 @@ def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]
 def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
     """Expand a sweep plan into one config file per variant, under runs_root/configs/.
 
-    A plan is YAML: ``base`` (a config path, relative to the plan's folder or the repository),
+    A plan is YAML: ``base`` (a config path, relative to the plan's folder or the working directory),
     optional ``common`` settings for every variant, and ``variants``, a mapping of variant name to
     the settings it changes, e.g. ``{baseline: {lambda_rec: 0, lambda_mid: 0}, no-augment: {augment: false}}``.
     Each variant's config is the base with its settings replaced; its runs go to runs_root/<variant>-seed<S>.
@@ -290,7 +298,7 @@ def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
     variants = plan.get("variants") if isinstance(plan, dict) else None
     if not isinstance(variants, dict) or not variants or "base" not in plan:
         raise ValueError(f"sweep plan {plan_file} needs 'base: CONFIG' and 'variants: {{NAME: {{SETTING: VALUE}}}}'")
-    base_path = next((p for p in (plan_file.parent / plan["base"], REPO_ROOT / plan["base"]) if p.is_file()), None)
+    base_path = next((p for p in (plan_file.parent / plan["base"], Path(plan["base"])) if p.is_file()), None)
     if base_path is None:
         raise ValueError(f"sweep plan {plan_file}: base config {plan['base']!r} does not exist")
     base = {**(yaml.safe_load(base_path.read_text()) or {}), **(plan.get("common") or {})}
@@ -310,7 +318,7 @@ def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
 
 def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "runs",
           train_args: list[str] | None = None, jobs: int = 1) -> tuple[list[Path], list[str]]:
-    """train.py once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time.
+    """The training command line once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time.
 
     A finished run (results.json) is kept; an interrupted one (last.ckpt, no results.json) is resumed.
     With jobs > 1 each run's output goes to its run directory's train.log instead of the terminal.
@@ -324,7 +332,7 @@ def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "
             if (run_dir / "results.json").is_file():
                 print(f"[sweep] {run_dir} is finished; kept", flush=True)
                 continue
-            command = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config), "--seed", str(seed),
+            command = [sys.executable, "-m", "swwae_lightning.cli", "--config", str(config), "--seed", str(seed),
                        "--run-dir", str(run_dir), *(train_args or [])]
             if (run_dir / "checkpoints" / "last.ckpt").is_file():
                 command += ["--resume", "last"]

@@ -16,7 +16,17 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from . import settings as S
+
 WANDB_HOST = "api.wandb.ai"
+
+S.declare(
+    S.Setting("wandb_project", "swwae-lightning", "W&B project", "run", type=str, affects_result=False),
+    S.Setting("wandb_entity", None, "W&B entity (team or user)", "run", type=str, affects_result=False),
+    S.Setting("wandb_name", None, "W&B run name; default: the run directory's name", "run", type=str,
+              affects_result=False),
+    S.Setting("wandb_tags", [], "comma-separated W&B tags", "run", type=S.tags_value, affects_result=False),
+)
 
 
 def _has_credentials() -> bool:

@@ -43,7 +43,7 @@ def tiny_dataset(monkeypatch) -> str:
     """Registers dataset 'tiny' (1x8x8, 4 classes) for DataModule tests; returns its name."""
     splits = make_tiny_splits()
     info = registry.DatasetInfo("tiny", lambda data_dir, download, include_extra: splits, (1, 8, 8), 4,
-                                (0.3,), (0.3,), False)
+                                (0.3,), (0.3,), False, preset="4C3-MP2-FC16")
     monkeypatch.setitem(registry.DATASETS, "tiny", info)
     return "tiny"
 

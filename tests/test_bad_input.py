@@ -34,20 +34,20 @@ def write(path: Path, content: bytes) -> Path:
 
 
 CASES = {
-    "unknown dataset": (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-    "unknown pooling": (["--pooling", "average"], "invalid choice: 'average'"),
-    "bad precision": (["--precision", "8-bit"], "invalid choice: '8-bit'"),
-    "labels not a number": (["--labels", "many"], "'many' is not a whole number"),
+    "unknown dataset": (["--dataset", "imagenet"], "--dataset 'imagenet' is not one of"),
+    "unknown pooling": (["--pooling", "average"], "--pooling 'average' is not one of ['hard', 'soft']"),
+    "bad precision": (["--precision", "8-bit"], "--precision '8-bit' is not one of"),
+    "labels not a number": (["--labels", "many"], "--labels 'many' is not a whole number or 'all'"),
     "labels not divisible": (["--labels", "42"], "labels=42 must be a positive multiple of the 4 classes"),
     "more labels than a class holds": (["--labels", "4000"], "labels=4000 asks for 1000 examples of class 0"),
-    "too many gpus": (["--gpus", "4"], "--gpus 4 asks for 4 GPUs but 0 were found"),
+    "too many gpus": (["--gpus", "4"], "--gpus 4 asks for 4 GPUs but"),
     "negative lambda": (["--lambda-rec", "-1"], "--lambda-rec -1.0 must be >= 0"),
     "zero batch size": (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
     "zero epochs": (["--max-epochs", "0"], "--max-epochs 0 must be >= 1"),
     "soft pooling without temperature": (["--pooling", "soft", "--beta", "0"], "--beta 0.0 must be > 0"),
     "bad architecture token": (["--arch", "32C5-XP2"], "bad token 'XP2'"),
     "pool does not tile the image": (["--arch", "8C3-MP3"], "stage 1 pooling MP3 gets a 8x8 map"),
-    "fold on a dataset without folds": (["--fold", "3"], "fold=3 applies only to stl10"),
+    "fold on a dataset without folds": (["--fold", "3"], "fold=3 applies only to datasets with predefined folds"),
     "missing data, no way to get it": (["--dataset", "cifar10", "--no-download", "--data-dir", "nowhere"], "nowhere"),
     "resume a missing file": (["--resume", "gone.ckpt"], "checkpoint 'gone.ckpt' does not exist"),
     "resume an empty file": (["--resume", "{empty}"], "is empty (0 bytes)"),
@@ -59,6 +59,14 @@ CASES = {
     "unknown config key": (["--config", "{typo_config}"], "unknown key 'lamda_rec'; did you mean 'lambda_rec'?"),
     "config value of the wrong type": (["--config", "{bad_value_config}"], "'lots' is not a whole number"),
     "config that is not a mapping": (["--config", "{list_config}"], "must hold a mapping"),
+    "non-finite weight": (["--lambda-mid", "nan"], "--lambda-mid nan must be a finite number"),
+    "infinite learning rate": (["--lr", "inf"], "--lr inf must be a finite number"),
+    "non-finite value in a config file": (["--config", "{nan_config}"], "lr: nan must be a finite number"),
+    "FixMatch threshold outside (0, 1)": (["--fixmatch-threshold", "1.5"], "--fixmatch-threshold 1.5 must be in (0, 1)"),
+    "EMA decay of 1": (["--ema-decay", "1"], "--ema-decay 1.0 must be in [0, 1)"),
+    "negative objective weight": (["--lambda-fixmatch", "-0.5"], "--lambda-fixmatch -0.5 must be >= 0"),
+    "unknown objective setting": (["--lambda-fixmach", "1"], "unrecognized arguments: --lambda-fixmach 1"),
+    "unknown decoder top": (["--decoder-top", "class"], "--decoder-top 'class' is not one of ['what', 'label']"),
     "resume and fine-tune together": (["--resume", "{other}", "--finetune-from", "{other}"], "give only one"),
 }
 
@@ -74,6 +82,7 @@ def test_bad_input_fails_in_one_line_naming_the_value(name, workdir, capsys):
         "typo_config": write(workdir / "typo.yaml", b"lamda_rec: 0.5\n"),
         "bad_value_config": write(workdir / "bad.yaml", b"labels: lots\n"),
         "list_config": write(workdir / "list.yaml", b"- labels\n"),
+        "nan_config": write(workdir / "nan.yaml", b"lr: .nan\n"),
     }
     before = sorted(p.name for p in workdir.iterdir())
     argv = ["--dataset", "tiny", "--labels", "40", *SMALL] + [a.format(**files) for a in args]

@@ -18,8 +18,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks import ReconstructionLogger, SwitchMapLogger
 from callbacks.image_logging import evaluating
 from callbacks.switch_maps import mean_switch_offset, switch_density, switch_histogram
+
 from swwae_lightning import pooling as P
 from swwae_lightning.module import SWWAEModule
+
+HARD, SOFT = P.make_pooling("hard"), P.make_pooling("soft")
 from swwae_lightning.run_files import RunCSVLogger
 
 SIDE = 28
@@ -88,38 +91,38 @@ def known_maxima():
 def test_hard_switch_density_sits_exactly_on_the_maxima():
     z, maxima = known_maxima()
     _, where = P.hard_pool(z, 2)
-    assert torch.equal(switch_density(where, 2, (4, 4)), maxima.sum(dim=1))
+    assert torch.equal(switch_density(HARD, where, 2, (4, 4)), maxima.sum(dim=1))
     # Upsampled to twice the size, every pre-pool pixel becomes a 2x2 block of its count.
     upsampled = maxima.sum(dim=1).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
-    assert torch.equal(switch_density(where, 2, (8, 8)), upsampled)
+    assert torch.equal(switch_density(HARD, where, 2, (8, 8)), upsampled)
 
 
 def test_switch_histogram_counts_positions_and_sums_to_the_number_of_windows():
     z, _ = known_maxima()
     _, where = P.hard_pool(z, 2)
     # Offsets: channel 0 (0,0) (1,1) (0,0) (1,1); channel 1 (0,1) (0,1) (1,0) (1,1).
-    assert torch.equal(switch_histogram(where, 2), torch.tensor([[2.0, 2.0], [1.0, 3.0]]))
+    assert torch.equal(switch_histogram(HARD, where, 2), torch.tensor([[2.0, 2.0], [1.0, 3.0]]))
     b, c, h, w = where.shape
-    assert switch_histogram(where, 2).sum() == b * c * h * w
+    assert switch_histogram(HARD, where, 2).sum() == b * c * h * w
 
 
 def test_soft_switches_with_a_large_beta_match_hard_ones():
     z = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(1))
     _, hard_where = P.hard_pool(z, 3)
     _, soft_where = P.soft_pool(z, 3, beta=1e4)
-    assert torch.allclose(switch_histogram(soft_where, 3), switch_histogram(hard_where, 3), atol=1e-3)
-    assert torch.allclose(switch_density(soft_where, 3, (6, 6)), switch_density(hard_where, 3, (6, 6)), atol=1e-3)
+    assert torch.allclose(switch_histogram(SOFT, soft_where, 3), switch_histogram(HARD, hard_where, 3), atol=1e-3)
+    assert torch.allclose(switch_density(SOFT, soft_where, 3, (6, 6)), switch_density(HARD, hard_where, 3, (6, 6)), atol=1e-3)
 
 
 def test_soft_switch_mass_is_splatted_and_preserved():
     where = torch.tensor([0.5, 1.0]).view(1, 1, 1, 1, 2)  # halfway down, right column of a 2x2 window
-    assert torch.equal(switch_density(where, 2, (2, 2)), torch.tensor([[[0.0, 0.5], [0.0, 0.5]]]))
-    assert switch_histogram(where, 2).sum() == 1
+    assert torch.equal(switch_density(SOFT, where, 2, (2, 2)), torch.tensor([[[0.0, 0.5], [0.0, 0.5]]]))
+    assert switch_histogram(SOFT, where, 2).sum() == 1
 
 
 def test_mean_switch_offset_averages_images_and_channels():
     where = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]).view(2, 2, 1, 1, 2)
-    assert torch.equal(mean_switch_offset(where, 2), torch.tensor([[[0.5, 0.5]]]))
+    assert torch.equal(mean_switch_offset(SOFT, where, 2), torch.tensor([[[0.5, 0.5]]]))
 
 
 # --- the pictures ------------------------------------------------------------------------------
@@ -192,7 +195,7 @@ def test_copy_unpooling_is_undone_when_its_forward_fails(tmp_path, monkeypatch):
     forward = module.net.forward
 
     def forward_failing_on_copy(x):
-        if module.net.unpooling == "copy":
+        if module.net.unpool == "copy":
             raise RuntimeError("copy forward failed")
         return forward(x)
 
@@ -200,7 +203,7 @@ def test_copy_unpooling_is_undone_when_its_forward_fails(tmp_path, monkeypatch):
     trainer = tiny_trainer(tmp_path, [ReconstructionLogger(num_images=2, out_dir=tmp_path)], limit_val_batches=1)
     with pytest.raises(RuntimeError, match="copy forward failed"):
         trainer.validate(module, datamodule=TinyImages(), verbose=False)
-    assert module.net.unpooling == "where"
+    assert module.net.unpool == "where"
 
 
 # --- when they draw ----------------------------------------------------------------------------

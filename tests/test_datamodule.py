@@ -11,7 +11,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule
 def make_dm(dataset, **kwargs) -> SemiSupervisedDataModule:
     args = dict(labels=40, val_size=50, batch_size=16, unlabeled_batch_size=32, seed=0, download=False)
     args.update(kwargs)
-    dm = SemiSupervisedDataModule(dataset, **args)
+    dm = SemiSupervisedDataModule(dataset=dataset, **args)
     dm.setup("fit")
     return dm
 
@@ -50,10 +50,11 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(dataset="imagenet"), r"unknown dataset 'imagenet'; choose one of"),
+    (dict(dataset="imagenet"), r"dataset='imagenet' is not one of \['cifar10'"),
     (dict(mode="weak"), r"mode='weak' is not one of"),
     (dict(batch_size=0), r"batch_size=0 must be >= 1"),
-    (dict(fold=3), r"fold=3 applies only to stl10"),
+    (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
+    (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
     (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
     (dict(labels=None), r"mode='semi' needs labels=N"),
 ])
@@ -118,6 +119,8 @@ def test_loader_resumes_mid_epoch_without_replaying_or_skipping():
     loader = ResumableLoader(data, EpochPlan(100, 10, seed=3))
     it = iter(loader)
     first = [next(it).flatten().tolist() for _ in range(4)]
+    for _ in first:
+        loader.mark_consumed()
     state = loader.state_dict()
     assert state == {"epoch": 0, "batches_consumed": 4}
     resumed = ResumableLoader(data, EpochPlan(100, 10, seed=3))
@@ -129,10 +132,12 @@ def test_loader_resumes_mid_epoch_without_replaying_or_skipping():
 
 def test_state_does_not_count_batches_the_consumer_prefetched_but_has_not_used():
     data = InMemoryBatches(torch.arange(100).view(100, 1, 1, 1))
-    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3), pending=lambda: 1)
+    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3))
     it = iter(loader)
-    for _ in range(5):
+    for _ in range(5):  # fetched five, used four: the fifth is the one a training loop holds ahead
         next(it)
+    for _ in range(4):
+        loader.mark_consumed()
     assert loader.state_dict()["batches_consumed"] == 4
 
 

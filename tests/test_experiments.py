@@ -212,7 +212,7 @@ def test_reconstruction_mse_with_and_without_the_where_on_a_hand_built_network()
     net = identity_network()
     assert where_ablation.reconstruction_mse(net, images, "where") == pytest.approx(0.0)
     assert where_ablation.reconstruction_mse(net, images, "copy", batch_size=2) == pytest.approx(0.75)  # 3 of 4 pixels off by 1
-    assert net.unpooling == "where"  # the network's own setting comes back
+    assert net.unpool == "where"  # the network's own setting comes back
 
 
 def test_ablation_findings_check_both_claims():
@@ -267,14 +267,15 @@ def test_mean_where_position_follows_a_moving_activation_with_slope_one(pooling)
     for shift in range(-2, 3):
         z = torch.zeros(1, 2, 8, 8)
         z[0, 0, 4, 3 + shift] = 2.0  # a feature that moves with the input; channel 1 stays silent
-        what, where = P.pool(z, 2, pooling, beta=100.0)
-        positions.append(equivariance.mean_where_position(what, where, 2)[0].tolist())
+        variant = P.make_pooling(pooling)
+        what, where = variant.pool(z, 2)
+        positions.append(equivariance.mean_where_position(variant, what, where, 2)[0].tolist())
     rows, cols = zip(*positions)
     assert rows == pytest.approx([4.0] * 5, abs=1e-3)
     slope, _, r2 = equivariance.linear_fit(range(-2, 3), cols)
     assert slope == pytest.approx(1.0, abs=1e-3) and r2 == pytest.approx(1.0, abs=1e-6)
     # Above a stride-2 layer a map pixel covers two input pixels: column 5 is input pixels 10-11.
-    assert equivariance.mean_where_position(what, where, 2, stride=2)[0, 1] == pytest.approx(10.5, abs=1e-3)
+    assert equivariance.mean_where_position(variant, what, where, 2, stride=2)[0, 1] == pytest.approx(10.5, abs=1e-3)
 
 
 @pytest.mark.parametrize("pooling", ["hard", "soft"])

@@ -86,6 +86,8 @@ def test_two_ranks_resumed_mid_epoch_cover_the_epoch_exactly_once():
         loader = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
         it = iter(loader)
         seen += [next(it) for _ in range(3)]
+        for _ in range(3):
+            loader.mark_consumed()
         resumed = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
         resumed.load_state_dict(loader.state_dict())
         seen += list(resumed)
@@ -98,8 +100,8 @@ def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_chec
     def poisoned(self, batch):
         loss = original(self, batch)
         if self.current_epoch == 1 and self.trainer.fit_loop.epoch_loop.batch_idx == 2:
-            loss.rec = loss.rec * float("nan")
-            loss.total = loss.nll + loss.rec
+            loss.terms["rec"] = loss.terms["rec"] * float("nan")
+            loss.total = loss.terms["nll"] + loss.terms["rec"]
         return loss
 
     monkeypatch.setattr(SWWAEModule, "compute_loss", poisoned)

@@ -4,9 +4,18 @@ import pytest
 import torch
 
 from swwae_lightning.arch import BatchNorm, Conv, Dropout, Linear, Pool, parse_arch
-from swwae_lightning.losses import swwae_loss
 from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.objectives import Objective
 from swwae_lightning.presets import PRESETS
+
+
+def loss_of(net, x, labels=None, **weights):
+    """The objective on x, whose first len(labels) rows are labeled."""
+    n = 0 if labels is None else len(labels)
+    batch = {"unlabeled": x[n:]} if n < len(x) else {}
+    if labels is not None:
+        batch["labeled"] = (x[:n], labels)
+    return Objective(**weights)(net, batch)
 
 
 def test_parse_arch_reads_the_compact_and_the_paper_notation():
@@ -57,18 +66,22 @@ def test_pooling_and_unpooling_switch_at_run_time():
     net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, 8, 3).eval()
     x = torch.randn(2, 1, 8, 8)
     with_where = net(x).reconstruction
-    net.unpooling = "copy"
+    net.unpool = "copy"
     assert not torch.allclose(net(x).reconstruction, with_where)
-    net.unpooling, net.pooling = "where", "soft"
-    assert net(x).wheres[0].dtype == torch.float32
-    net.pooling = "average"
-    with pytest.raises(ValueError, match="pooling='average'"):
-        net.validate_modes()
+    net.unpool = "where"
+    net.set_pooling("soft", beta=5.0)
+    assert net(x).wheres[0].dtype == torch.float32 and net.pooling.options == {"beta": 5.0}
+    with pytest.raises(ValueError, match="unknown pooling 'average'; choose one of"):
+        net.set_pooling("average")
+    with pytest.raises(ValueError, match="unpool='nearest' is not one of"):
+        net.unpool = "nearest"
 
 
 def test_soft_pooling_rejects_non_positive_beta():
-    with pytest.raises(ValueError, match="beta=0"):
+    with pytest.raises(ValueError, match="beta=0.0 must be > 0"):
         StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling="soft", beta=0)
+    with pytest.raises(ValueError, match="beta=nan must be a finite number"):
+        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling="soft", beta=float("nan"))
 
 
 def test_wrong_input_shape_is_named():
@@ -83,23 +96,27 @@ def test_loss_parts_labels_cover_only_the_first_rows_and_none_gives_no_nll():
     x = torch.randn(6, 1, 8, 8)
     out = net(x)
     labels = torch.tensor([0, 2])
-    loss = swwae_loss(out, x, labels, lambda_rec=0.5, lambda_mid=0.25)
+    loss = loss_of(net, x, labels, lambda_rec=0.5, lambda_mid=0.25).terms
     expected_nll = torch.nn.functional.cross_entropy(out.logits[:2], labels)
     expected_mid = torch.nn.functional.mse_loss(out.decoder_states[0], out.encoder_states[0])
-    assert torch.allclose(loss.nll, expected_nll)
-    assert torch.allclose(loss.rec, torch.nn.functional.mse_loss(out.reconstruction, x))
-    assert torch.allclose(loss.mid, expected_mid)  # the top pair (r_L = h_L) is left out
-    assert torch.allclose(loss.total, loss.nll + 0.5 * loss.rec + 0.25 * loss.mid)
-    assert swwae_loss(out, x, None).nll == 0
+    assert torch.allclose(loss["nll"], expected_nll)
+    assert torch.allclose(loss["rec"], torch.nn.functional.mse_loss(out.reconstruction, x))
+    assert torch.allclose(loss["mid"], expected_mid)  # the top pair (r_L = h_L) is left out
+    total = loss_of(net, x, labels, lambda_rec=0.5, lambda_mid=0.25).total
+    assert torch.allclose(total, loss["nll"] + 0.5 * loss["rec"] + 0.25 * loss["mid"])
+    assert loss_of(net, x, None).terms["nll"] == 0
 
 
 def test_zero_lambdas_report_the_terms_but_send_no_gradient_to_the_decoder():
     net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, 8, 3)
     x = torch.randn(4, 1, 8, 8)
-    loss = swwae_loss(net(x), x, torch.tensor([0, 1]), lambda_rec=0, lambda_mid=0)
+    # lambda_rec = 0 with lambda_mid > 0 runs the decoder: rec is reported but trains nothing.
+    loss = loss_of(net, x, torch.tensor([0, 1]), lambda_rec=0, lambda_mid=1e-30)
     loss.total.backward()
-    assert loss.rec > 0
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for s in net.stages for p in s.decoder.parameters())
+    assert loss.terms["rec"] > 0 and not loss.terms["rec"].requires_grad
+    assert all(p.grad is None or p.grad.abs().max() < 1e-20 for s in net.stages for p in s.decoder.parameters())
+    baseline = Objective(lambda_rec=0, lambda_mid=0)
+    assert not baseline.uses_decoder and baseline.computed == []  # both zero: the decoder never runs
 
 
 @pytest.mark.parametrize("pooling", ["hard", "soft"])
@@ -110,24 +127,24 @@ def test_100_adam_steps_on_one_mnist_batch_cut_the_reconstruction_loss_by_80_per
     x = mnist_batch
     first = None
     for _ in range(100):
-        loss = swwae_loss(net(x), x, None, lambda_rec=1.0, lambda_mid=0.1)
-        first = first if first is not None else loss.rec.item()
+        loss = loss_of(net, x, None, lambda_rec=1.0, lambda_mid=0.1)
+        first = first if first is not None else loss.terms["rec"].item()
         opt.zero_grad()
         loss.total.backward()
         opt.step()
     net.eval()
     with torch.no_grad():
-        final = swwae_loss(net(x), x, None).rec.item()
+        final = loss_of(net, x, None).terms["rec"].item()
     assert final < 0.2 * first, (first, final)
 
 
 def test_channels_last_module_computes_the_same_losses_and_gradients():
     """--channels-last changes only the memory layout: same loss and gradients, channels-last weights."""
+    from swwae_lightning import settings
     from swwae_lightning.experiment import build_module
-    from swwae_lightning.losses import swwae_loss
 
-    cfg = {"dataset": "mnist", "arch": "4C5-BN-MP2-8C3-MP2-FC16", "pooling": "hard", "beta": 100.0, "unpool": "where",
-           "lambda_rec": 1.0, "lambda_mid": 0.1, "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "freeze_encoder": False}
+    settings.register_settings_modules()
+    cfg = {**settings.defaults(), "arch": "4C5-BN-MP2-8C3-MP2-FC16", "lr": 1e-3, "schedule": "cosine"}
     x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
     losses, grads = [], []
     for channels_last in (False, True):
@@ -136,7 +153,7 @@ def test_channels_last_module_computes_the_same_losses_and_gradients():
         convs = [p for p in module.parameters() if p.dim() == 4]
         layout = torch.channels_last if channels_last else torch.contiguous_format
         assert all(p.is_contiguous(memory_format=layout) for p in convs)
-        loss = swwae_loss(module.net(x), x, y, 1.0, 0.1).total
+        loss = loss_of(module.net, x, y, lambda_rec=1.0, lambda_mid=0.1).total
         loss.backward()
         losses.append(loss.detach())
         grads.append([p.grad.clone() for p in module.parameters()])

@@ -35,7 +35,7 @@ def test_soft_pool_with_huge_beta_is_max_and_argmax(k):
     what, where = P.soft_pool(z, k, beta=1e4)
     hard_what, hard_where = P.hard_pool(z, k)
     assert torch.allclose(what, hard_what, atol=1e-3)
-    assert torch.allclose(where, P.switch_positions(hard_where, k), atol=1e-3)
+    assert torch.allclose(where, P.hard_positions(hard_where, k), atol=1e-3)
 
 
 def test_soft_pool_with_tiny_beta_is_window_mean_and_centre(z):
@@ -90,14 +90,14 @@ def test_a_bright_pixel_moved_one_pixel_inside_a_window_moves_the_soft_where_by_
 def test_copy_unpool_fills_every_position_of_the_window():
     what = torch.tensor([[[[1.0, 2.0]]]])
     assert torch.equal(P.copy_unpool(what, 2), torch.tensor([[[[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]]]))
-    assert torch.equal(P.unpool(what, None, 2, "copy"), P.copy_unpool(what, 2))
+    assert torch.equal(P.unpool(P.make_pooling("hard"), what, None, 2, "copy"), P.copy_unpool(what, 2))
 
 
 def test_unknown_modes_name_the_bad_value():
-    with pytest.raises(ValueError, match="pooling='max'"):
-        P.pool(torch.zeros(1, 1, 2, 2), 2, "max", 1.0)
+    with pytest.raises(ValueError, match="unknown pooling 'max'; choose one of"):
+        P.make_pooling("max")
     with pytest.raises(ValueError, match="unpool='nearest'"):
-        P.unpool(torch.zeros(1, 1, 1, 1), None, 2, "nearest")
+        P.unpool(P.make_pooling("hard"), torch.zeros(1, 1, 1, 1), None, 2, "nearest")
 
 
 def test_soft_pool_hand_written_gradient_matches_finite_differences():

@@ -1,0 +1,186 @@
+"""Command line for SWWAE experiments: `python train.py --help` lists every flag with its default.
+
+``train.py`` at the repository root and ``python -m swwae_lightning.cli`` both run ``main``.
+
+Precedence, lowest first: built-in defaults < the run's own config.yaml (with
+--resume) or the checkpoint's config (with --evaluate) < --config FILE.yaml < flags.
+Bad input ends with one line on stderr and exit status 2; nothing is written
+before the input is known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import settings as S
+
+
+class CLIError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise CLIError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per declared setting (see ``settings``), plus ``--config``."""
+    S.register_settings_modules()
+    p = _Parser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML file of flag values (snake_case or kebab-case keys); flags override it")
+    S.add_arguments(p)
+    return p
+
+
+def _read_config_file(path: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CLIError(f"config file {path!r} does not exist") from None
+    except yaml.YAMLError as error:
+        raise CLIError(f"config file {path!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {path!r} must hold a mapping of flag names to values")
+    config = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in S.SETTINGS:
+            close = difflib.get_close_matches(dest, S.SETTINGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise CLIError(f"config file {path!r}: unknown key {key!r}{hint}")
+        try:
+            config[dest] = S.convert(S.SETTINGS[dest], value, f"config file {path!r}: {key}:")
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+    return config
+
+
+def resolve_config(argv: list[str]) -> dict:
+    """Defaults < the run's config.yaml (--resume) or the checkpoint's config (--evaluate) < --config < flags."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    config = S.defaults()
+    if given.get("resume"):
+        run_config = _find_resume(given["resume"], given.get("run_dir"))[1] / "config.yaml"
+        if run_config.is_file():
+            config.update(_read_config_file(str(run_config)))
+    if given.get("evaluate"):
+        from .checkpoints import load_checkpoint
+
+        saved = load_checkpoint(given["evaluate"]).get("swwae_config", {})
+        config.update({k: v for k, v in saved.items() if k in S.SETTINGS})
+    if "config" in given:
+        config.update(_read_config_file(given.pop("config")))
+    config.update(given)
+    try:
+        config = S.check_all(config)  # the values each setting allows, checked once for every source
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    if config["resume"] and config["finetune_from"]:
+        raise CLIError("--resume continues a run and --finetune-from starts a new one: give only one")
+    return config
+
+
+def _find_resume(resume: str, run_dir: str | None) -> tuple[Path, Path]:
+    """(checkpoint, run directory) for --resume PATH|last."""
+    if resume == "last":
+        if run_dir:
+            ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+        else:
+            candidates = sorted(Path("runs").glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            if not candidates:
+                raise CLIError("--resume last found no runs/*/checkpoints/last.ckpt; give a path or --run-dir")
+            ckpt = candidates[-1]
+    else:
+        ckpt = Path(resume)
+    if not ckpt.is_file():
+        raise CLIError(f"--resume: checkpoint {str(ckpt)!r} does not exist")
+    return ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _new_run_dir(cfg: dict) -> Path:
+    if cfg["run_dir"]:
+        return Path(cfg["run_dir"])
+    # DDP children started by Lightning inherit this from rank 0; SLURM ranks share the job id.
+    if os.environ.get("SWWAE_RUN_DIR"):
+        return Path(os.environ["SWWAE_RUN_DIR"])
+    labels = "all" if cfg["labels"] is None else cfg["labels"]
+    stamp = f"slurm{os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg['dataset']}-{labels}-{stamp}"
+
+
+def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> None:
+    # A SLURM requeue reruns the same command in the same directory: Lightning resumes from its hpc checkpoint.
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    if is_rank_zero and fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
+        raise CLIError(f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it")
+    try:
+        (run_dir / "images").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise CLIError(f"cannot write run directory {str(run_dir)!r}: {error.strerror or error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from datamodules.sources import DatasetNotFound
+
+    from . import experiment
+    from .checkpoints import load_checkpoint
+    from .module import NonFiniteLossError
+    from .run_files import write_yaml
+
+    try:
+        cfg = resolve_config(sys.argv[1:] if argv is None else argv)
+        if cfg["evaluate"]:
+            experiment.evaluate(cfg, cfg["evaluate"])
+            return 0
+        resume_from = None
+        if cfg["resume"]:
+            ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
+            load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
+            resume_from = str(ckpt)
+        else:
+            run_dir = _new_run_dir(cfg)
+        module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
+        _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
+        cfg["run_dir"] = str(run_dir)
+        write_yaml(run_dir / "config.yaml", cfg)
+        previous = os.environ.get("SWWAE_RUN_DIR")
+        os.environ["SWWAE_RUN_DIR"] = str(run_dir)  # for the DDP processes Lightning launches during fit
+        try:
+            experiment.fit(cfg, run_dir, module, datamodule, resume_from)
+        finally:
+            if previous is None:
+                os.environ.pop("SWWAE_RUN_DIR", None)
+            else:
+                os.environ["SWWAE_RUN_DIR"] = previous
+        return 0
+    except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    except SIGTERMException:  # last.ckpt is saved; a scheduler must not read this as success
+        return 128 + signal.SIGTERM
+    except NonFiniteLossError as error:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        hint = ("the last good checkpoint is untouched (resume with --resume last)" if last.is_file()
+                else "no checkpoint was saved before it")
+        print(f"error: {error}; {hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The training objective: L = L_NLL + sum over registered terms of weight * term.
+
+A term is one class registered with ``@TERMS.register``. It names its weight setting (0
+switches it off), its own options, and what it ``needs`` from a training step: the decoder,
+the unlabeled batch, extra views of that batch, or the EMA teacher. ``Objective`` computes
+only what the active terms need, in as few forward passes as it can, and is the one loss code
+used by the LightningModule, the benchmark's plain loop and the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import settings as S
+from ..network import StackedWhatWhere, SWWAEOutput
+from ..registry import Registry
+
+# What a term may need from a step. The views are drawn by the data path only when needed.
+DECODER, UNLABELED, TEACHER = "decoder", "unlabeled", "teacher"
+VIEWS = ("strong", "second")  # a strongly augmented view, a second weakly augmented view
+NEEDS = (DECODER, UNLABELED, TEACHER, *VIEWS)
+
+
+class LossTerm:
+    """One weighted term of the objective. ``options`` holds the values of its ``settings``."""
+
+    name: ClassVar[str]  # logged as train/<name>
+    weight: ClassVar[S.Setting]  # its weight; 0 switches the term off
+    settings: ClassVar[tuple[S.Setting, ...]] = ()
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **options):
+        self.options = {s.name: options.get(s.name, s.default) for s in self.settings}
+
+    def __call__(self, step: "StepContext") -> Tensor:
+        raise NotImplementedError
+
+
+def _register_term(name: str, cls: type[LossTerm]) -> None:
+    unknown = set(cls.needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"loss term {name!r} needs {sorted(unknown)}; a term may need {list(NEEDS)}")
+    owned = lambda s: dataclasses.replace(s, group="objectives")  # noqa: E731
+    cls.weight = owned(cls.weight)
+    cls.settings = tuple(owned(s) for s in cls.settings)
+    S.declare(cls.weight, *cls.settings)
+
+
+TERMS: Registry[type[LossTerm]] = Registry("loss term", on_register=_register_term)
+
+
+def objective_settings() -> list[str]:
+    return S.names_in(["objectives"])
+
+
+def active_terms(cfg: dict) -> list[type[LossTerm]]:
+    """The registered terms whose weight in ``cfg`` is positive (defaults where ``cfg`` is silent)."""
+    return [t for t in TERMS if cfg.get(t.weight.name, t.weight.default) > 0]
+
+
+def is_baseline(cfg: dict) -> bool:
+    """The supervised-only baseline: no term besides the NLL is switched on."""
+    return not active_terms(cfg)
+
+
+def needs_of(cfg: dict) -> set[str]:
+    return {need for term in active_terms(cfg) for need in term.needs}
+
+
+def views_needed(cfg: dict) -> tuple[str, ...]:
+    """The extra views of the unlabeled batch the data path must draw for these settings."""
+    needs = needs_of(cfg)
+    return tuple(v for v in VIEWS if v in needs)
+
+
+@dataclass
+class LossParts:
+    """The total, each term's value (for the logs and the NaN guard) and extra metrics."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, Tensor]:
+        return {"loss": self.total, **self.terms}
+
+
+class StepContext:
+    """One training step's inputs and the forward passes the active terms ask for, each run once.
+
+    ``labeled`` is (images, labels) or None, ``unlabeled`` the weakly augmented unlabeled
+    images or None, ``views`` the extra views by name, ``teacher`` the EMA teacher or None.
+    """
+
+    def __init__(self, net: StackedWhatWhere, labeled: tuple[Tensor, Tensor] | None, unlabeled: Tensor | None,
+                 views: dict[str, Tensor], teacher: nn.Module | None, decoder: bool, logits_for: set[str]):
+        self.net, self.teacher, self.views = net, teacher, views
+        self.labeled_images, self.labels = labeled if labeled is not None else (None, None)
+        self.unlabeled = unlabeled
+        self.decoder = decoder
+        self._logits_for = logits_for
+        self.metrics: dict[str, Tensor] = {}
+
+    @property
+    def num_labeled(self) -> int:
+        return 0 if self.labels is None else self.labels.shape[0]
+
+    @cached_property
+    def inputs(self) -> Tensor:
+        """The labeled rows followed by the unlabeled ones: what the decoder reconstructs."""
+        parts = [t for t in (self.labeled_images, self.unlabeled) if t is not None]
+        if not parts:
+            raise ValueError("a training step needs a labeled or an unlabeled batch")
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @cached_property
+    def output(self) -> SWWAEOutput:
+        """The full forward pass (encoder, classifier, decoder) over ``inputs``."""
+        return self.net(self.inputs, self.labels)
+
+    @cached_property
+    def _logits(self) -> dict[str, Tensor]:
+        """Student logits of every batch part a term asked for, in one encoder pass where possible."""
+        parts: dict[str, Tensor] = {}
+        if self.decoder:
+            logits = self.output.logits
+            if self.labeled_images is not None:
+                parts["labeled"] = logits[: self.num_labeled]
+            if self.unlabeled is not None:
+                parts["unlabeled"] = logits[self.num_labeled:]
+            wanted = [v for v in VIEWS if v in self._logits_for]
+        else:
+            wanted = [name for name in ("labeled", "unlabeled", *VIEWS) if name in self._logits_for]
+        batches = {name: self._images(name) for name in wanted}
+        if batches:
+            logits = self.net.encode(torch.cat(list(batches.values())) if len(batches) > 1 else next(iter(batches.values())))
+            parts.update(zip(batches, logits.split([len(b) for b in batches.values()])))
+        return parts
+
+    def _images(self, name: str) -> Tensor:
+        images = {"labeled": self.labeled_images, "unlabeled": self.unlabeled, **self.views}.get(name)
+        if images is None:
+            raise ValueError(f"this step has no {name!r} batch (mode or views do not provide it)")
+        return images
+
+    def logits(self, name: str) -> Tensor:
+        """Student logits of 'labeled', 'unlabeled' or a view."""
+        return self._logits[name]
+
+    @torch.no_grad()
+    def teacher_logits(self, name: str) -> Tensor:
+        """The EMA teacher's logits (eval mode: running BN statistics, no dropout) of a batch part."""
+        if self.teacher is None:
+            raise ValueError("this step has no EMA teacher")
+        was_training = self.teacher.training
+        self.teacher.eval()
+        try:
+            return self.teacher.module.encode(self._images(name))
+        finally:
+            self.teacher.train(was_training)
+
+
+class Objective:
+    """NLL on the labeled rows plus every registered term, each times its weight.
+
+    Terms with weight 0 are left out, except those whose needs the step meets anyway (the
+    reconstruction terms when the decoder runs): they are reported, detached, so a run
+    logs what it would cost without training on it.
+    """
+
+    def __init__(self, **settings):
+        values = S.complete(settings, objective_settings(), "Objective")
+        self.weights = {t.name: values[t.weight.name] for t in TERMS}
+        self.terms = {t.name: t(**{s.name: values[s.name] for s in t.settings}) for t in TERMS}
+        active = [t for t in TERMS if self.weights[t.name] > 0]
+        self.needs = {need for t in active for need in t.needs}
+        self.uses_decoder = DECODER in self.needs
+        free = {DECODER} if self.uses_decoder else set()
+        self.computed = [t.name for t in TERMS if self.weights[t.name] > 0 or (t.needs and set(t.needs) <= free)]
+        self.logits_for = {"labeled"} | {n for t in active for n in getattr(t, "logits_for", ())}
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(v for v in VIEWS if v in self.needs)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return TEACHER in self.needs
+
+    def context(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None) -> StepContext:
+        labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
+        if labeled is None and not self.uses_decoder:
+            raise ValueError("no reconstruction term and no labeled data leaves nothing to train")
+        logits_for = self.logits_for if labeled is not None else self.logits_for - {"labeled"}
+        return StepContext(net, labeled, unlabeled, batch.get("views", {}), teacher, self.uses_decoder, logits_for)
+
+    def __call__(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None) -> LossParts:
+        """The loss of one batch ``{"labeled": (x, y), "unlabeled": x, "views": {...}}`` (parts may be absent)."""
+        step = self.context(net, batch, teacher)
+        if step.labels is not None and step.num_labeled > 0:
+            nll = F.cross_entropy(step.logits("labeled").float(), step.labels)
+        else:
+            nll = (step.output.reconstruction if self.uses_decoder else step.inputs).new_zeros((), dtype=torch.float32)
+        total, values = nll, {"nll": nll}
+        for name in self.computed:
+            value = self.terms[name](step)
+            weight = self.weights[name]
+            value = value if weight else value.detach()  # a zero weight reports its term but sends no gradient
+            values[name] = value
+            total = total + weight * value
+        return LossParts(total, values, step.metrics)

@@ -1,0 +1,133 @@
+"""Soft what/where (Goroshin et al. 2015): a softmax-weighted mean in each window and its real-valued position.
+
+w = softmax(beta * z) inside the window; what = sum w z; where = sum w (dy, dx), stored
+float (B, C, H/k, W/k, 2) (a view of a (B, C, 2, H/k, W/k) tensor: reshape it, do not
+``view`` it). Unpooling splats each value bilinearly at its position, which keeps its mass
+and is differentiable in value and position. Both directions have hand-written backward
+passes (closed forms, checked against finite differences in the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import settings as S
+from .base import POOLINGS, Pooling
+from .windows import from_windows, offsets, stack_offsets, to_windows
+
+# exp(-80) ~ 2e-35 is still a normal float32: below that, exp() and everything that
+# touches its result fall into denormals, which run ~30x slower on x86 CPUs, and the
+# weights they would give are zero to float precision anyway.
+_MIN_EXPONENT = -80.0
+
+
+class _SoftPool(torch.autograd.Function):
+    """Soft max / soft argmax per window with a hand-written backward.
+
+    Autograd through the same formulas builds a dozen full-resolution intermediates;
+    the gradient has a closed form that needs one pass (Goroshin et al. 2015):
+        d what / d z_i = w_i (1 + beta (z_i - what))
+        d dy   / d z_i = beta w_i (y_i - dy)      (and likewise for dx)
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, k: int, beta: float):
+        zw = to_windows(z, k)  # (B, C, k, k, h, w)
+        flat = zw.flatten(2, 3)
+        weights = (flat - flat.amax(dim=2, keepdim=True)).mul_(beta).clamp_(min=_MIN_EXPONENT).exp_()
+        weights.div_(weights.sum(dim=2, keepdim=True))
+        what = (weights * flat).sum(dim=2)
+        weights = weights.view_as(zw)
+        window_offsets = offsets(k, z)
+        dy = weights.sum(dim=3).mul_(window_offsets).sum(dim=2)  # row marginal . row offsets
+        dx = weights.sum(dim=2).mul_(window_offsets).sum(dim=2)  # column marginal . column offsets
+        ctx.save_for_backward(zw, weights, what, dy, dx)
+        ctx.beta = beta
+        return what, stack_offsets(dy, dx)
+
+    @staticmethod
+    def backward(ctx, grad_what: Tensor, grad_where: Tensor):
+        zw, weights, what, dy, dx = ctx.saved_tensors
+        beta = ctx.beta
+        window_offsets = offsets(zw.shape[2], zw)
+        g_what, g_dy, g_dx = grad_what.contiguous(), grad_where[..., 0], grad_where[..., 1]  # grad_what may be channels-last
+        # grad_i = w_i * (g_what + beta * (g_what z_i + g_dy y_i + g_dx x_i - (g_what what + g_dy dy + g_dx dx)))
+        #        = w_i * (beta g_what z_i + bias(y_i, x_i)), with everything but z_i per window:
+        # bias(y, x) = g_what (1 - beta what) - beta (g_dy dy + g_dx dx) + beta g_dy y + beta g_dx x
+        per_window = g_what - beta * ((g_what * what).addcmul_(g_dy, dy).addcmul_(g_dx, dx))
+        bias = (per_window[:, :, None] + beta * g_dy[:, :, None] * window_offsets)[:, :, :, None] + (beta * g_dx[:, :, None] * window_offsets)[:, :, None]
+        grad = bias.addcmul_(zw, (beta * g_what)[:, :, None, None]).mul_(weights)
+        return from_windows(grad), None, None
+
+
+def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:
+    """Soft max and soft argmax over each window (Goroshin et al. 2015, eq. for m_k and p_k).
+
+    w = softmax(beta * z) inside the window; what = sum w*z; where = sum w*(dy, dx).
+    """
+    return _SoftPool.apply(z, k, float(beta))
+
+
+def _tent(position: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Bilinear weights of real positions (B, C, h, w) over a window's k offsets, (B, C, k, h, w), and the distances j - position.
+
+    tent(j) = max(0, 1 - |j - position|): an integer position gets weight 1 on its
+    pixel, a half position 0.5 on each neighbour, and the weights always sum to 1
+    for positions in [0, k-1], so splatting preserves mass.
+    """
+    distance = offsets(k, position) - position[:, :, None]
+    return (1 - distance.abs()).clamp_(min=0), distance
+
+
+def _tent_slope(tent: Tensor, distance: Tensor) -> Tensor:
+    """d tent / d position: sign(j - position) inside the tent, 0 outside (needed by the backward only)."""
+    return distance.sign().mul_(tent > 0)
+
+
+class _SoftUnpool(torch.autograd.Function):
+    """Bilinear splat with a hand-written backward: one pass each way instead of autograd's broadcasts."""
+
+    @staticmethod
+    def forward(ctx, what: Tensor, where: Tensor, k: int):
+        wy, distance_y = _tent(where[..., 0], k)
+        wx, distance_x = _tent(where[..., 1], k)
+        # out[b, c, y, x, i, j] = what[b, c, i, j] * wy[b, c, y, i, j] * wx[b, c, x, i, j]
+        out = (what[:, :, None] * wy)[:, :, :, None] * wx[:, :, None]
+        ctx.save_for_backward(what, wy, wx, distance_y, distance_x)
+        return from_windows(out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        what, wy, wx, distance_y, distance_x = ctx.saved_tensors
+        slope_y, slope_x = _tent_slope(wy, distance_y), _tent_slope(wx, distance_x)
+        g = to_windows(grad_out, wy.shape[2])  # channels-last when the decoder conv above ran so
+        along_x = (g * wx[:, :, None]).sum(dim=3)  # (B, C, k, h, w): each row of the window, weighted by x
+        along_y = (g * wy[:, :, :, None]).sum(dim=2)
+        grad_what = (along_x * wy).sum(dim=2)
+        grad_y = (along_x * slope_y).sum(dim=2).mul_(what)
+        grad_x = (along_y * slope_x).sum(dim=2).mul_(what)
+        return grad_what, stack_offsets(grad_y, grad_x), None
+
+
+def soft_unpool(what: Tensor, where: Tensor, k: int) -> Tensor:
+    """Bilinear splat of each value at its real-valued (dy, dx) inside its window."""
+    return _SoftUnpool.apply(what.contiguous(), where, k)
+
+
+@POOLINGS.register
+class SoftPooling(Pooling):
+    """Soft max and soft argmax; ``beta`` is the temperature (large beta: hard pooling)."""
+
+    name = "soft"
+    settings = (S.Setting("beta", 100.0, "soft pooling temperature (> 0)", "what-where", type=float,
+                          check=S.greater_than(0)),)
+
+    def pool(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return soft_pool(z, k, self.options["beta"])
+
+    def unpool(self, what: Tensor, where: Tensor, k: int) -> Tensor:
+        return soft_unpool(what, where, k)
+
+    def positions(self, where: Tensor, k: int) -> Tensor:
+        return where.float()
