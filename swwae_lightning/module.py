@@ -87,6 +87,10 @@ class SWWAEModule(pl.LightningModule):
         return self.objective(self.net, batch, self.teacher)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.teacher is not None:
+            # The teacher takes in the weights the last optimizer step made, here rather than after that
+            # step: a checkpoint written between two steps then holds a teacher in step with the student.
+            self.teacher.update_parameters(self.net)
         loss = self.compute_loss(batch)
         if not torch.isfinite(loss.total):
             bad = [name for name, value in loss.parts().items() if name != "loss" and not torch.isfinite(value)]
@@ -103,10 +107,6 @@ class SWWAEModule(pl.LightningModule):
             if hasattr(datamodule, "stream_progress"):
                 self.log_dict({f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size)
         return loss.total
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.teacher is not None:  # after the optimizer step: the teacher follows the new weights
-            self.teacher.update_parameters(self.net)
 
     def _writes_logs_this_step(self, batch_idx: int) -> bool:
         """Whether Lightning writes this step's training metrics: every ``log_every_n_steps``, and

@@ -57,15 +57,23 @@ def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(tmp_path, tiny_dataset, extra_callback):
+@pytest.mark.parametrize("options", [
+    ["--no-augment"],
+    [],  # augmentation on (the default)
+    # the EMA teacher, both extra views (strong and second) and every objective at once
+    ["--lambda-fixmatch", "1", "--fixmatch-threshold", "0.3", "--lambda-consistency", "1", "--ema-decay", "0.9",
+     "--lambda-swap", "0.5", "--decoder-top", "label"],
+], ids=["no-augment", "augment", "teacher-and-strong-views"])
+def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(tmp_path, tiny_dataset, extra_callback,
+                                                                                options):
     seen_full = []
     extra_callback[:] = [StopAt(seen=seen_full)]
-    assert run(tmp_path, tiny_dataset, "full", "--no-augment") == 0
+    assert run(tmp_path, tiny_dataset, "full", *options) == 0
 
     seen_split = []
     extra_callback[:] = [StopAt(epoch=0, batch=3, seen=seen_split)]
     with pytest.raises(SystemExit):
-        run(tmp_path, tiny_dataset, "split", "--no-augment")
+        run(tmp_path, tiny_dataset, "split", *options)
     extra_callback[:] = [StopAt(seen=seen_split)]
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "split")]) == 0
 

@@ -1,0 +1,207 @@
+"""The objectives beside SWWAE's own: the label-topped decoder, FixMatch, the mean teacher, the what-where swap."""
+
+import csv
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+import train
+from swwae_lightning import settings as S
+from swwae_lightning.experiment import build_datamodule, build_module
+from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.objectives import (TERMS, Consistency, FixMatch, Objective, WhatWhereSwap, confident_pseudo_labels,
+                                        views_needed)
+
+S.register_settings_modules()
+
+
+def tiny_config(dataset: str, tmp_path, **overrides) -> dict:
+    return {**S.defaults(), "dataset": dataset, "data_dir": str(tmp_path / "data"), "labels": 40, "val_size": 50,
+            "batch_size": 8, "unlabeled_batch_size": 16, "arch": "4C3-BN-MP2-8C3-MP2-FC16", "download": False,
+            **overrides}
+
+
+# ----------------------------------------------------------------------------- the label-topped decoder
+def test_label_topped_decoder_starts_from_the_one_hot_label_or_the_softmax_and_mirrors_the_classifier():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2-FC16", 1, 8, 3, decoder_top="label")
+    linears = [m for m in net.top_decoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3, 16), (16, 8 * 2 * 2)]  # the head, mirrored
+    x, labels = torch.randn(5, 1, 8, 8), torch.tensor([2, 0])
+    out = net(x, labels)
+    assert out.reconstruction.shape == x.shape and not out.top_is_copy
+    top = out.decoder_states[-1]
+    assert top.shape == out.encoder_states[-1].shape
+    assert torch.allclose(top[:2], net.top_decoder(F.one_hot(labels, 3).float()).view(2, 8, 2, 2))
+    assert torch.allclose(top[2:], net.top_decoder(F.softmax(out.logits[2:], dim=1)).view(3, 8, 2, 2))
+    # the top pair now carries a loss: every stage's h_l is compared with its reconstruction
+    assert len(out.reconstruction_pairs()) == len(out.encoder_states) == 2
+
+
+@pytest.mark.parametrize("top, reaches_classifier", [("label", True), ("what", False)])
+def test_the_reconstruction_of_an_unlabeled_row_trains_the_classifier_only_through_the_label_top(top, reaches_classifier):
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2-FC16", 1, 8, 3, decoder_top=top)
+    x = torch.randn(3, 1, 8, 8)
+    out = net(x, torch.tensor([1]))
+    F.mse_loss(out.reconstruction[2:], x[2:]).backward()  # an unlabeled row's reconstruction only
+    grad = net.head[-1].weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == reaches_classifier
+
+
+# ----------------------------------------------------------------------------- each term
+def fake_step(**logits) -> SimpleNamespace:
+    teacher = logits.pop("teacher", None)
+    return SimpleNamespace(logits=lambda name: logits[name], teacher_logits=lambda name: teacher, metrics={})
+
+
+def test_fixmatch_mask_keeps_exactly_the_rows_at_or_above_the_threshold():
+    probs = torch.tensor([[0.96, 0.04], [0.90, 0.10], [0.05, 0.95], [0.5, 0.5]])
+    labels, mask = confident_pseudo_labels(probs.log(), 0.95)
+    assert mask.tolist() == [1.0, 0.0, 1.0, 0.0] and labels[[0, 2]].tolist() == [0, 1]
+    assert confident_pseudo_labels(probs.log(), 0.5)[1].tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_fixmatch_is_zero_when_the_strong_view_agrees_and_positive_when_it_does_not():
+    term = FixMatch(fixmatch_threshold=0.95)
+    weak = torch.tensor([[100.0, 0.0, 0.0], [0.0, 100.0, 0.0], [1.0, 1.1, 1.0]])  # two confident rows, one not
+    agree = fake_step(unlabeled=weak, strong=weak.clone())
+    assert term(agree) == pytest.approx(0.0, abs=1e-6)
+    assert agree.metrics["fixmatch_mask"] == pytest.approx(2 / 3)
+    disagree = fake_step(unlabeled=weak, strong=weak[[1, 0, 2]])
+    assert term(disagree) > 10  # the confident rows' classes swapped
+    only_unconfident = fake_step(unlabeled=weak[2:], strong=-weak[2:])
+    assert term(only_unconfident) == 0  # below the threshold nothing is trained on
+
+
+def test_consistency_is_zero_when_student_and_teacher_agree_and_positive_when_they_do_not():
+    term = Consistency(ema_decay=0.9)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]])
+    assert term(fake_step(unlabeled=logits, teacher=logits.clone())) == 0
+    assert term(fake_step(unlabeled=logits, teacher=logits.flip(1))) > 0.1
+
+
+def one_pixel_images(*positions) -> torch.Tensor:
+    images = torch.zeros(len(positions), 1, 4, 4)
+    for i, (row, col) in enumerate(positions):
+        images[i, 0, row, col] = 1.0
+    return images
+
+
+def identity_network(**settings) -> StackedWhatWhere:
+    """1x1 convs of weight 1: the reconstruction is exactly the max unpooled at its switch."""
+    net = StackedWhatWhere("1C1-MP2", 1, 4, 2, **settings)
+    for conv in (net.stages[0].encoder[0][0], net.stages[0].decoder[0][0]):
+        conv.weight.data.fill_(1.0)
+        conv.bias.data.zero_()
+    return net
+
+
+def test_swap_is_zero_when_a_shift_stays_inside_the_window_and_positive_when_the_what_moves():
+    """The claim the term is built on: within a window the what is the same and the where carries the shift."""
+    net, term = identity_network(), WhatWhereSwap()
+    objective = Objective(lambda_swap=1.0)
+    first = one_pixel_images((0, 0))
+    for second, expected_zero in ((one_pixel_images((1, 1)), True), (one_pixel_images((0, 2)), False)):
+        step = objective.context(net, {"unlabeled": first, "views": {"second": second}})
+        value = term(step)
+        assert (value == 0) == expected_zero, (second, value)
+
+
+# ----------------------------------------------------------------------------- views and passes
+@pytest.mark.parametrize("weights, views", [
+    ({}, ()),
+    ({"lambda_fixmatch": 1.0}, ("strong",)),
+    ({"lambda_consistency": 1.0}, ("second",)),
+    ({"lambda_swap": 1.0}, ("second",)),
+    ({"lambda_fixmatch": 1.0, "lambda_swap": 1.0}, ("strong", "second")),
+])
+def test_extra_views_are_asked_for_only_by_the_terms_that_need_them(weights, views):
+    assert views_needed({**S.defaults(), **weights}) == views
+
+
+def test_the_datamodule_draws_extra_views_only_when_asked_and_leaves_the_other_batches_as_they_were(tiny_dataset, tmp_path):
+    plain = build_datamodule(tiny_config(tiny_dataset, tmp_path))
+    with_views = build_datamodule(tiny_config(tiny_dataset, tmp_path, lambda_fixmatch=1.0, lambda_consistency=1.0))
+    batches = []
+    for dm in (plain, with_views):
+        dm.setup("fit")
+        raw, _, _ = next(iter(dm.train_dataloader()))
+        batches.append(dm.on_after_batch_transfer(raw, 0))
+    assert "views" not in batches[0]
+    assert set(batches[1]["views"]) == {"strong", "second"}
+    assert torch.equal(batches[0]["unlabeled"], batches[1]["unlabeled"])  # same draws for the weak views
+    assert torch.equal(batches[0]["labeled"][0], batches[1]["labeled"][0])
+    strong, second = batches[1]["views"]["strong"], batches[1]["views"]["second"]
+    assert strong.shape == second.shape == batches[1]["unlabeled"].shape
+    assert not torch.equal(second, batches[1]["unlabeled"]) and not torch.equal(strong, second)
+
+
+def test_the_baseline_never_runs_the_decoder_and_fixmatch_alone_encodes_in_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2-FC16", 1, 8, 3)
+    monkeypatch.setattr(net, "forward", lambda *a, **k: pytest.fail("the decoder ran"))
+    encoded = []
+    original = net.encode
+    monkeypatch.setattr(net, "encode", lambda x: encoded.append(len(x)) or original(x))
+    x = torch.randn(6, 1, 8, 8)
+    batch = {"labeled": (x[:2], torch.tensor([0, 1])), "unlabeled": x[2:], "views": {"strong": x[2:] + 1}}
+    loss = Objective(lambda_rec=0, lambda_mid=0)(net, batch)
+    assert set(loss.terms) == {"nll"} and encoded == [2]
+    loss = Objective(lambda_rec=0, lambda_mid=0, lambda_fixmatch=1)(net, batch)
+    assert set(loss.terms) == {"nll", "fixmatch"} and encoded[1:] == [2 + 4 + 4]  # labeled, weak, strong together
+
+
+# ----------------------------------------------------------------------------- the mean teacher
+class RecordWeights(pl.Callback):
+    def __init__(self):
+        self.before_each_step = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before_each_step.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+
+
+def test_the_ema_teacher_equals_the_closed_form_average_after_k_steps(tiny_dataset, tmp_path):
+    decay, k = 0.8, 5
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, ema_decay=decay, schedule="constant")
+    module, datamodule, record = build_module(cfg), build_datamodule(cfg), RecordWeights()
+    pl.Trainer(max_steps=k, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0, callbacks=[record]).fit(module, datamodule=datamodule)
+    # Step t takes in the weights theta_t the previous steps made: theta_0 is copied, then each is averaged in.
+    thetas = record.before_each_step
+    assert len(thetas) == k
+    teacher = module.teacher.module.state_dict()
+    for name, value in teacher.items():
+        if not value.is_floating_point():
+            continue
+        expected = decay ** (k - 1) * thetas[0][name].double()
+        for t in range(1, k):
+            expected = expected + (1 - decay) * decay ** (k - 1 - t) * thetas[t][name].double()
+        assert torch.allclose(value.double(), expected, atol=1e-6), name
+    assert not torch.equal(teacher["head.5.weight"], module.net.state_dict()["head.5.weight"])
+    assert not any(p.requires_grad for p in module.teacher.parameters())  # the optimizer never sees it
+
+
+# ----------------------------------------------------------------------------- through train.py
+def test_a_fixmatch_run_logs_the_mask_share_and_the_pseudo_labels_validation_accuracy(tmp_path, tiny_dataset):
+    run_dir = tmp_path / "run"
+    assert train.main(["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--labels", "40", "--val-size",
+                       "50", "--batch-size", "8", "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16",
+                       "--lambda-rec", "0", "--lambda-mid", "0", "--lambda-fixmatch", "1", "--fixmatch-threshold", "0.3",
+                       "--max-epochs", "2", "--log-every", "1", "--logger", "csv", "--run-dir", str(run_dir)]) == 0
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    masks = [float(r["train/fixmatch_mask"]) for r in rows if r.get("train/fixmatch_mask")]
+    shares = [float(r["val/fixmatch_pseudo_share"]) for r in rows if r.get("val/fixmatch_pseudo_share")]
+    accuracies = [float(r["val/fixmatch_pseudo_acc"]) for r in rows if r.get("val/fixmatch_pseudo_acc")]
+    assert masks and all(0 <= m <= 1 for m in masks) and any(m > 0 for m in masks)
+    assert len(shares) == len(accuracies) == 2 and all(0 <= v <= 1 for v in shares + accuracies)
+
+
+def test_every_registered_term_has_a_weight_flag_and_reports_under_its_name():
+    flags = {s.option for s in S.SETTINGS.values()}
+    for term in TERMS:
+        assert term.weight.option in flags and term.weight.group == "objectives"
+        assert all(s.group == "objectives" for s in term.settings)
