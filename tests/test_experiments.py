@@ -40,12 +40,28 @@ def test_config_resolves_through_train_py_and_builds_its_network(path):
     assert out.reconstruction.shape == (2, channels, size, size)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "-e10" in p.stem], ids=lambda p: p.stem)
+def test_every_objectives_config_trains_a_fast_dev_run(path, tmp_path):
+    """Every config of the objectives tables runs end to end (one batch of train, validation and test)."""
+    cfg = train.resolve_config(["--config", str(path)])
+    if cfg["dataset"] == "fashion-mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    run_dir = tmp_path / "run"
+    assert train.main(["--config", str(path), "--fast-dev-run", "--logger", "none", "--no-download",
+                       "--run-dir", str(run_dir)]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {k: results[k] for k in cfg if k.startswith("lambda_")} == {k: v for k, v in cfg.items() if k.startswith("lambda_")}
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-baseline")], ids=lambda p: p.stem)
 def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
     """Trained the same way: every setting equal but the two lambdas, so the steps, the labeled
     order and the augmentation are identical and only the reconstruction terms differ."""
     base = train.resolve_config(["--config", str(path)])
-    swwae = train.resolve_config(["--config", str(path.with_name(path.name.replace("-baseline", "")))])
+    partner = path.with_name(path.name.replace("-baseline", ""))
+    if not partner.is_file():  # the objectives configs name the SWWAE one explicitly
+        partner = path.with_name(path.name.replace("-baseline", "-swwae"))
+    swwae = train.resolve_config(["--config", str(partner)])
     assert base["lambda_rec"] == base["lambda_mid"] == 0 and swwae["lambda_rec"] > 0
     different = {k for k in base if base[k] != swwae[k]}
     assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every"}, different
