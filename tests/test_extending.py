@@ -127,3 +127,20 @@ def test_a_new_loss_term_is_one_class_its_weight_a_flag_and_it_is_logged(tmp_pat
     logged = [float(row["train/sparsity"]) for row in results["metrics"] if row.get("train/sparsity")]
     assert logged and logged[0] > 0
     assert not swwae.is_baseline({"lambda_rec": 0, "lambda_mid": 0, "lambda_sparsity": 0.5})
+
+
+def test_the_readmes_notebook_example_trains_and_tests_without_train_py(mnist_splits):
+    """The README's lines, with a smaller budget: the public API alone trains and tests a model."""
+    import pytorch_lightning as pl
+
+    from swwae_lightning import SemiSupervisedDataModule, SWWAEModule
+
+    module = SWWAEModule("16C5-BN-MP2-32C3-MP2-FC128-D0.3", in_channels=1, image_size=28, num_classes=10,
+                         lambda_rec=1.0, lambda_fixmatch=1.0)
+    data = SemiSupervisedDataModule(dataset="mnist", labels=100, views=module.objective.views, download=False,
+                                    batch_size=32, unlabeled_batch_size=32)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=30, limit_val_batches=2, limit_test_batches=10,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=data)
+    error = trainer.test(module, datamodule=data, verbose=False)[0]["test/error"]
+    assert module.objective.views == ("strong",) and error < 0.6  # 30 steps: far better than chance (0.9)
