@@ -54,3 +54,12 @@ def restore_global_torch_flags():
     before = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Small batches gain nothing from intra-op threads, and on a shared CPU the threads fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ OPS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches gain nothing from intra-op threads, and on a shared CPU the threads fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:
