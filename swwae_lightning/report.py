@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -163,44 +164,61 @@ def _error_text(row: dict) -> str:
     return f"{row['error_mean']:.2f} ± {std}"
 
 
+WHAT_WHERE_TERMS = {"rec", "mid", "swap"}  # the terms that need the decoder: what a what-where network adds
+
+
+def _paired(row: dict, other: dict) -> tuple[float, float | None, int] | None:
+    """Mean and std over the shared seeds of row's error minus other's, and how many seeds."""
+    ours, theirs = dict(zip(row["seeds"], row["errors"])), dict(zip(other["seeds"], other["errors"]))
+    shared = sorted(set(ours) & set(theirs))
+    return (*mean_std([ours[s] - theirs[s] for s in shared]), len(shared)) if shared else None
+
+
 def add_paired_differences(rows: list[dict]) -> None:
-    """Each SWWAE row's error minus its baseline's, seed by seed (same seed: same labeled subset and data order).
+    """Paired differences, seed by seed (same seed: same labeled subset and data order).
 
     Seeds draw different labeled subsets, which moves the error by more than the method does at
-    100 labels; the paired difference takes that out. Sets row["vs_baseline"] = (mean, std or None,
-    number of shared seeds), or None where no single baseline row shares the row's other settings.
+    100 labels; the paired difference takes that out. Sets, as (mean, std or None, shared seeds) or None:
+    row["vs_baseline"], the row minus the baseline with the same other settings; and
+    row["vs_without_what_where"], a row that adds what-where terms (rec, mid, swap) to other terms
+    (FixMatch + SWWAE, say) minus the row with those other terms alone (FixMatch): what the
+    what-where terms add on top.
     """
     for row in rows:
-        row["vs_baseline"] = None
+        row["vs_baseline"] = row["vs_without_what_where"] = None
         if row["baseline"]:
             continue
-        matches = [b for b in rows if b["baseline"] and b["comparison_key"] == row["comparison_key"]]
-        if len(matches) != 1:
-            continue
-        ours, theirs = dict(zip(row["seeds"], row["errors"])), dict(zip(matches[0]["seeds"], matches[0]["errors"]))
-        shared = sorted(set(ours) & set(theirs))
-        if shared:
-            row["vs_baseline"] = (*mean_std([ours[s] - theirs[s] for s in shared]), len(shared))
+        same = [r for r in rows if r["comparison_key"] == row["comparison_key"]]
+        baselines = [b for b in same if b["baseline"]]
+        if len(baselines) == 1:
+            row["vs_baseline"] = _paired(row, baselines[0])
+        rest = {k: v for k, v in row["terms"].items() if k not in WHAT_WHERE_TERMS}
+        if rest and len(rest) < len(row["terms"]):
+            without = [r for r in same if r["terms"] == rest]
+            if len(without) == 1:
+                row["vs_without_what_where"] = _paired(row, without[0])
 
 
-def _difference_text(row: dict) -> str:
-    if row["vs_baseline"] is None:
+def _difference_text(difference: tuple | None) -> str:
+    if difference is None:
         return "—"
-    mean, std, n = row["vs_baseline"]
+    mean, std, n = difference
     return f"{mean:+.2f} ± {'—' if std is None else f'{std:.2f}'} ({n})"
 
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) "
-        "| vs baseline, same seeds (points) | paper error % | minutes (mean) | hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) | per seed "
+        "| vs baseline, same seeds (points) | what-where terms' effect, same seeds | paper error % | minutes (mean) | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         model = _model_text(row)
         lines.append(
             f"| {row['experiment']} | {row['dataset']} | {_labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
-            f"| {_error_text(row)} | {_difference_text(row)} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} | {'; '.join(row['hardware'])} |"
+            f"| {_error_text(row)} | {' / '.join(f'{e:.2f}' for e in row['errors'])} | {_difference_text(row['vs_baseline'])} "
+            f"| {_difference_text(row['vs_without_what_where'])} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} "
+            f"| {'; '.join(row['hardware'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -261,21 +279,40 @@ def plot_error_vs_labels(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+RUN_FILES = ("config.yaml", "split.json", "results.json")  # small: what a table is recomputed from
+
+
+def archive_runs(runs: list[Run], out_dir: Path) -> None:
+    """Copy each run's config.yaml, split.json and results.json to out_dir/runs/<run directory's name>/,
+    so a committed report keeps the files behind every number (run directories are not committed)."""
+    for run in runs:
+        target = out_dir / "runs" / run.path.name
+        if target.resolve() == run.path.resolve():
+            continue  # already the archived copy
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (run.path / name).is_file():
+                shutil.copyfile(run.path / name, target / name)
+
+
 def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]:
-    """results.md and error_vs_labels.png in ``out_dir``; returns the table's rows."""
+    """results.md, error_vs_labels.png and the runs' small files in ``out_dir``; returns the table's rows."""
     runs = find_runs(run_paths)
     if not runs:
         raise ValueError(f"no finished runs (results.json + config.yaml) in {', '.join(map(str, run_paths))}")
     rows = summarize(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    archive_runs(runs, out_dir)
     header = (
         "# Results\n\n"
         f"{len(runs)} runs in {len(rows)} experiments. Test error on the official test split; "
         "± is the sample standard deviation over seeds (— for one seed). Steps: optimizer steps per run; "
         "minutes: training wall-clock per run. vs baseline: the run's test error minus that of the supervised-only "
         "baseline with the same settings and seed (the seed draws the labeled subset), mean ± std over the shared "
-        "seeds (their number in brackets); negative: SWWAE is better.\n\n"
+        "seeds (their number in brackets); negative: the row is better. What-where terms' effect: for a row that adds "
+        "reconstruction or swap terms to another objective, its error minus that objective's alone, seed by seed. "
+        "The runs' config.yaml, split.json and results.json are in runs/ beside this file.\n\n"
     )
     (out_dir / "results.md").write_text(header + markdown_table(rows))
     plot_error_vs_labels(rows, out_dir / "error_vs_labels.png")

@@ -118,6 +118,27 @@ def test_report_pairs_each_swwae_row_with_its_baseline_seed_by_seed(tmp_path):
     assert "| -1.50 ± 0.71 (2) |" in (tmp_path / "rep" / "results.md").read_text()
 
 
+def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_objective_alone(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (alone, combined) in enumerate(((0.020, 0.015), (0.030, 0.040))):
+        fake_run(runs / f"fixmatch-seed{seed}", seed, alone, lambda_rec=0.0, mode="semi", lambda_fixmatch=1.0)
+        fake_run(runs / f"fixmatch-swwae-seed{seed}", seed, combined, lambda_fixmatch=1.0)
+        fake_run(runs / f"baseline-seed{seed}", seed, 0.05, lambda_rec=0.0, mode="semi")
+    rows = {r["experiment"]: r for r in report.write_report([runs], tmp_path / "rep")}
+    assert rows["fixmatch-swwae"]["terms"] == {"rec": 1.0, "mid": 0.1, "fixmatch": 1.0}
+    mean, std, n = rows["fixmatch-swwae"]["vs_without_what_where"]
+    assert n == 2 and mean == pytest.approx(0.25) and std == pytest.approx(1.0607, abs=1e-4)  # -0.5 and +1.0 points
+    assert rows["fixmatch"]["vs_without_what_where"] is None  # nothing what-where to take away
+    assert rows["fixmatch"]["vs_baseline"][0] == pytest.approx(-2.5)
+    table = (tmp_path / "rep" / "results.md").read_text()
+    assert "| +0.25 ± 1.06 (2) |" in table and "| 1.50 / 4.00 |" in table  # per-seed errors in the table
+    archived = tmp_path / "rep" / "runs" / "fixmatch-swwae-seed1"
+    assert json.loads((archived / "results.json").read_text())["test_error"] == 0.040
+    assert yaml.safe_load((archived / "config.yaml").read_text())["lambda_fixmatch"] == 1.0
+    again = {r["experiment"]: r for r in report.write_report([tmp_path / "rep" / "runs"], tmp_path / "rep")}
+    assert again["fixmatch-swwae"]["vs_without_what_where"] == rows["fixmatch-swwae"]["vs_without_what_where"]
+
+
 def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch, capsys):
     calls = []
 
