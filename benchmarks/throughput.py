@@ -42,8 +42,9 @@ from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
 from swwae_lightning import experiment  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
+from swwae_lightning.module import ema_teacher  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
-from swwae_lightning.objectives import Objective  # noqa: E402
+from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
 from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
 
 FULL = {"batch_size": 128, "unlabeled_batch_size": 128, "steps": 30, "warmup": 5, "rounds": 3,
@@ -60,6 +61,15 @@ TARGETS = {  # ratio name -> (at least?, bound)
     "soft / hard per step": (False, 1.5),
     "loader / model": (True, 10.0),
     "callbacks on / off per epoch": (True, 0.98),
+    "loader with views / fixmatch model": (True, 10.0),
+}
+# One plain-loop row per objective beside SWWAE's own: the settings each changes from the default job.
+OBJECTIVE_ROWS = {
+    "plain + fixmatch": {"lambda_rec": 0.0, "lambda_mid": 0.0, "lambda_fixmatch": 1.0},
+    "plain + fixmatch + swwae": {"lambda_fixmatch": 1.0},
+    "plain + mean teacher": {"lambda_rec": 0.0, "lambda_mid": 0.0, "lambda_consistency": 1.0},
+    "plain + swap": {"lambda_swap": 1.0},
+    "plain, label top": {"decoder_top": "label"},
 }
 
 
@@ -137,6 +147,8 @@ class Bench:
     channels_last: bool
     batches: list[dict]  # the plain loop's batches, prepared once by the real data path
     run_dir: Path
+    views_datamodule: SemiSupervisedDataModule  # the same data, drawing every extra view
+    view_batches: list[dict]  # the plain loop's batches with the strong and the second view
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -194,7 +206,12 @@ def make_bench(args: argparse.Namespace, cfg: dict, run_dir: Path, prepared_batc
     datamodule, data_source = load_datamodule(cfg)
     device = torch.device(args.device)
     batches = list(itertools.islice(device_batches(datamodule, device), prepared_batches))
-    return Bench(cfg, datamodule, data_source, device, args.compile, args.channels_last, batches, run_dir)
+    views = SemiSupervisedDataModule(views=VIEWS, **experiment.data_settings(cfg))
+    views.splits = datamodule.splits  # loaded once
+    views.setup("fit")
+    view_batches = list(itertools.islice(device_batches(views, device), prepared_batches))
+    return Bench(cfg, datamodule, data_source, device, args.compile, args.channels_last, batches, run_dir,
+                 views, view_batches)
 
 
 def adapt_network(net: StackedWhatWhere, bench: Bench) -> StackedWhatWhere:
@@ -222,13 +239,9 @@ def objective(cfg: dict) -> Objective:
     return Objective(**{k: cfg[k] for k in S.names_in(["objectives"])})
 
 
-def is_encoder_only(cfg: dict) -> bool:
-    return not objective(cfg).uses_decoder
-
-
 def images_per_step(cfg: dict) -> int:
-    """The images the model trains on: encoder-only skips the unlabeled batch."""
-    return cfg["batch_size"] + (0 if is_encoder_only(cfg) else cfg["unlabeled_batch_size"])
+    """The dataset images a step trains on: the baseline skips the unlabeled batch (extra views not counted)."""
+    return cfg["batch_size"] + (0 if is_baseline(cfg) else cfg["unlabeled_batch_size"])
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -355,15 +368,19 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
     """The reference: zero_grad, the objective's forward and loss, backward, Adam step; nothing else."""
     net = adapt_network(new_network(cfg, bench.device), bench).train()
     loss_of = objective(cfg)
+    teacher = ema_teacher(net, cfg["ema_decay"]) if loss_of.needs_teacher else None
+    batches = bench.view_batches if loss_of.views else bench.batches
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning
     losses, clock = [], StepClock(warmup, steps, bench.synchronize)
     with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
         while clock.running:
-            batch = bench.batches[clock.ended % len(bench.batches)]
+            batch = batches[clock.ended % len(batches)]
             optimizer.zero_grad()
+            if teacher is not None:
+                teacher.update_parameters(net)
             with bench.autocast():
-                loss = loss_of(net, batch).total
+                loss = loss_of(net, batch, teacher).total
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
@@ -450,23 +467,24 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
     )
     with PeakMemory(bench.device) as memory:
         trainer.fit(module, datamodule=bench.datamodule)
-    note = "trains on the labeled batch only; the data path still prepares the unlabeled one" if is_encoder_only(cfg) else ""
+    note = "trains on the labeled batch only; the data path still prepares the unlabeled one" if is_baseline(cfg) else ""
     return Row(name, cfg["pooling"], images_per_step(cfg), clock.seconds_per_step, memory.peak_mib, note,
                callback_seconds=pictures.seconds, losses=[float(v) for v in window.losses],
                profile=top_hooks(hooks, steps) if hooks else "")
 
 
-def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool = False) -> Row:
-    """The data path alone: streams, CombinedLoader, transfer, normalization and augmentation."""
-    batches, clock = device_batches(bench.datamodule, bench.device), StepClock(warmup, steps, bench.synchronize)
+def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool = False, views: bool = False) -> Row:
+    """The data path alone: streams, CombinedLoader, transfer, normalization and augmentation (and the views)."""
+    datamodule = bench.views_datamodule if views else bench.datamodule
+    batches, clock = device_batches(datamodule, bench.device), StepClock(warmup, steps, bench.synchronize)
     with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
         while clock.running:
             next(batches)
             clock.step_ended()
             ops.step()
     size = bench.cfg["batch_size"] + bench.cfg["unlabeled_batch_size"]
-    return Row(name, "-", size, clock.seconds_per_step, memory.peak_mib, "no model: batches/s = steps/s",
-               profile=ops.top())
+    note = "no model: batches/s = steps/s" + ("; draws the strong and the second view" if views else "")
+    return Row(name, "-", size, clock.seconds_per_step, memory.peak_mib, note, profile=ops.top())
 
 
 # ------------------------------------------------------------------------------------------ hardware
@@ -521,6 +539,9 @@ def compute_ratios(rows: dict[str, Row], epoch_steps: int) -> list[Ratio]:
               f"plus the pictures' {1000 * picture_seconds:.1f} ms (validation left out: stricter)"),
         ratio("callbacks row / lightning per step", pictures.steps_per_second / lightning.steps_per_second,
               "the image callbacks have no per-step hook: ~1 up to noise"),
+        ratio("loader with views / fixmatch model", rows["loader + views"].steps_per_second
+              / rows["plain + fixmatch"].steps_per_second if "plain + fixmatch" in rows else None,
+              "loader batches/s with both extra views over plain FixMatch steps/s"),
     ]
 
 
@@ -567,6 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"))
     p.add_argument("--compile", action="store_true", help="torch.compile the network in every row")
     p.add_argument("--channels-last", action="store_true", help="channels_last network in every row")
+    p.add_argument("--no-objectives", dest="objectives", action="store_false",
+                   help="leave out the plain-loop rows of FixMatch, mean teacher, swap and the label-topped decoder")
     p.add_argument("--profile", action="store_true",
                    help="one more, untimed round per row: top ops (torch.profiler) or Lightning's hook times")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks that every row runs, measures nothing")
@@ -599,7 +622,11 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
     }
     if args.pooling == "both":
         runs["plain soft"] = functools.partial(train_plain, bench, job_config(args, pooling="soft"))
+    if args.objectives:
+        for name, changes in OBJECTIVE_ROWS.items():
+            runs[name] = functools.partial(train_plain, bench, job_config(args, pooling=cfg["pooling"], **changes))
     runs["loader"] = functools.partial(time_loader, bench)
+    runs["loader + views"] = functools.partial(time_loader, bench, views=True)
     return runs
 
 

@@ -34,6 +34,12 @@ def module_settings() -> list[str]:
     return S.names_in(["what-where", "objectives"]) + list(OPTIMIZER_SETTINGS)
 
 
+def ema_teacher(net: torch.nn.Module, decay: float) -> AveragedModel:
+    """PyTorch's exponential moving average of ``net``'s weights and buffers, frozen for the optimizer."""
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return teacher.requires_grad_(False)
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised before the backward pass, so the weights (and the last checkpoint) stay finite."""
 
@@ -55,11 +61,8 @@ class SWWAEModule(pl.LightningModule):
             for p in self.net.encoder_parameters():
                 p.requires_grad_(False)
         self.teacher = None
-        if self.objective.needs_teacher:
-            # PyTorch's EMA of the weights and buffers; a submodule, so every checkpoint holds it.
-            self.teacher = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(values["ema_decay"]),
-                                         use_buffers=True)
-            self.teacher.requires_grad_(False)
+        if self.objective.needs_teacher:  # a submodule, so every checkpoint holds it
+            self.teacher = ema_teacher(self.net, values["ema_decay"])
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_term_metrics = torch.nn.ModuleDict({

@@ -25,7 +25,8 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, tmp_path):
     result = throughput.main(["--quick", "--device", "cpu", "--json", str(out)])
 
     assert [row["name"] for row in result["rows"]] == [
-        "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "loader"]
+        "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "plain + fixmatch",
+        "plain + fixmatch + swwae", "plain + mean teacher", "plain + swap", "plain, label top", "loader", "loader + views"]
     assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
     ratios = {r["name"]: r for r in result["ratios"]}
     assert set(throughput.TARGETS) <= set(ratios)
@@ -50,3 +51,24 @@ def test_plain_loop_and_lightning_reach_the_same_loss(bundled_mnist, tmp_path):
     torch.testing.assert_close(torch.tensor(lightning.losses), torch.tensor(plain.losses), rtol=1e-5, atol=1e-6)
     # The check can tell training runs apart: six steps move the loss far beyond the tolerance.
     assert abs(plain.losses[-1] - plain.losses[0]) > 1e-2
+
+
+def test_ratios_are_computed_from_the_rows_they_name():
+    """Made-up rows with round numbers: each ratio must come out exactly, so a wrong formula fails here."""
+    def row(name, ms, images=256, callback_seconds=()):
+        return throughput.Row(name, "hard", images, ms / 1000, 0.0, callback_seconds=list(callback_seconds))
+
+    rows = {"plain": row("plain", 200), "lightning": row("lightning", 250),
+            "lightning + image callbacks": row("pictures", 250, callback_seconds=[0.5, 1.0, 2.0]),
+            "encoder-only": row("encoder-only", 50, images=128), "plain soft": row("soft", 300),
+            "loader": row("loader", 5), "loader + views": row("loader + views", 20),
+            "plain + fixmatch": row("fixmatch", 400)}
+    ratios = {r.name: r.value for r in throughput.compute_ratios(rows, epoch_steps=100)}
+    assert ratios["lightning / plain"] == pytest.approx(0.8)
+    assert ratios["swwae / encoder-only per image"] == pytest.approx((0.25 / 256) / (0.05 / 128))
+    assert ratios["soft / hard per step"] == pytest.approx(1.5)
+    assert ratios["loader / model"] == pytest.approx(50.0)
+    assert ratios["callbacks on / off per epoch"] == pytest.approx(25.0 / 26.0)  # median picture time 1 s
+    assert ratios["loader with views / fixmatch model"] == pytest.approx(20.0)
+    verdicts = {r.name: r.verdict for r in throughput.compute_ratios(rows, epoch_steps=100)}
+    assert verdicts["lightning / plain"] == "MISS" and verdicts["soft / hard per step"] == "PASS"
