@@ -47,7 +47,7 @@ from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
 from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
 
-FULL = {"batch_size": 128, "unlabeled_batch_size": 128, "steps": 30, "warmup": 5, "rounds": 3,
+FULL = {"steps": 30, "warmup": 5, "rounds": 3,
         "matmul_size": {"cpu": 2048, "cuda": 8192}, "val_batches": 2}
 # --quick: enough to exercise every row in a test, nothing to measure with.
 QUICK = {"batch_size": 8, "unlabeled_batch_size": 8, "steps": 2, "warmup": 1, "rounds": 1,
@@ -577,8 +577,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
                    help="its preset network; MNIST is real (bundled), others random unless on disk (default: mnist)")
     p.add_argument("--data-dir", default="data", help="where datasets are looked for; nothing is downloaded")
-    p.add_argument("--batch-size", type=int, help=f"labeled images per step (default: {FULL['batch_size']})")
-    p.add_argument("--unlabeled-batch-size", type=int, help=f"unlabeled images per step (default: {FULL['unlabeled_batch_size']})")
+    p.add_argument("--batch-size", type=int, help="labeled images per step (default: the default job's)")
+    p.add_argument("--unlabeled-batch-size", type=int, help="unlabeled images per step (default: the default job's)")
     p.add_argument("--pooling", default="both", choices=("hard", "soft", "both"),
                    help="both: every row with hard pooling plus a plain soft row (default: both)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
@@ -595,7 +595,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings: checks that every row runs, measures nothing")
     p.add_argument("--json", type=Path, help="write settings, rows, ratios and FLOPs here")
     args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
+    S.register_settings_modules()
+    defaults = QUICK if args.quick else {**FULL, **{k: S.SETTINGS[k].default for k in ("batch_size", "unlabeled_batch_size")}}
     for key in ("batch_size", "unlabeled_batch_size", "steps", "warmup", "rounds"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
