@@ -79,7 +79,11 @@ def resolve_config(argv: list[str]) -> dict:
         saved = load_checkpoint(given["evaluate"]).get("swwae_config", {})
         config.update({k: v for k, v in saved.items() if k in S.SETTINGS})
     if "config" in given:
-        config.update(_read_config_file(given.pop("config")))
+        config_file = given.pop("config")
+        config.update(_read_config_file(config_file))
+        config.setdefault("wandb_group", None)
+        if config["wandb_group"] is None:  # the seeds of one config group together on the W&B dashboard
+            config["wandb_group"] = Path(config_file).stem
     config.update(given)
     try:
         config = S.check_all(config)  # the values each setting allows, checked once for every source

@@ -25,7 +25,7 @@ from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatib
 from .module import SWWAEModule, module_settings
 from .objectives import views_needed
 from .run_files import RunCSVLogger, RunRecord, write_json
-from .tracking import WandbRunId, finish_wandb, wandb_logger
+from .tracking import WandbRunId, finish_wandb, wandb_logger, write_summary
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
@@ -117,8 +117,7 @@ def _devices(cfg: dict) -> dict:
 def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
     loggers = [RunCSVLogger(run_dir)]  # metrics.csv always, whatever else is chosen
     if cfg["logger"] == "wandb":
-        name = cfg["wandb_name"] or run_dir.name
-        loggers.append(wandb_logger(run_dir, cfg["wandb_project"], name, cfg["wandb_entity"], cfg["wandb_tags"], cfg, resume_id))
+        loggers.append(wandb_logger(run_dir, cfg, resume_id))
     elif cfg["logger"] == "tensorboard":
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
     return loggers
@@ -209,6 +208,9 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     if trainer.world_size > 1:  # every rank says where it stopped: DDP needs them in step
         print(f"[rank {trainer.global_rank}] finished training at global step {trainer.global_step}", flush=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    if best_score is not None:  # the metric the checkpoint was chosen by, at its best: what a sweep optimizes
+        write_summary(trainer, trainer.checkpoint_callback.monitor, float(best_score))
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
     results = {
         **result_settings(cfg), "arch": module.hparams.arch, **_test_results(trainer, tested),

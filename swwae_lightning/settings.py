@@ -215,6 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 if s.choices:
                     kwargs["metavar"] = "{" + ",".join(s.allowed()) + "}"
             arguments.add_argument(s.option, **kwargs)
+            if "_" in s.name:  # --snake_case too (what a W&B sweep agent passes), left out of --help
+                arguments.add_argument(f"--{s.name}", **{**kwargs, "help": argparse.SUPPRESS})
 
 
 def register_settings_modules() -> None:
