@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import settings as S
+from .nan_guard import NonFiniteGuard, NonFiniteLossError  # noqa: F401  (the CLI catches the error from here)
 from .network import StackedWhatWhere
 from .objectives import LossParts, Objective
 from .schedules import SCHEDULES
@@ -40,10 +41,6 @@ def ema_teacher(net: torch.nn.Module, decay: float) -> AveragedModel:
     return teacher.requires_grad_(False)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised before the backward pass, so the weights (and the last checkpoint) stay finite."""
-
-
 class SWWAEModule(pl.LightningModule):
     """``SWWAEModule(arch, in_channels, image_size, num_classes, **settings)``: any what-where,
     objective or optimizer setting by name (``python train.py --help`` lists them); the
@@ -68,6 +65,7 @@ class SWWAEModule(pl.LightningModule):
         self.val_term_metrics = torch.nn.ModuleDict({
             f"{term}_{metric}": MeanMetric() for term in self.objective.computed
             for metric in getattr(self.objective.terms[term], "validation_metrics", ())})
+        self.nan_guard = NonFiniteGuard()
         self._rng_states_to_restore: dict | None = None
 
     def train(self, mode: bool = True):
@@ -95,13 +93,9 @@ class SWWAEModule(pl.LightningModule):
             # step: a checkpoint written between two steps then holds a teacher in step with the student.
             self.teacher.update_parameters(self.net)
         loss = self.compute_loss(batch)
-        if not torch.isfinite(loss.total):
-            bad = [name for name, value in loss.parts().items() if name != "loss" and not torch.isfinite(value)]
-            raise NonFiniteLossError(
-                f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
-                f"{', '.join(bad) or 'loss'} = {[float(loss.parts()[b]) for b in bad] or float(loss.total)}"
-            )
-        if self._writes_logs_this_step(batch_idx):
+        self.nan_guard.record(loss.parts(), self.global_step, self.current_epoch, batch_idx)
+        if self._writes_logs_this_step(batch_idx):  # the host reads the device here anyway
+            self.nan_guard.check()
             size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for k, v in batch.items() if k != "views")
             parts = {f"train/{k}": v.detach() for k, v in {**loss.parts(), **loss.metrics}.items()}
             self.log("train/loss", parts.pop("train/loss"), prog_bar=True, batch_size=size)
@@ -163,6 +157,7 @@ class SWWAEModule(pl.LightningModule):
     # Lightning restores weights, optimizer, schedule and loops but not the RNG that dropout
     # draws from; without it a resumed run diverges from the uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.nan_guard.check()  # before anything is written: non-finite weights never reach a file
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -1,0 +1,52 @@
+"""The NaN guard: a non-finite loss stops the run, without making the host wait for the device every step.
+
+Reading ``isfinite(loss)`` on the host each step would stop the CPU from queueing the next
+step on a GPU. Instead the first non-finite step is recorded on the device (its global step,
+epoch, batch and the loss parts' values) and looked at only where the host reads the device
+anyway: the steps whose metrics are logged, and every checkpoint save. A checkpoint save
+after a non-finite step raises before anything is written, so non-finite weights never reach
+a file; the run stops naming the first bad step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was not finite; raised at the next logging step or checkpoint save, before anything is written."""
+
+
+class NonFiniteGuard(nn.Module):
+    """Keeps, on the loss's device, where the loss first went non-finite (not part of any checkpoint)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("first_bad", torch.full((3,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("bad_values", torch.zeros(0), persistent=False)
+        self.names: list[str] = []
+        self.host_checks = 0  # how often the host has read the device: counted so tests can hold it to logging steps
+
+    def record(self, parts: dict[str, Tensor], step: int, epoch: int, batch: int) -> None:
+        """Note this step's loss parts; no host synchronization."""
+        names = [name for name in parts if name != "loss"]
+        values = torch.stack([parts[name].detach().float() for name in names])
+        if names != self.names:  # the first step (or the parts changed): start over on this device
+            self.names, self.bad_values = names, torch.zeros_like(values)
+            self.first_bad = self.first_bad.to(values.device)
+        new = torch.isfinite(parts["loss"].detach()).logical_not() & (self.first_bad[0] < 0)
+        here = torch.tensor([step, epoch, batch], device=values.device)
+        self.first_bad = torch.where(new, here, self.first_bad)
+        self.bad_values = torch.where(new, values, self.bad_values)
+
+    def check(self) -> None:
+        """Raise ``NonFiniteLossError`` naming the first non-finite step and part, if there was one (syncs)."""
+        self.host_checks += 1
+        step, epoch, batch = self.first_bad.tolist()
+        if step < 0:
+            return
+        values = dict(zip(self.names, self.bad_values.tolist()))
+        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
+        what = f"{', '.join(bad)} = {[values[b] for b in bad]}" if bad else "the weighted sum is not finite"
+        raise NonFiniteLossError(f"non-finite loss at global step {step} (epoch {epoch}, batch {batch}): {what}")
