@@ -3,6 +3,8 @@
 Lightning writes a checkpoint straight into its final path, so a kill during the
 write leaves a truncated ``last.ckpt`` in place of the good one: we write to a
 temporary file in the same directory, fsync, then ``os.replace`` (atomic on POSIX).
+A SIGKILL during the write leaves that temporary file behind (``.last.ckpt.tmp-<pid>``);
+the next start in the run directory removes it (``remove_stale_temporaries``).
 Weights for ``--evaluate`` / ``--finetune-from`` are read with
 ``torch.load(weights_only=True)``, which refuses any pickle that would build an
 arbitrary object (a crafted checkpoint cannot execute code).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,51 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, unsafe or from another network."""
 
 
+_TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # .<name>.tmp-<pid of the writer>
+
+
+def temporary_path(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it: a hidden name in the same directory."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path, claimed: bool) -> list[Path]:
+    """Delete the temporary files that killed saves left in ``directory``; returns them.
+
+    With the run directory ``claimed`` (this process holds its lock, so no other process writes
+    there) every one is stale, whatever its pid: after a requeue or in a container a dead writer's
+    pid may belong to a live, unrelated process. Without the claim, only files whose writer is no
+    longer alive (or is this process, which has not started saving) are removed.
+    """
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        match = _TEMPORARY.fullmatch(path.name)
+        if not match or not path.is_file():
+            continue
+        pid = int(match.group(1))
+        if claimed or pid == os.getpid() or not _alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_path(path)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

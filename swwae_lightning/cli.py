@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked
+    fcntl = None
 
 import yaml
 
@@ -122,18 +129,98 @@ def _new_run_dir(cfg: dict) -> Path:
     return Path("runs") / f"{cfg['dataset']}-{labels}-{stamp}"
 
 
-def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> None:
-    # A SLURM requeue reruns the same command in the same directory: Lightning resumes from its hpc checkpoint.
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    if is_rank_zero and fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
-        raise CLIError(f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it")
+def _requeued() -> bool:
+    """A SLURM requeue reruns the same command in the same run directory."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def _requeue_checkpoint(run_dir: Path) -> Path | None:
+    """On a SLURM requeue, the newest state the job saved before: Lightning's hpc_ckpt_N.ckpt (SIGUSR1)
+    or checkpoints/last.ckpt (SIGTERM, the end of an epoch), whichever was written last; None otherwise.
+
+    Lightning itself looks only for hpc checkpoints: a job requeued after a plain SIGTERM, or whose
+    SIGUSR1 came before the last epoch ended, would otherwise start again from step 0 over its own files.
+    """
+    if not _requeued():
+        return None
+    candidates = [p for p in [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"] if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+CLAIM_FILE = ".lock"
+
+
+def _claim_run_dir(run_dir: Path) -> int | None:
+    """An exclusive ``flock`` on ``run_dir/.lock``, held until ``_release_run_dir`` or the end of the process.
+
+    The kernel drops the lock when its holder dies (even by SIGKILL), so a stale lock cannot block a
+    resume or a SLURM requeue. Returns the locked file descriptor, or None where the file system has no locks.
+    """
+    lock = run_dir / CLAIM_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        os.close(fd)
+        return None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if isinstance(error, BlockingIOError) or error.errno in (errno.EACCES, errno.EAGAIN):
+            try:
+                holder = lock.read_text().strip()
+            except OSError:
+                holder = ""
+            raise CLIError(f"run directory {str(run_dir)!r} is in use by another process"
+                           f"{f' ({holder})' if holder else ''}: wait for it to end or choose another --run-dir") from None
+        print(f"warning: cannot lock run directory {str(run_dir)!r} ({error.strerror or error}): "
+              "nothing stops a second process from using it", file=sys.stderr)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
+def _release_run_dir(claim: int | None) -> None:
+    if claim is not None:
+        os.close(claim)  # closing the descriptor releases the flock; the file stays, which is harmless
+
+
+def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | None:
+    """Check, claim and create the run directory; returns the claim to release when the run ends.
+
+    Only global rank 0 claims: DDP ranks > 0 (launched by Lightning with ``SWWAE_RUN_DIR``, or by
+    srun/torchrun) use the directory their rank 0 holds.
+    """
+    requeued = _requeued()
+
+    def refuse_if_taken() -> None:
+        # A SLURM requeue reruns the same command in the same directory and resumes from its own checkpoints.
+        if fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
+            raise CLIError(f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it")
+
+    claim = None
+    try:
+        if is_rank_zero:
+            refuse_if_taken()  # before anything is written
+            run_dir.mkdir(parents=True, exist_ok=True)
+            claim = _claim_run_dir(run_dir)
+            refuse_if_taken()  # again under the claim: a process that held it may have started a run meanwhile
         (run_dir / "images").mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
-    except OSError as error:
-        raise CLIError(f"cannot write run directory {str(run_dir)!r}: {error.strerror or error}") from None
+        if is_rank_zero:
+            from .checkpoints import remove_stale_temporaries
+
+            for directory in (run_dir, run_dir / "checkpoints"):
+                for path in remove_stale_temporaries(directory, claimed=claim is not None):
+                    print(f"removed {path}, left by a checkpoint save that was killed", flush=True)
+    except BaseException as error:
+        _release_run_dir(claim)
+        if isinstance(error, OSError):
+            raise CLIError(f"cannot write run directory {str(run_dir)!r}: {error.strerror or error}") from None
+        raise
+    return claim
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from .module import NonFiniteLossError
     from .run_files import write_yaml
 
+    claim = None
     try:
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
         if cfg["evaluate"]:
@@ -155,12 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = None
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
-            load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
-            resume_from = str(ckpt)
         else:
             run_dir = _new_run_dir(cfg)
+            ckpt = _requeue_checkpoint(run_dir)  # a requeued SLURM job continues from what it saved
+        if ckpt is not None:
+            load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
+            resume_from = str(ckpt)
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
-        _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
+        # Held until main returns (or the process dies): a second process can neither start nor resume here.
+        claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
         previous = os.environ.get("SWWAE_RUN_DIR")
@@ -184,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 else "no checkpoint was saved before it")
         print(f"error: {error}; {hint}", file=sys.stderr)
         return 1
+    finally:
+        _release_run_dir(claim)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ CASES = {
     "non-finite weight": (["--lambda-mid", "nan"], "--lambda-mid nan must be a finite number"),
     "infinite learning rate": (["--lr", "inf"], "--lr inf must be a finite number"),
     "non-finite value in a config file": (["--config", "{nan_config}"], "lr: nan must be a finite number"),
+    "NaN reconstruction weight": (["--lambda-rec", "nan"], "--lambda-rec nan must be a finite number"),
+    "NaN reconstruction weight in a config file": (["--config", "{nan_rec_config}"],
+                                                   "lambda-rec: nan must be a finite number"),
+    "infinite learning rate in a config file": (["--config", "{inf_config}"], "lr: inf must be a finite number"),
     "FixMatch threshold outside (0, 1)": (["--fixmatch-threshold", "1.5"], "--fixmatch-threshold 1.5 must be in (0, 1)"),
     "EMA decay of 1": (["--ema-decay", "1"], "--ema-decay 1.0 must be in [0, 1)"),
     "negative objective weight": (["--lambda-fixmatch", "-0.5"], "--lambda-fixmatch -0.5 must be >= 0"),
@@ -83,6 +87,8 @@ def test_bad_input_fails_in_one_line_naming_the_value(name, workdir, capsys):
         "bad_value_config": write(workdir / "bad.yaml", b"labels: lots\n"),
         "list_config": write(workdir / "list.yaml", b"- labels\n"),
         "nan_config": write(workdir / "nan.yaml", b"lr: .nan\n"),
+        "nan_rec_config": write(workdir / "nan-rec.yaml", b"lambda-rec: nan\n"),  # text, which float() reads as NaN
+        "inf_config": write(workdir / "inf.yaml", b"lr: .inf\n"),
     }
     before = sorted(p.name for p in workdir.iterdir())
     argv = ["--dataset", "tiny", "--labels", "40", *SMALL] + [a.format(**files) for a in args]
@@ -98,9 +104,11 @@ def test_a_new_run_never_overwrites_an_earlier_one(workdir, capsys):
     run_dir = workdir / "earlier"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "results.json").write_text('{"test_error": 0.01}')
+    before = sorted(run_dir.rglob("*"))
     assert train.main(["--dataset", "tiny", "--labels", "40", *SMALL, "--run-dir", str(run_dir)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run_dir / "results.json").read_text() == '{"test_error": 0.01}'
+    assert sorted(run_dir.rglob("*")) == before  # not even a lock file
 
 
 def test_a_slurm_requeue_may_reuse_its_run_directory(workdir, monkeypatch):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import time
 
@@ -111,6 +112,26 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):
     extended = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert extended["global_step"] == 20
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 2
+
+
+def test_resume_last_without_run_dir_continues_the_run_whose_last_ckpt_is_newest(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("b", "a"):  # b is created first and sorts last by name: neither order may decide
+        assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0",
+                   run_dir=f"runs/{name}") == 0
+    last = {name: tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("a", "b")}
+
+    def epochs(name):
+        return json.loads((tmp_path / "runs" / name / "results.json").read_text())["epochs"]
+
+    now = time.time()
+    os.utime(last["a"], (now - 100, now - 100))
+    os.utime(last["b"], (now - 50, now - 50))
+    assert train.main(["--resume", "last", "--max-epochs", "2"]) == 0
+    assert (epochs("a"), epochs("b")) == (1, 2)
+    os.utime(last["a"], (now + 100, now + 100))  # now a's is the newest
+    assert train.main(["--resume", "last", "--max-epochs", "2"]) == 0
+    assert (epochs("a"), epochs("b")) == (2, 2)
 
 
 def test_evaluate_reproduces_the_test_error_of_results_json(tmp_path, tiny_dataset):

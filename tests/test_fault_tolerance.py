@@ -116,11 +116,28 @@ def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_chec
     assert run(tmp_path, tiny_dataset, "nan") == 1
     err = capsys.readouterr().err
     assert "non-finite loss at global step 12 (epoch 1, batch 2): rec = [nan]" in err
+    assert "the last good checkpoint is untouched (resume with --resume last)" in err
     good = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.ckpt")
     assert good["epoch"] == 0 and good["global_step"] == 10
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
     monkeypatch.setattr(SWWAEModule, "compute_loss", original)
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "nan")]) == 0
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_that_none_was_saved(tmp_path, tiny_dataset, monkeypatch, capsys):
+    original = SWWAEModule.compute_loss
+
+    def poisoned(self, batch):
+        loss = original(self, batch)
+        loss.terms["nll"] = loss.terms["nll"] * float("inf")
+        loss.total = loss.terms["nll"] + loss.terms["rec"]
+        return loss
+
+    monkeypatch.setattr(SWWAEModule, "compute_loss", poisoned)
+    assert run(tmp_path, tiny_dataset, "nan") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: non-finite loss at global step 0 (epoch 0, batch 0): nll = [inf]; no checkpoint was saved before it"
+    assert not (tmp_path / "nan" / "checkpoints").exists()
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
