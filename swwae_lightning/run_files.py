@@ -5,7 +5,6 @@ Only global rank 0 writes, so a DDP run leaves one set of files.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -17,14 +16,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here; a resumed run appends to it instead,
-        # starting from its header so that the columns of the earlier rows are kept.
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as file:
-                self.metrics_keys = sorted(next(csv.reader(file), []))
+from .lightning_private import AppendingWriter
 
 
 class RunCSVLogger(CSVLogger):
@@ -38,7 +30,7 @@ class RunCSVLogger(CSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             os.makedirs(self.log_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
 

@@ -1,0 +1,40 @@
+"""The one place this project relies on a private part of Lightning, checked when it is imported.
+
+Lightning's CSV writer deletes an existing ``metrics.csv`` in its private
+``_check_log_dir_exists``, and has no public hook to append instead; a resumed run must keep
+its earlier rows. If a Lightning release renames or drops what the override uses, importing
+this module fails with a message saying so, instead of a resumed run silently losing its metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+def check_csv_writer(writer_class: type = ExperimentWriter) -> None:
+    """Raise ImportError naming what is missing from Lightning's CSV writer, if anything is."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        writer = writer_class(log_dir=log_dir)
+    missing = [name for name, holder in (("_check_log_dir_exists", writer_class), ("metrics_file_path", writer),
+                                         ("metrics_keys", writer)) if not hasattr(holder, name)]
+    if missing:
+        raise ImportError(f"pytorch_lightning {pl.__version__}'s CSV ExperimentWriter no longer has "
+                          f"{', '.join(missing)}: swwae_lightning.lightning_private must be updated so a resumed "
+                          f"run keeps its metrics.csv")
+
+
+check_csv_writer()
+
+
+class AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run appends to metrics.csv instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Start from the existing header so that the columns of the earlier rows are kept.
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))

@@ -1,0 +1,31 @@
+"""The private part of Lightning this project relies on is checked, and a change to it fails loudly."""
+
+import pytest
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from swwae_lightning import lightning_private
+
+
+def test_the_installed_lightning_has_what_the_metrics_csv_override_uses():
+    lightning_private.check_csv_writer()  # what importing the module does; raises if anything is missing
+    assert "_check_log_dir_exists" in vars(lightning_private.AppendingWriter)  # the override is really an override
+
+
+def test_a_lightning_without_it_fails_at_import_naming_what_is_missing():
+    class Renamed(ExperimentWriter):
+        def __init__(self, log_dir):
+            pass  # sets neither metrics_file_path nor metrics_keys
+
+    with pytest.raises(ImportError, match=r"no longer has metrics_file_path, metrics_keys: swwae_lightning"):
+        lightning_private.check_csv_writer(Renamed)
+
+
+def test_a_resumed_run_appends_to_metrics_csv_keeping_its_columns(tmp_path):
+    first = lightning_private.AppendingWriter(log_dir=str(tmp_path))
+    first.log_metrics({"train/loss": 1.0}, step=0)
+    first.save()
+    second = lightning_private.AppendingWriter(log_dir=str(tmp_path))  # a resume opens it again
+    second.log_metrics({"train/loss": 0.5, "val/error": 0.2}, step=1)
+    second.save()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["step", "train/loss", "val/error"] and len(rows) == 3
