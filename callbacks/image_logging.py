@@ -72,7 +72,7 @@ class PictureCallback(Callback):
     the sanity check and off every rank but zero, and runs it in eval mode under no_grad.
     """
 
-    def __init__(self, every_n_epochs: int = 1, num_images: int = 8, out_dir: Path | str = "images"):
+    def __init__(self, every_n_epochs: int, num_images: int, out_dir: Path | str):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1")
         if num_images < 1:

@@ -64,6 +64,8 @@ S.declare(
               check=S.at_least(0), affects_result=False),
     S.Setting("switch_every", 1, "log switch maps every N epochs (0: off)", "run", type=int, check=S.at_least(0),
               affects_result=False),
+    S.Setting("overview_every", 1, "log the overview (reconstructions and every layer's switches in one figure) "
+              "every N epochs (0: off)", "run", type=int, check=S.at_least(0), affects_result=False),
     S.Setting("num_images", 8, "validation images in each picture", "run", type=int, check=S.at_least(1),
               affects_result=False),
     S.Setting("log_every", 20, "log training metrics every N steps", "run", type=int, check=S.at_least(1),
@@ -124,14 +126,11 @@ def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
 
 
 def image_callbacks(cfg: dict, run_dir: Path) -> list:
-    from callbacks import ReconstructionLogger, SwitchMapLogger
+    from callbacks import OverviewLogger, ReconstructionLogger, SwitchMapLogger
 
-    out = []
-    if cfg["recon_every"] > 0:
-        out.append(ReconstructionLogger(every_n_epochs=cfg["recon_every"], num_images=cfg["num_images"], out_dir=run_dir / "images"))
-    if cfg["switch_every"] > 0:
-        out.append(SwitchMapLogger(every_n_epochs=cfg["switch_every"], num_images=cfg["num_images"], out_dir=run_dir / "images"))
-    return out
+    pictures = ((ReconstructionLogger, "recon_every"), (SwitchMapLogger, "switch_every"), (OverviewLogger, "overview_every"))
+    return [picture(every_n_epochs=cfg[every], num_images=cfg["num_images"], out_dir=run_dir / "images")
+            for picture, every in pictures if cfg[every] > 0]
 
 
 def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:

@@ -236,8 +236,8 @@ def test_sheet_pastes_images_pixel_exact_and_pastes_cached_text_the_same():
 @pytest.mark.parametrize("pooling", ["hard", "soft"])
 def test_pictures_are_large_labelled_and_show_the_where_matters(tmp_path, pooling):
     images_dir = tmp_path / "images"
-    callbacks = [ReconstructionLogger(num_images=3, out_dir=images_dir), SwitchMapLogger(num_images=3, out_dir=images_dir),
-                 OverviewLogger(num_images=3, out_dir=images_dir)]
+    callbacks = [ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=images_dir), SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=images_dir),
+                 OverviewLogger(every_n_epochs=1, num_images=3, out_dir=images_dir)]
     module, data = tiny_module(pooling), TinyImages()
     trainer = tiny_trainer(tmp_path, callbacks)
     trainer.validate(module, datamodule=data, verbose=False)
@@ -294,8 +294,8 @@ def test_drawing_leaves_train_mode_and_weights_as_they_were(tmp_path):
     module = tiny_module(arch="4C3-MP2-8C3-MP2-BN")  # batch norm: a train-mode forward would move its statistics
     before = {name: t.clone() for name, t in module.state_dict().items()}
     record = RecordModeAndWeights()
-    callbacks = [PutInTrainMode(), ReconstructionLogger(num_images=3, out_dir=tmp_path),
-                 SwitchMapLogger(num_images=3, out_dir=tmp_path), record]
+    callbacks = [PutInTrainMode(), ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path),
+                 SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path), record]
     tiny_trainer(tmp_path, callbacks, limit_val_batches=1).validate(module, datamodule=TinyImages(), verbose=False)
 
     assert (tmp_path / "reconstructions_epoch000.png").exists()
@@ -326,7 +326,7 @@ def test_copy_unpooling_is_undone_when_its_forward_fails(tmp_path, monkeypatch):
         return forward(x)
 
     monkeypatch.setattr(module.net, "forward", forward_failing_on_copy)
-    trainer = tiny_trainer(tmp_path, [ReconstructionLogger(num_images=2, out_dir=tmp_path)], limit_val_batches=1)
+    trainer = tiny_trainer(tmp_path, [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path)], limit_val_batches=1)
     with pytest.raises(RuntimeError, match="copy forward failed"):
         trainer.validate(module, datamodule=TinyImages(), verbose=False)
     assert module.net.unpool == "where"
@@ -362,8 +362,8 @@ def test_pictures_only_every_n_epochs_never_in_the_sanity_check(tmp_path, monkey
 
 def test_nothing_is_drawn_off_global_rank_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(pl.Trainer, "is_global_zero", property(lambda self: False))
-    callbacks = [ReconstructionLogger(num_images=2, out_dir=tmp_path / "images"),
-                 SwitchMapLogger(num_images=2, out_dir=tmp_path / "images")]
+    callbacks = [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images"),
+                 SwitchMapLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images")]
     trainer = tiny_trainer(tmp_path, callbacks, limit_val_batches=1)
     trainer.validate(tiny_module(), datamodule=TinyImages(), verbose=False)
     assert not (tmp_path / "images").exists()
@@ -376,7 +376,7 @@ def test_preview_images_follow_the_module_dtype(tmp_path):
     trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0,
                               datamodule=TinyImages(), loggers=[])
     for callback in (SwitchMapLogger, OverviewLogger):
-        callback(num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
+        callback(every_n_epochs=1, num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
     assert (tmp_path / "switches_layer2_epoch000.png").exists() and (tmp_path / "overview_epoch000.png").exists()
 
 
@@ -394,7 +394,7 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     loggers = [WandbLogger(offline=True, save_dir=str(tmp_path), project="swwae-test"),
                TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="")]
-    callbacks = [logger(num_images=2, out_dir=tmp_path / "images")
+    callbacks = [logger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images")
                  for logger in (ReconstructionLogger, SwitchMapLogger, OverviewLogger)]
     try:
         tiny_trainer(tmp_path, callbacks, logger=loggers, limit_val_batches=1).validate(

@@ -117,7 +117,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):
 def test_resume_last_without_run_dir_continues_the_run_whose_last_ckpt_is_newest(tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("b", "a"):  # b is created first and sorts last by name: neither order may decide
-        assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0",
+        assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0",
                    run_dir=f"runs/{name}") == 0
     last = {name: tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("a", "b")}
 
@@ -198,7 +198,7 @@ def test_training_metrics_are_written_every_log_every_steps_and_only_then(tmp_pa
     calls = []
     original = SWWAEModule.log
     monkeypatch.setattr(SWWAEModule, "log", lambda self, name, *a, **k: (calls.append(name), original(self, name, *a, **k))[1])
-    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--log-every", "2", "--recon-every", "0", "--switch-every", "0") == 0
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--log-every", "2", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0") == 0
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     steps = [int(r["step"]) for r in rows]

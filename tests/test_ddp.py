@@ -27,7 +27,8 @@ def test_two_process_ddp_run_of_train_py(tmp_path, capsys):
     assert len(runs) == 1  # both processes wrote into one run directory
     run_dir = runs[0]
     pictures = sorted(p.name for p in (run_dir / "images").iterdir())
-    assert pictures == ["reconstructions_epoch000.png", "switches_layer1_epoch000.png", "switches_layer2_epoch000.png"]
+    assert pictures == ["overview_epoch000.png", "reconstructions_epoch000.png", "switches_layer1_epoch000.png",
+                        "switches_layer2_epoch000.png"]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["global_step"] == 6 and results["hardware"].startswith("2 process")
 

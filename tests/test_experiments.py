@@ -64,7 +64,7 @@ def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
     swwae = train.resolve_config(["--config", str(partner)])
     assert base["lambda_rec"] == base["lambda_mid"] == 0 and swwae["lambda_rec"] > 0
     different = {k for k in base if base[k] != swwae[k]}
-    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every"}, different
+    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every", "overview_every", "wandb_group"}, different
 
 
 # ----------------------------------------------------------------------------- report
@@ -266,7 +266,7 @@ def test_ablation_findings_check_both_claims():
 def test_ablation_and_equivariance_run_end_to_end_on_a_tiny_dataset(tmp_path, tiny_dataset):
     tiny = ["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--val-size", "50", "--max-epochs", "1",
             "--limit-train-batches", "2", "--unlabeled-batch-size", "32", "--logger", "none", "--recon-every", "0",
-            "--switch-every", "0"]
+            "--switch-every", "0", "--overview-every", "0"]
     rows = where_ablation.run_ablation([2, 4], where_ablation.CONFIGS / "where-ablation.yaml", tmp_path / "runs",
                                        tmp_path / "reports", tiny, num_show=3, train_copy=True)
     assert [r["pool_size"] for r in rows] == [2, 4]

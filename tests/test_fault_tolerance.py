@@ -21,7 +21,7 @@ from swwae_lightning.module import SWWAEModule
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16-D0.5", "--labels", "40", "--val-size", "50", "--batch-size", "16",
-        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0",
+        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0",
         "--deterministic", "--max-epochs", "2"]
 
 
@@ -179,7 +179,7 @@ def test_sigterm_mid_epoch_saves_last_and_resume_continues_from_that_step(tmp_pa
     run_dir = tmp_path / "run"
     args = [sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
             "--val-size", "500", "--limit-val-batches", "1", "--logger", "csv", "--recon-every", "0",
-            "--switch-every", "0", "--max-epochs", "1", "--batch-size", "128", "--unlabeled-batch-size", "128",
+            "--switch-every", "0", "--overview-every", "0", "--max-epochs", "1", "--batch-size", "128", "--unlabeled-batch-size", "128",
             "--limit-train-batches", "2000", "--progress-every", "1", "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

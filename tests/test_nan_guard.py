@@ -11,7 +11,7 @@ from swwae_lightning.checkpoints import load_checkpoint
 from swwae_lightning.module import SWWAEModule
 
 TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16", "--labels", "40", "--val-size", "50", "--batch-size", "16",
-        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0", "--max-epochs", "2"]
+        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0", "--max-epochs", "2"]
 STEPS_PER_EPOCH = 10  # (400 - 50 - 40) unlabeled images / 32
 
 

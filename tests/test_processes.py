@@ -247,7 +247,7 @@ def tiny(tmp_path: Path, *extra: str) -> list[str]:
     """10 training steps per epoch on the tiny dataset."""
     return ["--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--arch", "4C3-MP2-FC16", "--labels", "40",
             "--val-size", "50", "--batch-size", "16", "--unlabeled-batch-size", "32", "--logger", "csv",
-            "--recon-every", "0", "--switch-every", "0", "--max-epochs", "1", *extra]
+            "--recon-every", "0", "--switch-every", "0", "--overview-every", "0", "--max-epochs", "1", *extra]
 
 
 def train_py(tmp_path: Path, argv: list[str], **env: str) -> dict:
