@@ -6,6 +6,8 @@ Hyper-parameters are plain Python types only, so a checkpoint loads with
 
 from __future__ import annotations
 
+import warnings
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -28,6 +30,11 @@ S.declare(
               "optimization", flag="switch"),
 )
 OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
+
+# Under DDP Lightning advises sync_dist=True for epoch-level values. The accuracies are computed by
+# torchmetrics, already reduced over every rank, and the pictures' numbers exist on rank 0 only: the
+# advice is a line the user cannot act on.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'")
 
 
 def module_settings() -> list[str]:

@@ -37,7 +37,9 @@ def test_each_mode_writes_the_whole_run_directory(tmp_path, tiny_dataset, mode, 
     results = json.loads((run_dir / "results.json").read_text())
     for key in ("dataset", "labels", "mode", "test_error", "test_accuracy", "epochs", "global_step", "train_seconds", "best_checkpoint"):
         assert key in results
-    assert results["mode"] == mode and results["epochs"] == 2 and 0 <= results["test_error"] <= 1
+    assert results["mode"] == mode and results["epochs"] == 2
+    # chance is 0.75; an unsupervised run trains no classifier
+    assert results["test_error"] < 0.5 if mode != "unsupervised" else 0 <= results["test_error"] <= 1
     assert any(p.suffix == ".png" for p in (run_dir / "images").iterdir())
 
 
@@ -143,8 +145,8 @@ def test_evaluate_reproduces_the_test_error_of_results_json(tmp_path, tiny_datas
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path, tiny_dataset):
-    assert run(tmp_path, tiny_dataset, "--precision", "bf16-mixed", "--max-epochs", "1") == 0
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_error"] <= 1
+    assert run(tmp_path, tiny_dataset, "--precision", "bf16-mixed", "--max-epochs", "2") == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test_error"] < 0.5  # chance is 0.75
 
 
 def test_wandb_offline_run_holds_the_metrics(tmp_path, tiny_dataset, monkeypatch):
