@@ -131,3 +131,22 @@ def test_the_sweep_agents_command_line_resolves_to_the_sweeps_values():
         if name != "config":
             assert cfg[name] == value, name
     assert cfg["lambda_fixmatch"] == 2.0 and cfg["max_epochs"] == 10  # the sweep's value over its config's
+
+
+def test_tensorboard_through_train_py_holds_scalars_pictures_and_hyperparameters(tmp_path, tiny_dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    assert train.main(["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--labels", "40", "--val-size",
+                       "50", "--batch-size", "8", "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16",
+                       "--max-epochs", "1", "--log-every", "5", "--logger", "tensorboard", "--run-dir", str(run_dir)]) == 0
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert {"val/error", "train/loss", "train/rec"} <= set(tags["scalars"])
+    assert {"images/reconstructions", "images/overview"} <= set(tags["images"])
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    meta = events.summary_metadata["_hparams_/session_start_info"]
+    assert meta.plugin_data.plugin_name == "hparams"
+    session = HParamsPluginData.FromString(meta.plugin_data.content).session_start_info
+    assert session.hparams["lambda_rec"].number_value == 1.0 and session.hparams["arch"].string_value == "4C3-MP2-8C3-MP2-FC16"
