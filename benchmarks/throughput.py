@@ -465,7 +465,10 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(bench.run_dir / name),
         profiler=hooks, **validation,
     )
-    with PeakMemory(bench.device) as memory:
+    # The progress bar is drawn (it is part of the default job's cost) but into /dev/null: the
+    # benchmark prints its tables, not a bar per row.
+    with PeakMemory(bench.device) as memory, open(os.devnull, "w") as sink, \
+            contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         trainer.fit(module, datamodule=bench.datamodule)
     note = "trains on the labeled batch only; the data path still prepares the unlabeled one" if is_baseline(cfg) else ""
     return Row(name, cfg["pooling"], images_per_step(cfg), clock.seconds_per_step, memory.peak_mib, note,

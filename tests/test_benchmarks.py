@@ -20,9 +20,11 @@ def bundled_mnist(monkeypatch, mnist_splits):
     monkeypatch.setitem(registry.DATASETS, "mnist", dataclasses.replace(info, load=lambda *a, **k: mnist_splits))
 
 
-def test_quick_run_reports_every_row_and_ratio(bundled_mnist, tmp_path):
+def test_quick_run_reports_every_row_and_ratio(bundled_mnist, tmp_path, capsys):
     out = tmp_path / "rows.json"
     result = throughput.main(["--quick", "--device", "cpu", "--json", str(out)])
+    printed = capsys.readouterr()
+    assert "it/s" not in printed.out + printed.err and "lightning / plain" in printed.out  # tables, no progress bars
 
     assert [row["name"] for row in result["rows"]] == [
         "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "plain + fixmatch",
