@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The throughput table on a lent GPU (issue 7): 32-true, bf16-mixed, then torch.compile; under 5 minutes.
+# The throughput table on a lent GPU: 32-true, bf16-mixed, then torch.compile; under 5 minutes.
 # Run from anywhere: `bash benchmarks/gpu_check.sh`. Tables, JSON and Lightning's stderr go to $OUT
 # when it is set (the device machine's results folder), else to a fresh temporary folder.
 # No network is assumed: the repository's packages import from its root, and a venv is built only
