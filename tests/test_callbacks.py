@@ -408,3 +408,16 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert set(events.Tags()["images"]) == {"images/reconstructions", "images/switches_layer1", "images/switches_layer2",
                                             "images/overview"}
+
+
+def test_every_picture_draws_a_label_topped_decoder_too(tmp_path):
+    """With decoder_top="label" the decoder starts from the classifier's softmax (no labels at validation)."""
+    torch.manual_seed(0)
+    module = SWWAEModule("4C3-MP2-8C3-MP2-FC16", in_channels=1, image_size=SIDE, num_classes=10, decoder_top="label",
+                         schedule="constant")
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0,
+                              datamodule=TinyImages(), loggers=[])
+    for callback in (ReconstructionLogger, SwitchMapLogger, OverviewLogger):
+        callback(every_n_epochs=1, num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
+    assert {p.name for p in tmp_path.iterdir()} >= {"reconstructions_epoch000.png", "switches_layer1_epoch000.png",
+                                                     "overview_epoch000.png"}
