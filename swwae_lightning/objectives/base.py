@@ -10,7 +10,6 @@ used by the LightningModule, the benchmark's plain loop and the tests.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
@@ -177,11 +176,11 @@ class Objective:
     """
 
     def __init__(self, **settings):
-        values = S.complete(settings, objective_settings(), "Objective")
+        values = self._values = S.complete(settings, objective_settings(), "Objective")
         self.weights = {t.name: values[t.weight.name] for t in TERMS}
         self.terms = {t.name: t(**{s.name: values[s.name] for s in t.settings}) for t in TERMS}
-        active = [t for t in TERMS if self.weights[t.name] > 0]
-        self.needs = {need for t in active for need in t.needs}
+        active = active_terms(values)
+        self.needs = needs_of(values)
         self.uses_decoder = DECODER in self.needs
         free = {DECODER} if self.uses_decoder else set()
         self.computed = [t.name for t in TERMS if self.weights[t.name] > 0 or (t.needs and set(t.needs) <= free)]
@@ -189,7 +188,7 @@ class Objective:
 
     @property
     def views(self) -> tuple[str, ...]:
-        return tuple(v for v in VIEWS if v in self.needs)
+        return views_needed(self._values)
 
     @property
     def needs_teacher(self) -> bool:
