@@ -1,9 +1,13 @@
-"""The one place this project relies on a private part of Lightning, checked when it is imported.
+"""The one place this project relies on private parts of Lightning.
 
 Lightning's CSV writer deletes an existing ``metrics.csv`` in its private
 ``_check_log_dir_exists``, and has no public hook to append instead; a resumed run must keep
 its earlier rows. If a Lightning release renames or drops what the override uses, importing
 this module fails with a message saying so, instead of a resumed run silently losing its metrics.
+
+Lightning's WandbLogger always passes ``anonymous`` to ``wandb.init``, which W&B answers with a
+deprecation warning the user cannot act on; the logger's private init arguments are the only
+place to leave it out. If they move, the warning comes back and nothing else changes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import os
 import tempfile
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
 
 def check_csv_writer(writer_class: type = ExperimentWriter) -> None:
     """Raise ImportError naming what is missing from Lightning's CSV writer, if anything is."""
@@ -38,3 +44,11 @@ class AppendingWriter(ExperimentWriter):
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as file:
                 self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+def without_anonymous(logger: WandbLogger) -> WandbLogger:
+    """``logger`` with W&B's deprecated ``anonymous`` argument left out of its ``wandb.init`` call."""
+    init_arguments = getattr(logger, "_wandb_init", None)
+    if isinstance(init_arguments, dict):
+        init_arguments.pop("anonymous", None)
+    return logger

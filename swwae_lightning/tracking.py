@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from . import settings as S
+from .lightning_private import without_anonymous
 
 PUBLIC_SERVER = "https://api.wandb.ai"
 
@@ -88,12 +89,12 @@ def wandb_logger(run_dir: Path, config: dict, resume_id: str | None) -> WandbLog
     if config["wandb_log_model"] and reason:
         rank_zero_info(f"W&B: offline, so --wandb-log-model uploads no checkpoint; later: "
                        f"wandb artifact put --type model {run_dir / 'checkpoints'}")
-    logger = WandbLogger(
+    logger = without_anonymous(WandbLogger(
         project=config["wandb_project"], name=config["wandb_name"] or run_dir.name, entity=config["wandb_entity"],
         tags=config["wandb_tags"] or None, group=config["wandb_group"] or default_group(config),
         job_type=config["wandb_job_type"], save_dir=str(run_dir), offline=reason is not None, log_model=log_model,
         id=resume_id, resume="must" if resume_id and not reason else "allow",
-    )
+    ))
     logger.log_hyperparams(config)
     return logger
 
