@@ -35,6 +35,14 @@ OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
 # torchmetrics, already reduced over every rank, and the pictures' numbers exist on rank 0 only: the
 # advice is a line the user cannot act on.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'")
+# Lightning's own batch flattening still builds torch's deprecated LeafSpec: a warning about
+# Lightning's code, printed at the first validation of every run.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# On one-channel images the first conv's weight gradient, shape (C, 1, k, k), can come back with
+# channels-last strides: the same memory order as DDP's bucket, so its "may impair performance"
+# warning is about nothing. Other shapes still warn.
+warnings.filterwarnings("ignore", message=r"(?s)Grad strides do not match bucket view strides.*"
+                        r"grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]", category=UserWarning)
 
 
 def module_settings() -> list[str]:

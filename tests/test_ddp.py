@@ -22,7 +22,9 @@ def test_two_process_ddp_run_of_train_py(tmp_path, capsys):
     assert proc.returncode == 0, output[-3000:]
     steps = re.findall(r"\[rank (\d)\] finished training at global step (\d+)", output)
     assert sorted(steps) == [("0", "6"), ("1", "6")]  # both ranks took the same steps
-    assert "sync_dist" not in output  # the metrics are reduced by torchmetrics: no advice the user cannot act on
+    # No warning the user cannot act on: the metrics are reduced by torchmetrics (sync_dist advice), the
+    # one-channel conv's gradient has the bucket's memory order (grad strides), Lightning's own pytree use.
+    assert not re.search(r"sync_dist|Grad strides|deprecated|Warning", output), output[-3000:]
 
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # both processes wrote into one run directory
