@@ -11,6 +11,7 @@ from torch import Tensor
 
 from datamodules.registry import get_dataset
 from swwae_lightning.checkpoints import load_checkpoint
+from swwae_lightning.experiment import result_settings
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
 
@@ -59,6 +60,21 @@ def load_test_images(config: dict, limit: int | None = None) -> tuple[Tensor, tu
     splits = info.load(Path(config.get("data_dir", "data")), download=config.get("download", True), include_extra=False)
     images = splits.test_images[:limit] if limit else splits.test_images
     return images.float() / 255, info.mean, info.std
+
+
+def training_settings(models: list[tuple[str, dict]]) -> list[str]:
+    """Markdown: each model's settings that can change a result, read from its checkpoint, a column per model.
+
+    A study's figures depend on how its models were trained; the configs and the defaults may
+    change after the report is written, the checkpoint's record of the run does not.
+    """
+    names = list(dict.fromkeys(name for _, config in models for name in result_settings(config)))
+    lines = ["## Training settings", "", "Each trained model's settings that can change a result, as its checkpoint "
+             "records them.", "", "| setting | " + " | ".join(label for label, _ in models) + " |",
+             "| --- |" + " --- |" * len(models)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{config.get(name, '—')}" for _, config in models) + " |")
+    return lines + [""]
 
 
 def parse_study_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

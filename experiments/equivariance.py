@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from datamodules.augment import standardize  # noqa: E402
 from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
-                                run_and_report, train_or_reuse)
+                                run_and_report, train_or_reuse, training_settings)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.pooling import Pooling  # noqa: E402
 
@@ -126,6 +126,7 @@ def _change_at(response: dict, distance: int, key: str = "what_change") -> float
 
 
 def markdown(results: list[dict], num_images: int) -> str:
+    """The tables, the models' sources and their training settings."""
     largest = max(abs(s) for s in results[0]["responses"][0]["shifts"])
     lines = [
         "# Equivariance: shifting the input moves the where, not the what",
@@ -154,7 +155,7 @@ def markdown(results: list[dict], num_images: int) -> str:
             for s, c, cs, d in zip(resp["shifts"], resp["what_change"], resp["summed_what_change"], resp["displacement"][-1]):
                 lines.append(f"| {r['label']} | {resp['axis']} | {s:+d} | {c:.3f} | {cs:.3f} | {d:+.3f} |")
     sources = ", ".join(f"{r['label']}: {r['source']}" for r in results)
-    return "\n".join(lines + ["", f"Models: {sources}.", ""])
+    return "\n".join(lines + ["", f"Models: {sources}.", "", *training_settings([(r["label"], r["config"]) for r in results])])
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -196,7 +197,7 @@ def run_study(models: list[tuple[str, str]], out_dir: str | Path, max_shift: int
         images01, mean, std = load_test_images(cfg, num_images)
         count = len(images01)
         responses = [shift_response(net, images01, mean, std, shifts, axis) for axis in AXES]
-        results.append({"label": model_label(net, name), "source": str(source), "responses": responses})
+        results.append({"label": model_label(net, name), "source": str(source), "config": cfg, "responses": responses})
         for resp in responses:
             print(f"{name} {resp['axis']}: what change at +{max_shift} {resp['what_change'][-1]:.3f}, "
                   f"top where slope {resp['slope'][-1]:.3f} (R² {resp['r2'][-1]:.3f})", flush=True)

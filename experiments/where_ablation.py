@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from callbacks.reconstructions import unpooling as unpooling_mode  # noqa: E402
 from datamodules.augment import destandardize, standardize  # noqa: E402
 from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
-                                run_and_report, train_or_reuse)
+                                run_and_report, train_or_reuse, training_settings)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 
 POOL_SIZES = (2, 4, 7)
@@ -76,7 +76,7 @@ def findings(rows: list[dict], copy_key: str = "copy") -> dict[str, bool]:
             "gap_grows_with_pool_size": all(b > a for a, b in zip(gaps, gaps[1:]))}
 
 
-def markdown(rows: list[dict], num_images: int, train_args: list[str]) -> str:
+def markdown(rows: list[dict], num_images: int, train_args: list[str], configs: list[tuple[str, dict]]) -> str:
     trained_copy = all("copy_trained" in r for r in rows)
     lines = [
         "# Where ablation: reconstruction with and without the switches",
@@ -112,6 +112,7 @@ def markdown(rows: list[dict], num_images: int, train_args: list[str]) -> str:
         "",
         f"Training options given to train.py besides the config: `{' '.join(train_args) or '(none)'}`.",
         "",
+        *training_settings(configs),
     ]
     return "\n".join(lines)
 
@@ -144,11 +145,12 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
     With ``train_copy`` a second auto-encoder per pool size is trained with copy-unpooling.
     """
     train_args = list(train_args or [])
-    rows, samples = [], []
+    rows, samples, configs = [], [], []
     for pool_size in pool_sizes:
         run_dir = Path(runs_root) / f"where-ablation-mp{pool_size}"
         argv = ["--config", str(config), "--arch", arch_for(pool_size), *train_args]
         net, cfg = load_network(train_or_reuse(argv + ["--unpool", "where"], run_dir))
+        configs.append((run_dir.name, cfg))
         images01, mean, std = load_test_images(cfg, num_test)
         images = standardize(images01, mean, std)
         row = {"pool_size": pool_size, "arch": net.arch, "run_dir": str(run_dir),
@@ -156,7 +158,8 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
         shown = images[:num_show]
         recon = reconstructions(net, shown)
         if train_copy:
-            copy_net, _ = load_network(train_or_reuse(argv + ["--unpool", "copy"], Path(f"{run_dir}-copy")))
+            copy_net, copy_cfg = load_network(train_or_reuse(argv + ["--unpool", "copy"], Path(f"{run_dir}-copy")))
+            configs.append((f"{run_dir.name}-copy", copy_cfg))
             row["copy_trained"] = reconstruction_mse(copy_net, images, "copy")
             recon["copy_trained"] = reconstructions(copy_net, shown)["copy"]
         rows.append(row)
@@ -165,7 +168,7 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
         print(f"pool {pool_size}: MSE " + ", ".join(f"{ROW_NAMES[k]} {row[k]:.4f}" for k in recon), flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "where_ablation.md").write_text(markdown(rows, len(images), train_args))
+    (out_dir / "where_ablation.md").write_text(markdown(rows, len(images), train_args, configs))
     plot_grid(samples, out_dir / "where_ablation.png")
     return rows
 
