@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import subprocess
 
 import pytest
 import torch
@@ -74,3 +75,24 @@ def test_ratios_are_computed_from_the_rows_they_name():
     assert ratios["loader with views / fixmatch model"] == pytest.approx(20.0)
     verdicts = {r.name: r.verdict for r in throughput.compute_ratios(rows, epoch_steps=100)}
     assert verdicts["lightning / plain"] == "MISS" and verdicts["soft / hard per step"] == "PASS"
+
+
+def test_versions_times_both_trees_in_turn_and_the_same_code_trains_the_same_numbers(tmp_path):
+    from benchmarks import versions
+
+    result = versions.main(["HEAD", "--rounds", "1", "--steps", "2", "--json", str(tmp_path / "versions.json")])
+    assert json.loads((tmp_path / "versions.json").read_text()) == result
+    assert [run["global_step"] for name in ("old", "new") for run in result["runs"][name]] == [2, 2]
+    old, new = (result["runs"][name][0]["train_seconds"] for name in ("old", "new"))
+    assert result["new_over_old_speed"] == pytest.approx(old / new)  # > 1: this version is faster
+    if subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=versions.REPO).returncode == 0:
+        assert result["same_test_error"]  # HEAD and a clean working tree (as in CI) are the same code
+
+
+def test_versions_refuses_a_revision_that_is_not_a_commit_in_one_line(capsys):
+    from benchmarks import versions
+
+    with pytest.raises(SystemExit) as exit_info:
+        versions.main(["no-such-revision"])
+    assert exit_info.value.code == 2
+    assert "'no-such-revision' is not a commit of this repository" in capsys.readouterr().err
