@@ -3,7 +3,7 @@
     python -m swwae_lightning.report RUNS_DIR... --out reports/
     python -m swwae_lightning.report --sweep configs/mnist-100.yaml --seeds 0 1 2 --out reports/ [-- TRAIN.PY OPTIONS]
     python -m swwae_lightning.report --plan configs/sweeps/mnist-100.yaml --jobs 8 --out reports/sweep-mnist-100
-    python -m swwae_lightning.report --check-readme README.md      # (or --update-readme README.md)
+    python -m swwae_lightning.report --check-readme README.md      # (or --update-readme README.md): readme_tables
 
 A run directory is one with ``results.json`` and ``config.yaml`` (what ``train.py``
 leaves); a RUNS_DIR may also be a folder of them. Runs are grouped into experiments
@@ -160,7 +160,7 @@ def _labels_text(row: dict) -> str:
     return f"{labels} (fold {row['fold']})" if row["fold"] is not None else labels
 
 
-def _error_text(row: dict) -> str:
+def error_text(row: dict) -> str:
     std = "—" if row["error_std"] is None else f"{row['error_std']:.2f}"
     return f"{row['error_mean']:.2f} ± {std}"
 
@@ -200,7 +200,7 @@ def add_paired_differences(rows: list[dict]) -> None:
                 row["vs_without_what_where"] = _paired(row, without[0])
 
 
-def _difference_text(difference: tuple | None) -> str:
+def difference_text(difference: tuple | None) -> str:
     if difference is None:
         return "—"
     mean, std, n = difference
@@ -214,11 +214,11 @@ def markdown_table(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        model = _model_text(row)
+        model = model_text(row)
         lines.append(
             f"| {row['experiment']} | {row['dataset']} | {_labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
-            f"| {_error_text(row)} | {' / '.join(f'{e:.2f}' for e in row['errors'])} | {_difference_text(row['vs_baseline'])} "
-            f"| {_difference_text(row['vs_without_what_where'])} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} "
+            f"| {error_text(row)} | {' / '.join(f'{e:.2f}' for e in row['errors'])} | {difference_text(row['vs_baseline'])} "
+            f"| {difference_text(row['vs_without_what_where'])} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} "
             f"| {'; '.join(row['hardware'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -228,7 +228,7 @@ def _uses_decoder(row: dict) -> bool:
     return bool({"rec", "mid", "swap"} & set(row["terms"]))
 
 
-def _model_text(row: dict) -> str:
+def model_text(row: dict) -> str:
     if row["baseline"]:
         return f"{row['mode']}, no unlabeled term (baseline)"
     terms = " + ".join(f"{name} {weight:g}" for name, weight in row["terms"].items())
@@ -391,50 +391,6 @@ def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "
     return run_dirs, failures
 
 
-# A README table made from a committed report: "<!-- table: reports/X -->", the table, "<!-- /table -->".
-README_BLOCK = re.compile(r"(<!-- table: (?P<report>\S+) -->\n)(?P<table>.*?)(<!-- /table -->)", re.S)
-
-
-def readme_table(rows: list[dict]) -> str:
-    """The short form of a report for the README: per seed, mean ± std, the paired differences, minutes."""
-    lines = ["| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
-             "| what-where terms' effect, same seeds | minutes per run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        lines.append(f"| {row['experiment']} | {_model_text(row)} | {' / '.join(f'{e:.2f}' for e in row['errors'])} "
-                     f"| {_error_text(row)} | {_difference_text(row['vs_baseline'])} "
-                     f"| {_difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def readme_blocks(readme: Path) -> list[tuple[re.Match, str]]:
-    """Each marked table of ``readme`` and the table recomputed from its report's archived runs."""
-    text = readme.read_text()
-    blocks = []
-    for match in README_BLOCK.finditer(text):
-        runs = readme.parent / match["report"] / "runs"
-        blocks.append((match, readme_table(summarize(find_runs([runs])))))
-    return blocks
-
-
-def check_readme(readme: str | Path) -> list[str]:
-    """One line per README table that differs from what its committed runs give (none: all agree)."""
-    readme = Path(readme)
-    return [f"{readme}: the table of {m['report']} differs from what {m['report']}/runs gives; "
-            f"regenerate it with --update-readme" for m, computed in readme_blocks(readme) if m["table"] != computed]
-
-
-def update_readme(readme: str | Path) -> int:
-    """Rewrite every marked table from its report's runs; returns how many there are."""
-    readme = Path(readme)
-    blocks = readme_blocks(readme)
-    text = readme.read_text()
-    for match, computed in reversed(blocks):
-        text = text[:match.start("table")] + computed + text[match.end("table"):]
-    readme.write_text(text)
-    return len(blocks)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="In --sweep mode, options after a lone -- go to train.py, "
@@ -446,13 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep/--plan (default: 0 1 2)")
     parser.add_argument("--jobs", type=int, default=1, help="train.py processes at once in --sweep/--plan (default: 1)")
     parser.add_argument("--runs-root", default="runs", help="where --sweep puts its run directories (default: runs)")
-    parser.add_argument("--check-readme", metavar="README", help="recompute the README's marked tables from the "
-                        "committed reports' runs; exit 1 naming each table that differs")
+    parser.add_argument("--check-readme", metavar="README", help="recompute the README's marked tables (results and "
+                        "benchmarks) from the files committed under reports/; exit 1 naming each table that differs")
     parser.add_argument("--update-readme", metavar="README", help="rewrite the README's marked tables from them")
     argv = list(sys.argv[1:] if argv is None else argv)
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.check_readme or args.update_readme:
+        from .readme_tables import check_readme, update_readme  # it builds on this module
+
         if args.update_readme:
             print(f"rewrote {update_readme(args.update_readme)} table(s) of {args.update_readme}")
         mismatches = check_readme(args.check_readme or args.update_readme)

@@ -1,0 +1,126 @@
+"""The README's marked tables, recomputed from the files committed under ``reports/``.
+
+A README figure is only as good as the file behind it, so every table of results or
+performance sits between two markers that name its source, and ``check_readme`` fails on any
+table that differs from what its source gives:
+
+    <!-- table: reports/X -->          results: the runs archived in reports/X/runs
+    <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
+                                       or several, side by side in ms per step
+
+``python -m swwae_lightning.report --check-readme README.md`` (or ``--update-readme``) runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from . import report
+
+BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
+
+
+def results_table(report_dir: Path) -> str:
+    """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
+    rows = report.summarize(report.find_runs([report_dir / "runs"]))
+    lines = ["| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
+             "| what-where terms' effect, same seeds | minutes per run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['experiment']} | {report.model_text(row)} "
+                     f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {report.error_text(row)} "
+                     f"| {report.difference_text(row['vs_baseline'])} "
+                     f"| {report.difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _row_note(row: dict) -> str:
+    if row["callback_seconds"]:
+        return f"pictures: {1000 * statistics.median(row['callback_seconds']):.0f} ms per validation"
+    return ""
+
+
+def _ratio_target(ratio: dict) -> str:
+    target = ratio["target"]
+    return "(info)" if not target else f"{'≥' if target['at_least'] else '≤'} {target['bound']:g}"
+
+
+def _verdict(ratio: dict) -> str:
+    return {"PASS": "met", "MISS": "**missed**"}.get(ratio["verdict"], "")
+
+
+def benchmark_table(result: dict) -> str:
+    """One throughput JSON: its setting, rows, ratios and the step's share of the matmul rate."""
+    s, flops = result["settings"], result["flops"]
+    lines = [f"{result['device']}, {s['dataset']} preset (`{s['arch']}`), batch {s['batch_size']} + "
+             f"{s['unlabeled_batch_size']}, {s['precision']}{', compile' if s['compile'] else ''}"
+             f"{', channels-last' if s['channels_last'] else ''}; data: {result['data']}; "
+             f"best of {s['rounds']} rounds of {s['steps']} steps", "",
+             "| row | pooling | images/s | ms/step | peak MiB | note |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        lines.append(f"| {row['name']} | {row['pooling']} | {_count(row['images_per_second'])} "
+                     f"| {row['ms_per_step']:.1f} | {row['peak_mib']:.0f} | {_row_note(row)} |")
+    lines += ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
+    for ratio in result["ratios"]:
+        if ratio["value"] is not None:
+            lines.append(f"| {ratio['name']} | {ratio['value']:.3f} | {_ratio_target(ratio)} | {_verdict(ratio)} |")
+    shares = ", ".join(f"{name} {flops[f'{name}_gflops']:.1f} GFLOP/s "
+                       f"({100 * flops[f'{name}_gflops'] / flops['matmul_gflops']:.0f} %)" for name in ("plain", "lightning"))
+    lines += ["", f"A training step is {flops['gflop_per_step']:.2f} GFLOP (convolutions and matmuls, forward and "
+                  f"backward); {shares} of the {flops['matmul_gflops']:.1f} GFLOP/s a {flops['matmul_size']}² "
+                  f"{flops['matmul_dtype']} matmul reaches here."]
+    return "\n".join(lines) + "\n"
+
+
+def _setting_label(result: dict) -> str:
+    s = result["settings"]
+    return " + ".join([s["precision"]] + ["compile"] * bool(s["compile"]) + ["channels-last"] * bool(s["channels_last"]))
+
+
+def benchmarks_side_by_side(results: list[dict]) -> str:
+    """Several throughput JSONs of one preset: ms per step of each row, a column per setting."""
+    names = list(dict.fromkeys(row["name"] for result in results for row in result["rows"]))
+    steps = [{row["name"]: row["ms_per_step"] for row in result["rows"]} for result in results]
+    lines = ["| row, ms/step | " + " | ".join(_setting_label(r) for r in results) + " |",
+             "| --- |" + " --- |" * len(results)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{ms[name]:.2f}" if name in ms else "—" for ms in steps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def computed_table(kind: str, sources: list[str], root: Path) -> str:
+    if kind == "table":
+        return results_table(root / sources[0])
+    results = [json.loads((root / source).read_text()) for source in sources]
+    return benchmark_table(results[0]) if len(results) == 1 else benchmarks_side_by_side(results)
+
+
+def readme_blocks(readme: Path) -> list[tuple[re.Match, str]]:
+    """Each marked table of ``readme`` and the table recomputed from its source files."""
+    return [(match, computed_table(match["kind"], match["sources"].split(), readme.parent))
+            for match in BLOCK.finditer(readme.read_text())]
+
+
+def check_readme(readme: str | Path) -> list[str]:
+    """One line per README table that differs from what its committed files give (none: all agree)."""
+    readme = Path(readme)
+    return [f"{readme}: the {m['kind']} of {m['sources']} differs from what its committed files give; "
+            f"regenerate it with --update-readme" for m, computed in readme_blocks(readme) if m["table"] != computed]
+
+
+def update_readme(readme: str | Path) -> int:
+    """Rewrite every marked table from its source files; returns how many there are."""
+    readme = Path(readme)
+    blocks = readme_blocks(readme)
+    text = readme.read_text()
+    for match, computed in reversed(blocks):
+        text = text[:match.start("table")] + computed + text[match.end("table"):]
+    readme.write_text(text)
+    return len(blocks)

@@ -1,0 +1,85 @@
+"""Every README table of results or performance is recomputed from the files committed under reports/."""
+
+import copy
+import json
+from pathlib import Path
+
+from swwae_lightning import readme_tables, report
+from test_experiments import fake_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_fails_the_check(tmp_path, capsys):
+    for seed, error in enumerate((0.10, 0.12)):
+        fake_run(tmp_path / "live" / f"swwae-seed{seed}", seed, error)
+        fake_run(tmp_path / "live" / f"baseline-seed{seed}", seed, 0.15, lambda_rec=0.0, mode="semi")
+    report.write_report([tmp_path / "live"], tmp_path / "reports" / "table")  # archives the runs' files
+    readme = tmp_path / "README.md"
+    readme.write_text("# A\n\n<!-- table: reports/table -->\nstale\n<!-- /table -->\n\nText.\n")
+    assert report.main(["--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 " \
+           "| -4.00 ± 1.41 (2) |" in text and text.endswith("<!-- /table -->\n\nText.\n")
+    assert readme_tables.check_readme(readme) == [] and report.main(["--check-readme", str(readme)]) == 0
+    readme.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
+    assert report.main(["--check-readme", str(readme)]) == 1
+    assert "the table of reports/table differs" in capsys.readouterr().err
+
+
+def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict:
+    """What benchmarks/throughput.py --json writes, cut down to what the README shows."""
+    def row(name, ms, images=256, callback_seconds=()):
+        return {"name": name, "pooling": "hard", "ms_per_step": ms, "images_per_second": images / ms * 1000,
+                "peak_mib": 210.4, "callback_seconds": list(callback_seconds)}
+    return {"settings": {"dataset": "cifar10", "arch": "8C3-MP2-FC16", "batch_size": 16, "unlabeled_batch_size": 16,
+                         "precision": precision, "compile": False, "channels_last": False, "rounds": 2, "steps": 5},
+            "device": "CPU (2 cores)", "data": "random uint8 (not found on disk)",
+            "rows": [row("plain", plain_ms), row("lightning", 250.0, callback_seconds=[0.5, 0.7, 0.9])],
+            "ratios": [{"name": "lightning / plain", "value": plain_ms / 250.0, "verdict": "MISS",
+                        "target": {"at_least": True, "bound": 0.95}},
+                       {"name": "soft / hard per step", "value": None, "verdict": "", "target": None}],
+            "flops": {"gflop_per_step": 4.0, "matmul_size": 2048, "matmul_dtype": "float32", "matmul_gflops": 80.0,
+                      "plain_gflops": 20.0, "lightning_gflops": 16.0}}
+
+
+def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(tmp_path, capsys):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "cpu.json").write_text(json.dumps(throughput_json()))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark: reports/cpu.json -->\nold\n<!-- /benchmark -->\n")
+    assert report.main(["--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "CPU (2 cores), cifar10 preset (`8C3-MP2-FC16`), batch 16 + 16, 32-true; data: random uint8" in text
+    assert "| plain | hard | 1,280 | 200.0 | 210 |  |" in text
+    assert "| lightning | hard | 1,024 | 250.0 | 210 | pictures: 700 ms per validation |" in text
+    assert "| lightning / plain | 0.800 | ≥ 0.95 | **missed** |" in text
+    assert "soft / hard" not in text  # a ratio this run could not measure is left out, not shown as n/a
+    assert "plain 20.0 GFLOP/s (25 %), lightning 16.0 GFLOP/s (20 %) of the 80.0 GFLOP/s" in text
+    readme.write_text(text.replace("| 0.800 |", "| 0.950 |"))  # a ratio edited by hand
+    assert report.main(["--check-readme", str(readme)]) == 1
+    assert "the benchmark of reports/cpu.json differs" in capsys.readouterr().err
+
+
+def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
+    (tmp_path / "fp32.json").write_text(json.dumps(throughput_json()))
+    bf16 = throughput_json("bf16-mixed", plain_ms=150.0)
+    bf16["rows"].append(copy.deepcopy(bf16["rows"][0]) | {"name": "plain soft", "ms_per_step": 300.0})
+    (tmp_path / "bf16.json").write_text(json.dumps(bf16))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark: fp32.json bf16.json -->\n<!-- /benchmark -->\n")
+    readme_tables.update_readme(readme)
+    assert readme.read_text() == ("<!-- benchmark: fp32.json bf16.json -->\n| row, ms/step | 32-true | bf16-mixed |\n"
+                                  "| --- | --- | --- |\n| plain | 200.00 | 150.00 |\n| lightning | 250.00 | 250.00 |\n"
+                                  "| plain soft | — | 300.00 |\n<!-- /benchmark -->\n")
+
+
+def test_every_readme_table_matches_its_committed_files():
+    assert readme_tables.check_readme(REPO / "README.md") == []
+
+
+def test_every_committed_benchmark_json_is_shown_in_the_readme():
+    shown = {source for match in readme_tables.BLOCK.finditer((REPO / "README.md").read_text())
+             if match["kind"] == "benchmark" for source in match["sources"].split()}
+    committed = {str(path.relative_to(REPO)) for path in (REPO / "reports").rglob("throughput*.json")}
+    assert committed and committed <= shown
