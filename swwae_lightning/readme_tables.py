@@ -7,6 +7,7 @@ table that differs from what its source gives:
     <!-- table: reports/X -->          results: the runs archived in reports/X/runs
     <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                        or several, side by side in ms per step
+    <!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
 
 ``python -m swwae_lightning.report --check-readme README.md`` (or ``--update-readme``) runs them.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from . import report
 
-BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark|excerpt): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
 
 
 def results_table(report_dir: Path) -> str:
@@ -95,9 +96,19 @@ def benchmarks_side_by_side(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_table(report_file: Path) -> str:
+    """The first markdown table of a study's report, as it stands there."""
+    lines = report_file.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end]) + "\n"
+
+
 def computed_table(kind: str, sources: list[str], root: Path) -> str:
     if kind == "table":
         return results_table(root / sources[0])
+    if kind == "excerpt":
+        return first_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]
     return benchmark_table(results[0]) if len(results) == 1 else benchmarks_side_by_side(results)
 

@@ -74,6 +74,16 @@ def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
                                   "| plain soft | — | 300.00 |\n<!-- /benchmark -->\n")
 
 
+def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
+    (tmp_path / "study.md").write_text("# Study\n\nText.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n| other |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 3 |\n<!-- /excerpt -->\n")
+    assert readme_tables.check_readme(readme) != []  # 3 where the report says 2
+    readme_tables.update_readme(readme)
+    assert readme.read_text() == "<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 2 |\n<!-- /excerpt -->\n"
+    assert readme_tables.check_readme(readme) == []
+
+
 def test_every_readme_table_matches_its_committed_files():
     assert readme_tables.check_readme(REPO / "README.md") == []
 
