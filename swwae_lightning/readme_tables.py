@@ -8,6 +8,7 @@ table that differs from what its source gives:
     <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                        or several, side by side in ms per step
     <!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
+    <!-- versions: reports/V.json -->  benchmarks/versions.py: each row, an earlier version against this one
 
 ``python -m swwae_lightning.report --check-readme README.md`` (or ``--update-readme``) runs them.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from . import report
 
-BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark|excerpt): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark|excerpt|versions): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
 
 
 def results_table(report_dir: Path) -> str:
@@ -104,12 +105,24 @@ def first_table(report_file: Path) -> str:
     return "\n".join(lines[start:end]) + "\n"
 
 
+def versions_table(result: dict) -> str:
+    """benchmarks/versions.py's JSON: best ms per step of each row, the earlier version and this one."""
+    old, new = result["best_ms_per_step"]["old"], result["best_ms_per_step"]["new"]
+    lines = [f"| row, ms/step (best of {result['rounds']} rounds) | {result['old']} | this version | old / new |",
+             "| --- | --- | --- | --- |"]
+    for row, ratio in result["old_over_new"].items():
+        lines.append(f"| {row} | {old[row]:.1f} | {new[row]:.1f} | {ratio:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def computed_table(kind: str, sources: list[str], root: Path) -> str:
     if kind == "table":
         return results_table(root / sources[0])
     if kind == "excerpt":
         return first_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]
+    if kind == "versions":
+        return versions_table(results[0])
     return benchmark_table(results[0]) if len(results) == 1 else benchmarks_side_by_side(results)
 
 

@@ -84,12 +84,25 @@ def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
     assert readme_tables.check_readme(readme) == []
 
 
+def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
+    result = {"old": "abc123", "rounds": 3, "best_ms_per_step": {"old": {"plain": 300.0}, "new": {"plain": 250.0}},
+              "old_over_new": {"plain": 1.2}}
+    (tmp_path / "versions.json").write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- versions: versions.json -->\n<!-- /versions -->\n")
+    readme_tables.update_readme(readme)
+    assert readme.read_text() == ("<!-- versions: versions.json -->\n"
+                                  "| row, ms/step (best of 3 rounds) | abc123 | this version | old / new |\n"
+                                  "| --- | --- | --- | --- |\n| plain | 300.0 | 250.0 | 1.200 |\n<!-- /versions -->\n")
+
+
 def test_every_readme_table_matches_its_committed_files():
     assert readme_tables.check_readme(REPO / "README.md") == []
 
 
 def test_every_committed_benchmark_json_is_shown_in_the_readme():
     shown = {source for match in readme_tables.BLOCK.finditer((REPO / "README.md").read_text())
-             if match["kind"] == "benchmark" for source in match["sources"].split()}
-    committed = {str(path.relative_to(REPO)) for path in (REPO / "reports").rglob("throughput*.json")}
+             if match["kind"] in ("benchmark", "versions") for source in match["sources"].split()}
+    committed = {str(path.relative_to(REPO)) for pattern in ("throughput*.json", "versions*.json")
+                 for path in (REPO / "reports").rglob(pattern)}
     assert committed and committed <= shown
