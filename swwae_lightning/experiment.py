@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -199,11 +198,10 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     """Train, then test the best checkpoint on the official test split; returns results.json's content."""
     resume_id = load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
     trainer = build_trainer(cfg, run_dir, resume_id)
-    start = time.perf_counter()
     # Resuming loads the full training state (optimizer, loops, RNG-free samplers): that
     # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
-    train_seconds = time.perf_counter() - start
+    train_seconds = next(c for c in trainer.callbacks if isinstance(c, RunRecord)).train_seconds()
     if trainer.world_size > 1:  # every rank says where it stopped: DDP needs them in step
         print(f"[rank {trainer.global_rank}] finished training at global step {trainer.global_step}", flush=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import yaml
@@ -51,11 +52,29 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class RunRecord(Callback):
-    """Writes the labeled split once the (possibly restored) split is final, and puts the
-    run's resolved config in every checkpoint so ``--evaluate`` knows the dataset."""
+    """Writes the labeled split once the (possibly restored) split is final, puts the run's
+    resolved config in every checkpoint so ``--evaluate`` knows the dataset, and keeps the
+    training time across resumes, so a run stopped and resumed reports all of its minutes."""
 
     def __init__(self, run_dir: Path, config: dict):
         self.run_dir, self.config = run_dir, config
+        self.seconds_before = 0.0  # training time of this run's earlier, resumed-from segments
+        self._started: float | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Wall-clock seconds in ``fit`` over every segment of the run so far."""
+        now = time.perf_counter()
+        return self.seconds_before + (now - self._started if self._started is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seconds_before = float(state_dict.get("train_seconds", 0.0))
 
     def on_train_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule

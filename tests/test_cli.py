@@ -75,8 +75,14 @@ def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(tmp_pa
     from swwae_lightning import experiment
 
     monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
+    # The training time so far travels in the checkpoint; made large here so that the resumed
+    # run's results can only reach it by adding it up.
+    assert 0 < first["callbacks"]["RunRecord"]["train_seconds"] < 1000
+    first["callbacks"]["RunRecord"]["train_seconds"] = 1000.0
+    torch.save(first, run_dir / "checkpoints" / "last.ckpt")
     # A different seed on the command line must not change the restored split.
     assert train.main(["--resume", "last", "--run-dir", str(run_dir), "--seed", "5"]) == 0
+    assert 1000 < json.loads((run_dir / "results.json").read_text())["train_seconds"] < 1000 + 600
     second = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0 and second["epoch"] == 1
     assert second["global_step"] == 2 * first["global_step"]
