@@ -4,7 +4,8 @@ w = softmax(beta * z) inside the window; what = sum w z; where = sum w (dy, dx),
 float (B, C, H/k, W/k, 2) (a view of a (B, C, 2, H/k, W/k) tensor: reshape it, do not
 ``view`` it). Unpooling splats each value bilinearly at its position, which keeps its mass
 and is differentiable in value and position. Both directions have hand-written backward
-passes (closed forms, checked against finite differences in the tests).
+passes (closed forms, checked against finite differences in the tests). On the CPU a
+fused kernel (``soft_kernel``) computes both, in one pass each instead of a dozen.
 """
 
 from __future__ import annotations
@@ -13,13 +14,25 @@ import torch
 from torch import Tensor
 
 from .. import settings as S
+from . import soft_kernel
 from .base import POOLINGS, Pooling
 from .windows import from_windows, offsets, stack_offsets, to_windows
 
-# exp(-80) ~ 2e-35 is still a normal float32: below that, exp() and everything that
-# touches its result fall into denormals, which run ~30x slower on x86 CPUs, and the
-# weights they would give are zero to float precision anyway.
-_MIN_EXPONENT = -80.0
+# Exponents are floored at -30 (a weight of ~1e-13 against the window's largest, which is
+# 1 before normalizing): lower weights are zero to float32 precision, and with them the
+# backward's products w_i * gradient fall below float32's normal range, where x86 CPUs
+# run every op that touches them (the encoder's conv backward included) many times slower.
+_MIN_EXPONENT = -30.0
+
+
+def _kernel_for(t: Tensor, k: int):
+    """The fused CPU kernel when it applies (a float/double CPU map that k divides), else None."""
+    return soft_kernel.usable(t) if t.shape[-2] % k == 0 and t.shape[-1] % k == 0 else None
+
+
+def _as_planes(t: Tensor) -> Tensor:
+    """(B, C, H, W), any layout -> contiguous (B*C, H, W), as the kernel takes them."""
+    return t.contiguous().flatten(0, 1)
 
 
 class _SoftPool(torch.autograd.Function):
@@ -29,10 +42,20 @@ class _SoftPool(torch.autograd.Function):
     the gradient has a closed form that needs one pass (Goroshin et al. 2015):
         d what / d z_i = w_i (1 + beta (z_i - what))
         d dy   / d z_i = beta w_i (y_i - dy)      (and likewise for dx)
+    On the CPU the fused kernel computes both directions; elsewhere tensor operations do.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, k: int, beta: float):
+        ctx.beta, ctx.kernel = beta, _kernel_for(z, k)
+        if ctx.kernel is not None:
+            b, c, height, width = z.shape
+            planes = _as_planes(z)
+            what, dy, dx, weights = ctx.kernel.pool_forward(planes, k, beta, _MIN_EXPONENT)
+            ctx.save_for_backward(planes, weights, what, dy, dx)
+            ctx.k, ctx.shape = k, z.shape
+            pooled = (b, c, height // k, width // k)
+            return what.view(pooled), stack_offsets(dy.view(pooled), dx.view(pooled))
         zw = to_windows(z, k)  # (B, C, k, k, h, w)
         flat = zw.flatten(2, 3)
         weights = (flat - flat.amax(dim=2, keepdim=True)).mul_(beta).clamp_(min=_MIN_EXPONENT).exp_()
@@ -43,13 +66,17 @@ class _SoftPool(torch.autograd.Function):
         dy = weights.sum(dim=3).mul_(window_offsets).sum(dim=2)  # row marginal . row offsets
         dx = weights.sum(dim=2).mul_(window_offsets).sum(dim=2)  # column marginal . column offsets
         ctx.save_for_backward(zw, weights, what, dy, dx)
-        ctx.beta = beta
         return what, stack_offsets(dy, dx)
 
     @staticmethod
     def backward(ctx, grad_what: Tensor, grad_where: Tensor):
-        zw, weights, what, dy, dx = ctx.saved_tensors
         beta = ctx.beta
+        if ctx.kernel is not None:
+            planes, weights, what, dy, dx = ctx.saved_tensors
+            g_what, g_dy, g_dx = (_as_planes(g) for g in (grad_what, grad_where[..., 0], grad_where[..., 1]))
+            grad = ctx.kernel.pool_backward(planes, weights, what, dy, dx, g_what, g_dy, g_dx, ctx.k, beta)
+            return grad.view(ctx.shape), None, None
+        zw, weights, what, dy, dx = ctx.saved_tensors
         window_offsets = offsets(zw.shape[2], zw)
         g_what, g_dy, g_dx = grad_what.contiguous(), grad_where[..., 0], grad_where[..., 1]  # grad_what may be channels-last
         # grad_i = w_i * (g_what + beta * (g_what z_i + g_dy y_i + g_dx x_i - (g_what what + g_dy dy + g_dx dx)))
@@ -90,6 +117,13 @@ class _SoftUnpool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, what: Tensor, where: Tensor, k: int):
+        ctx.kernel = soft_kernel.usable(what)
+        if ctx.kernel is not None:
+            b, c, h, w = what.shape
+            planes = [_as_planes(t) for t in (what, where[..., 0], where[..., 1])]
+            ctx.save_for_backward(*planes)
+            ctx.k, ctx.where_shape = k, where.shape
+            return ctx.kernel.unpool_forward(*planes, k).view(b, c, h * k, w * k)
         wy, distance_y = _tent(where[..., 0], k)
         wx, distance_x = _tent(where[..., 1], k)
         # out[b, c, y, x, i, j] = what[b, c, i, j] * wy[b, c, y, i, j] * wx[b, c, x, i, j]
@@ -99,6 +133,12 @@ class _SoftUnpool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        if ctx.kernel is not None:
+            what, dy, dx = ctx.saved_tensors
+            grad_what, grad_y, grad_x = ctx.kernel.unpool_backward(_as_planes(grad_out), what, dy, dx, ctx.k)
+            b, c, h, w, _ = ctx.where_shape
+            return (grad_what.view(b, c, h, w),
+                    stack_offsets(grad_y.view(b, c, h, w), grad_x.view(b, c, h, w)), None)
         what, wy, wx, distance_y, distance_x = ctx.saved_tensors
         slope_y, slope_x = _tent_slope(wy, distance_y), _tent_slope(wx, distance_x)
         g = to_windows(grad_out, wy.shape[2])  # channels-last when the decoder conv above ran so

@@ -1,0 +1,57 @@
+"""The soft what/where's fused CPU kernel (``soft_kernel.cpp``), built once per machine on first use.
+
+The tensor implementation in ``soft.py`` makes about a dozen full-resolution passes per
+direction, which made soft pooling cost twice what hard pooling costs on the CPU; the
+kernel makes one pass per direction. PyTorch's extension loader compiles it with the
+machine's C++ compiler and ninja into its extension cache (``TORCH_EXTENSIONS_DIR``), so
+the first soft-pooling call on a machine waits for the build (about a minute) and every
+later process loads the cached library. Without a compiler the tensor implementation
+runs, with the same results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+SOURCE = Path(__file__).with_name("soft_kernel.cpp")
+DTYPES = (torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def _quiet_extension_logger():
+    """cpp_extension warns at import that no CUDA runtime was found: true for a CPU kernel, and nothing to act on."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@functools.cache
+def kernel() -> ModuleType | None:
+    """The compiled module, or None where it cannot be built (the reason is logged once)."""
+    try:
+        with _quiet_extension_logger():
+            from torch.utils import cpp_extension
+
+            return cpp_extension.load(name="swwae_soft_pool", sources=[str(SOURCE)], extra_cflags=["-O3"])
+    except Exception as error:  # no compiler, no ninja, a read-only cache: the tensor path still works
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        rank_zero_info(f"soft pooling: the CPU kernel could not be built ({first_line}); using tensor operations")
+        return None
+
+
+def usable(t: torch.Tensor) -> ModuleType | None:
+    """The kernel when it applies to this map (a float or double CPU tensor), else None."""
+    if t.device.type != "cpu" or t.dtype not in DTYPES:
+        return None
+    return kernel()
