@@ -43,15 +43,16 @@ from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
 from swwae_lightning import experiment  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.module import ema_teacher  # noqa: E402
+from swwae_lightning.nan_guard import NonFiniteGuard  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
 from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
 
 FULL = {"steps": 30, "warmup": 5, "rounds": 3,
-        "matmul_size": {"cpu": 2048, "cuda": 8192}, "val_batches": 2}
+        "matmul_size": {"cpu": 2048, "cuda": 8192}, "val_batches": 2, "guard_calls": 1000}
 # --quick: enough to exercise every row in a test, nothing to measure with.
 QUICK = {"batch_size": 8, "unlabeled_batch_size": 8, "steps": 2, "warmup": 1, "rounds": 1,
-         "matmul_size": {"cpu": 128, "cuda": 1024}, "val_batches": 1}
+         "matmul_size": {"cpu": 128, "cuda": 1024}, "val_batches": 1, "guard_calls": 10}
 PREPARED_BATCHES = 8  # the plain loop cycles through these, already on the device
 RANDOM_TRAIN_IMAGES = 4096  # per synthetic dataset, on top of the validation hold-out
 
@@ -62,6 +63,7 @@ TARGETS = {  # ratio name -> (at least?, bound)
     "loader / model": (True, 10.0),
     "callbacks on / off per epoch": (True, 0.98),
     "loader with views / fixmatch model": (True, 10.0),
+    "nan guard / lightning step": (False, 0.01),
 }
 # One plain-loop row per objective beside SWWAE's own: the settings each changes from the default job.
 OBJECTIVE_ROWS = {
@@ -490,6 +492,25 @@ def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool 
     return Row(name, "-", size, clock.seconds_per_step, memory.peak_mib, note, profile=ops.top())
 
 
+def time_nan_guard(bench: Bench, calls: int) -> float:
+    """Seconds the NaN guard adds to a step that is not logged: its ``record`` of that step's loss parts.
+
+    The parts are a real step's (one forward of the default job), on the bench's device; the
+    device is synchronized only around all the calls, as the guard never syncs on such a step.
+    """
+    net = new_network(bench.cfg, bench.device).train()
+    with torch.no_grad():
+        parts = objective(bench.cfg)(net, bench.batches[0]).parts()
+    guard = NonFiniteGuard()
+    guard.record(parts, 0, 0, 0)  # the first call sets up its buffers on the device
+    bench.synchronize()
+    start = time.perf_counter()
+    for step in range(1, calls + 1):
+        guard.record(parts, step, 0, step)
+    bench.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
 # ------------------------------------------------------------------------------------------ hardware
 def training_flops(bench: Bench, cfg: dict) -> int:
     """Matmul and convolution FLOPs of one forward + backward of the full model on one batch."""
@@ -518,7 +539,7 @@ def steps_per_epoch(datamodule: SemiSupervisedDataModule) -> int:
     return min(len(stream) for stream in datamodule.train_streams().values())
 
 
-def compute_ratios(rows: dict[str, Row], epoch_steps: int) -> list[Ratio]:
+def compute_ratios(rows: dict[str, Row], epoch_steps: int, guard_seconds: float) -> list[Ratio]:
     plain, lightning, encoder = rows["plain"], rows["lightning"], rows["encoder-only"]
     soft = rows.get("plain soft")
     pictures = rows["lightning + image callbacks"]
@@ -545,6 +566,8 @@ def compute_ratios(rows: dict[str, Row], epoch_steps: int) -> list[Ratio]:
         ratio("loader with views / fixmatch model", rows["loader + views"].steps_per_second
               / rows["plain + fixmatch"].steps_per_second if "plain + fixmatch" in rows else None,
               "loader batches/s with both extra views over plain FixMatch steps/s"),
+        ratio("nan guard / lightning step", guard_seconds / lightning.seconds_per_step,
+              f"the guard's record of one step's loss parts ({1e6 * guard_seconds:.1f} us) over the lightning row's step"),
     ]
 
 
@@ -675,6 +698,7 @@ def main(argv: list[str] | None = None) -> dict:
     with quiet_lightning(), tempfile.TemporaryDirectory(prefix="swwae-bench-") as run_dir:
         bench = make_bench(args, cfg, Path(run_dir), min(PREPARED_BATCHES, args.warmup + args.steps))
         rows = measure(args, row_runs(args, bench))
+        sizes = QUICK if args.quick else FULL
         result = {
             "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                          "arch": experiment.architecture(cfg)},
@@ -683,7 +707,8 @@ def main(argv: list[str] | None = None) -> dict:
             "data": bench.data_source,
             "memory": PeakMemory.describe(bench.device),
             "rows": [row.as_dict() for row in rows.values()],
-            "ratios": [r.as_dict() for r in compute_ratios(rows, steps_per_epoch(bench.datamodule))],
+            "ratios": [r.as_dict() for r in compute_ratios(rows, steps_per_epoch(bench.datamodule),
+                                                           time_nan_guard(bench, sizes["guard_calls"]))],
             "flops": hardware_use(args, bench, rows),
             "profiles": {name: row.profile for name, row in rows.items() if row.profile},
         }

@@ -65,15 +65,17 @@ def test_ratios_are_computed_from_the_rows_they_name():
             "encoder-only": row("encoder-only", 50, images=128), "plain soft": row("soft", 300),
             "loader": row("loader", 5), "loader + views": row("loader + views", 20),
             "plain + fixmatch": row("fixmatch", 400)}
-    ratios = {r.name: r.value for r in throughput.compute_ratios(rows, epoch_steps=100)}
+    ratios = {r.name: r.value for r in throughput.compute_ratios(rows, epoch_steps=100, guard_seconds=0.0005)}
     assert ratios["lightning / plain"] == pytest.approx(0.8)
     assert ratios["swwae / encoder-only per image"] == pytest.approx((0.25 / 256) / (0.05 / 128))
     assert ratios["soft / hard per step"] == pytest.approx(1.5)
     assert ratios["loader / model"] == pytest.approx(50.0)
     assert ratios["callbacks on / off per epoch"] == pytest.approx(25.0 / 26.0)  # median picture time 1 s
     assert ratios["loader with views / fixmatch model"] == pytest.approx(20.0)
-    verdicts = {r.name: r.verdict for r in throughput.compute_ratios(rows, epoch_steps=100)}
+    assert ratios["nan guard / lightning step"] == pytest.approx(0.002)
+    verdicts = {r.name: r.verdict for r in throughput.compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
     assert verdicts["lightning / plain"] == "MISS" and verdicts["soft / hard per step"] == "PASS"
+    assert verdicts["nan guard / lightning step"] == "MISS"  # 5 ms of a 250 ms step: 2 %
 
 
 def test_versions_runs_both_trees_benchmarks_in_turn_and_divides_old_by_new(tmp_path):
