@@ -42,6 +42,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
 from swwae_lightning import experiment  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
+from swwae_lightning.log_levels import raised_level  # noqa: E402
 from swwae_lightning.module import ema_teacher  # noqa: E402
 from swwae_lightning.nan_guard import NonFiniteGuard  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
@@ -680,22 +681,11 @@ def hardware_use(args: argparse.Namespace, bench: Bench, rows: dict[str, Row]) -
             **{f"{name}_gflops": flops * rows[name].steps_per_second / 1e9 for name in ("plain", "lightning")}}
 
 
-@contextlib.contextmanager
-def quiet_lightning():
-    """Lightning's info lines (GPU available, ...) once per Trainer would bury the table."""
-    lightning_log = logging.getLogger("pytorch_lightning")
-    level = lightning_log.level
-    lightning_log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        lightning_log.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = job_config(args, pooling="soft" if args.pooling == "soft" else "hard")
-    with quiet_lightning(), tempfile.TemporaryDirectory(prefix="swwae-bench-") as run_dir:
+    # Lightning's info lines (GPU available, ...) once per Trainer would bury the table.
+    with raised_level("pytorch_lightning", logging.WARNING), tempfile.TemporaryDirectory(prefix="swwae-bench-") as run_dir:
         bench = make_bench(args, cfg, Path(run_dir), min(PREPARED_BATCHES, args.warmup + args.steps))
         rows = measure(args, row_runs(args, bench))
         sizes = QUICK if args.quick else FULL

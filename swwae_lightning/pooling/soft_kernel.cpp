@@ -19,29 +19,37 @@ namespace {
 // or 0 for any other size, given at run time; kMaxWindow bounds the per-window arrays.
 constexpr int64_t kMaxWindow = 16;
 
-// Pass 1 of the forward: beta (z - window max), floored at min_exponent, into x (N, H, W).
-template <typename T, int K>
-void pool_exponents(const T* z, T* x, int64_t n, int64_t h, int64_t w, int64_t k_runtime, T beta, T min_exponent) {
-  const int64_t k = K > 0 ? K : k_runtime, W = w * k, plane = h * k * W;
+// Calls f(corner, o) for every k x k window of n (H, W) = (h k, w k) planes, the planes split
+// over ATen's threads: corner indexes the window's first pixel in the (N, H, W) map and o the
+// window in the (N, h, w) outputs.
+template <typename F>
+void for_each_window(int64_t n, int64_t h, int64_t w, int64_t k, F&& f) {
+  const int64_t W = w * k, plane = h * k * W;
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
       for (int64_t i = 0; i < h; ++i)
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t corner = p * plane + i * k * W + j * k;
-          const T* zw = z + corner;
-          T* xw = x + corner;
-          T peak = zw[0];
-          for (int64_t a = 0; a < k; ++a)
-            for (int64_t b = 0; b < k; ++b) {
-              const T v = zw[a * W + b];
-              if (v > peak || std::isnan(v)) peak = v;
-            }
-          for (int64_t a = 0; a < k; ++a)
-            for (int64_t b = 0; b < k; ++b) {
-              const T e = (zw[a * W + b] - peak) * beta;
-              xw[a * W + b] = e < min_exponent ? min_exponent : e;  // NaN stays NaN
-            }
-        }
+        for (int64_t j = 0; j < w; ++j) f(p * plane + i * k * W + j * k, (p * h + i) * w + j);
+  });
+}
+
+// Pass 1 of the forward: beta (z - window max), floored at min_exponent, into x (N, H, W).
+template <typename T, int K>
+void pool_exponents(const T* z, T* x, int64_t n, int64_t h, int64_t w, int64_t k_runtime, T beta, T min_exponent) {
+  const int64_t k = K > 0 ? K : k_runtime, W = w * k;
+  for_each_window(n, h, w, k, [&](int64_t corner, int64_t) {
+    const T* zw = z + corner;
+    T* xw = x + corner;
+    T peak = zw[0];
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) {
+        const T v = zw[a * W + b];
+        if (v > peak || std::isnan(v)) peak = v;
+      }
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) {
+        const T e = (zw[a * W + b] - peak) * beta;
+        xw[a * W + b] = e < min_exponent ? min_exponent : e;  // NaN stays NaN
+      }
   });
 }
 
@@ -50,37 +58,29 @@ void pool_exponents(const T* z, T* x, int64_t n, int64_t h, int64_t w, int64_t k
 template <typename T, int K>
 void pool_moments(const T* z, T* weights, T* what, T* pos_y, T* pos_x, int64_t n, int64_t h, int64_t w,
                   int64_t k_runtime) {
-  const int64_t k = K > 0 ? K : k_runtime, W = w * k, plane = h * k * W, out_plane = h * w;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    T column[K > 0 ? K : kMaxWindow];
-    for (int64_t p = begin; p < end; ++p)
-      for (int64_t i = 0; i < h; ++i)
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t corner = p * plane + i * k * W + j * k;
-          const T* zw = z + corner;
-          T* ww = weights + corner;
-          T total = 0;
-          for (int64_t a = 0; a < k; ++a)
-            for (int64_t b = 0; b < k; ++b) total += ww[a * W + b];
-          T mean = 0, y = 0, x = 0;
-          for (int64_t b = 0; b < k; ++b) column[b] = 0;
-          for (int64_t a = 0; a < k; ++a) {
-            T row = 0;
-            for (int64_t b = 0; b < k; ++b) {
-              const T weight = ww[a * W + b] / total;
-              ww[a * W + b] = weight;
-              mean += weight * zw[a * W + b];
-              row += weight;
-              column[b] += weight;
-            }
-            y += row * static_cast<T>(a);
-          }
-          for (int64_t b = 0; b < k; ++b) x += column[b] * static_cast<T>(b);
-          const int64_t o = p * out_plane + i * w + j;
-          what[o] = mean;
-          pos_y[o] = y;
-          pos_x[o] = x;
-        }
+  const int64_t k = K > 0 ? K : k_runtime, W = w * k;
+  for_each_window(n, h, w, k, [&](int64_t corner, int64_t o) {
+    const T* zw = z + corner;
+    T* ww = weights + corner;
+    T total = 0;
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) total += ww[a * W + b];
+    T mean = 0, y = 0, x = 0, column[K > 0 ? K : kMaxWindow] = {};
+    for (int64_t a = 0; a < k; ++a) {
+      T row = 0;
+      for (int64_t b = 0; b < k; ++b) {
+        const T weight = ww[a * W + b] / total;
+        ww[a * W + b] = weight;
+        mean += weight * zw[a * W + b];
+        row += weight;
+        column[b] += weight;
+      }
+      y += row * static_cast<T>(a);
+    }
+    for (int64_t b = 0; b < k; ++b) x += column[b] * static_cast<T>(b);
+    what[o] = mean;
+    pos_y[o] = y;
+    pos_x[o] = x;
   });
 }
 
@@ -88,24 +88,17 @@ void pool_moments(const T* z, T* weights, T* what, T* pos_y, T* pos_x, int64_t n
 template <typename T, int K>
 void pool_backward(const T* z, const T* weights, const T* what, const T* pos_y, const T* pos_x, const T* g_what,
                    const T* g_y, const T* g_x, T* grad, int64_t n, int64_t h, int64_t w, int64_t k_runtime, T beta) {
-  const int64_t k = K > 0 ? K : k_runtime, W = w * k, plane = h * k * W, out_plane = h * w;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      for (int64_t i = 0; i < h; ++i) {
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t o = p * out_plane + i * w + j, corner = p * plane + i * k * W + j * k;
-          const T gw = g_what[o], gy = g_y[o], gx = g_x[o];
-          const T per_window = gw - beta * (gw * what[o] + gy * pos_y[o] + gx * pos_x[o]);
-          const T slope = beta * gw;
-          for (int64_t a = 0; a < k; ++a)
-            for (int64_t b = 0; b < k; ++b) {
-              const int64_t at = corner + a * W + b;
-              const T bias = per_window + beta * gy * static_cast<T>(a) + beta * gx * static_cast<T>(b);
-              grad[at] = (bias + z[at] * slope) * weights[at];
-            }
-        }
+  const int64_t k = K > 0 ? K : k_runtime, W = w * k;
+  for_each_window(n, h, w, k, [&](int64_t corner, int64_t o) {
+    const T gw = g_what[o], gy = g_y[o], gx = g_x[o];
+    const T per_window = gw - beta * (gw * what[o] + gy * pos_y[o] + gx * pos_x[o]);
+    const T slope = beta * gw;
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) {
+        const int64_t at = corner + a * W + b;
+        const T bias = per_window + beta * gy * static_cast<T>(a) + beta * gx * static_cast<T>(b);
+        grad[at] = (bias + z[at] * slope) * weights[at];
       }
-    }
   });
 }
 
@@ -127,22 +120,15 @@ void tent(T position, int64_t k_runtime, T* weight, T* slope) {
 template <typename T, int K>
 void unpool_forward(const T* what, const T* pos_y, const T* pos_x, T* out, int64_t n, int64_t h, int64_t w,
                     int64_t k_runtime) {
-  const int64_t k = K > 0 ? K : k_runtime, W = w * k, plane = h * k * W, in_plane = h * w;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  const int64_t k = K > 0 ? K : k_runtime, W = w * k;
+  for_each_window(n, h, w, k, [&](int64_t corner, int64_t o) {
     T wy[K > 0 ? K : kMaxWindow], wx[K > 0 ? K : kMaxWindow];
-    for (int64_t p = begin; p < end; ++p) {
-      for (int64_t i = 0; i < h; ++i) {
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t o = p * in_plane + i * w + j;
-          tent<T, K>(pos_y[o], k, wy, static_cast<T*>(nullptr));
-          tent<T, K>(pos_x[o], k, wx, static_cast<T*>(nullptr));
-          T* ow = out + p * plane + i * k * W + j * k;
-          for (int64_t a = 0; a < k; ++a) {
-            const T scaled = what[o] * wy[a];
-            for (int64_t b = 0; b < k; ++b) ow[a * W + b] = scaled * wx[b];
-          }
-        }
-      }
+    tent<T, K>(pos_y[o], k, wy, static_cast<T*>(nullptr));
+    tent<T, K>(pos_x[o], k, wx, static_cast<T*>(nullptr));
+    T* ow = out + corner;
+    for (int64_t a = 0; a < k; ++a) {
+      const T scaled = what[o] * wy[a];
+      for (int64_t b = 0; b < k; ++b) ow[a * W + b] = scaled * wx[b];
     }
   });
 }
@@ -150,35 +136,27 @@ void unpool_forward(const T* what, const T* pos_y, const T* pos_x, T* out, int64
 template <typename T, int K>
 void unpool_backward(const T* grad_out, const T* what, const T* pos_y, const T* pos_x, T* grad_what, T* grad_y,
                      T* grad_x, int64_t n, int64_t h, int64_t w, int64_t k_runtime) {
-  const int64_t k = K > 0 ? K : k_runtime, W = w * k, plane = h * k * W, in_plane = h * w;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  const int64_t k = K > 0 ? K : k_runtime, W = w * k;
+  for_each_window(n, h, w, k, [&](int64_t corner, int64_t o) {
     constexpr int64_t size = K > 0 ? K : kMaxWindow;
-    T wy[size], wx[size], sy[size], sx[size], along_y[size];
-    for (int64_t p = begin; p < end; ++p) {
-      for (int64_t i = 0; i < h; ++i) {
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t o = p * in_plane + i * w + j;
-          tent<T, K>(pos_y[o], k, wy, sy);
-          tent<T, K>(pos_x[o], k, wx, sx);
-          const T* gw = grad_out + p * plane + i * k * W + j * k;
-          T g_what = 0, g_y = 0, g_x = 0;
-          for (int64_t b = 0; b < k; ++b) along_y[b] = 0;
-          for (int64_t a = 0; a < k; ++a) {
-            T along_x = 0;
-            for (int64_t b = 0; b < k; ++b) {
-              along_x += gw[a * W + b] * wx[b];
-              along_y[b] += gw[a * W + b] * wy[a];
-            }
-            g_what += along_x * wy[a];
-            g_y += along_x * sy[a];
-          }
-          for (int64_t b = 0; b < k; ++b) g_x += along_y[b] * sx[b];
-          grad_what[o] = g_what;
-          grad_y[o] = g_y * what[o];
-          grad_x[o] = g_x * what[o];
-        }
+    T wy[size], wx[size], sy[size], sx[size], along_y[size] = {};
+    tent<T, K>(pos_y[o], k, wy, sy);
+    tent<T, K>(pos_x[o], k, wx, sx);
+    const T* gw = grad_out + corner;
+    T g_what = 0, g_y = 0, g_x = 0;
+    for (int64_t a = 0; a < k; ++a) {
+      T along_x = 0;
+      for (int64_t b = 0; b < k; ++b) {
+        along_x += gw[a * W + b] * wx[b];
+        along_y[b] += gw[a * W + b] * wy[a];
       }
+      g_what += along_x * wy[a];
+      g_y += along_x * sy[a];
     }
+    for (int64_t b = 0; b < k; ++b) g_x += along_y[b] * sx[b];
+    grad_what[o] = g_what;
+    grad_y[o] = g_y * what[o];
+    grad_x[o] = g_x * what[o];
   });
 }
 

@@ -11,7 +11,6 @@ runs, with the same results.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -20,27 +19,18 @@ from types import ModuleType
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from ..log_levels import raised_level
+
 SOURCE = Path(__file__).with_name("soft_kernel.cpp")
 DTYPES = (torch.float32, torch.float64)
-
-
-@contextlib.contextmanager
-def _quiet_extension_logger():
-    """cpp_extension warns at import that no CUDA runtime was found: true for a CPU kernel, and nothing to act on."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @functools.cache
 def kernel() -> ModuleType | None:
     """The compiled module, or None where it cannot be built (the reason is logged once)."""
     try:
-        with _quiet_extension_logger():
+        # cpp_extension warns at import that no CUDA runtime was found: true for a CPU kernel, nothing to act on.
+        with raised_level("torch.utils.cpp_extension", logging.ERROR):
             from torch.utils import cpp_extension
 
             return cpp_extension.load(name="swwae_soft_pool", sources=[str(SOURCE)], extra_cflags=["-O3"])
