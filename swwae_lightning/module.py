@@ -100,7 +100,14 @@ class SWWAEModule(pl.LightningModule):
         return self.net.encode(x)
 
     def compute_loss(self, batch: dict) -> LossParts:
-        return self.objective(self.net, batch, self.teacher)
+        return self.objective(self.net, batch, self.teacher, progress=self._progress())
+
+    def _progress(self) -> float:
+        """The share of this run's optimizer steps already taken (1 outside a fit: full weights)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return 1.0
+        return min(1.0, trainer.global_step / max(1, int(trainer.estimated_stepping_batches)))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         if self.teacher is not None:

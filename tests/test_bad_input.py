@@ -68,6 +68,7 @@ CASES = {
     "infinite learning rate in a config file": (["--config", "{inf_config}"], "lr: inf must be a finite number"),
     "FixMatch threshold outside (0, 1)": (["--fixmatch-threshold", "1.5"], "--fixmatch-threshold 1.5 must be in (0, 1)"),
     "EMA decay of 1": (["--ema-decay", "1"], "--ema-decay 1.0 must be in [0, 1)"),
+    "consistency warm-up past the end": (["--consistency-warmup", "1.5"], "--consistency-warmup 1.5 must be in [0, 1]"),
     "negative objective weight": (["--lambda-fixmatch", "-0.5"], "--lambda-fixmatch -0.5 must be >= 0"),
     "unknown objective setting": (["--lambda-fixmach", "1"], "unrecognized arguments: --lambda-fixmach 1"),
     "unknown decoder top": (["--decoder-top", "class"], "--decoder-top 'class' is not one of ['what', 'label']"),

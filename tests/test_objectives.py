@@ -84,6 +84,25 @@ def test_consistency_is_zero_when_student_and_teacher_agree_and_positive_when_th
     assert term(fake_step(unlabeled=logits, teacher=logits.flip(1))) > 0.1
 
 
+def test_the_consistency_weight_warms_up_linearly_over_its_share_of_training():
+    warm = Consistency(consistency_warmup=0.4)
+    assert [warm.weight_scale(p) for p in (0.0, 0.1, 0.2, 0.4, 0.9, 1.0)] == [0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert [Consistency().weight_scale(p) for p in (0.0, 0.5)] == [1.0, 1.0]  # default: no warm-up
+
+
+def test_a_warming_term_adds_its_scaled_weight_and_no_gradient_at_the_first_step():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3)
+    teacher = torch.optim.swa_utils.AveragedModel(net)
+    batch = {"labeled": (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])), "unlabeled": torch.rand(6, 1, 8, 8),
+             "views": {"second": torch.rand(6, 1, 8, 8)}}
+    objective = Objective(lambda_rec=0, lambda_mid=0, lambda_consistency=3.0, consistency_warmup=0.5)
+    for progress, scale in ((0.0, 0.0), (0.25, 0.5), (0.75, 1.0)):
+        parts = objective(net, batch, teacher, progress=progress)
+        assert torch.allclose(parts.total, parts.terms["nll"] + 3.0 * scale * parts.terms["consistency"])
+    assert not objective(net, batch, teacher, progress=0.0).terms["consistency"].requires_grad
+
+
 def one_pixel_images(*positions) -> torch.Tensor:
     images = torch.zeros(len(positions), 1, 4, 4)
     for i, (row, col) in enumerate(positions):
@@ -183,6 +202,17 @@ def test_the_ema_teacher_equals_the_closed_form_average_after_k_steps(tiny_datas
         assert torch.allclose(value.double(), expected, atol=1e-6), name
     assert not torch.equal(teacher["head.5.weight"], module.net.state_dict()["head.5.weight"])
     assert not any(p.requires_grad for p in module.teacher.parameters())  # the optimizer never sees it
+
+
+def test_the_module_gives_the_objective_the_share_of_steps_taken(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, consistency_warmup=0.5, schedule="constant")
+    module, datamodule, seen = build_module(cfg), build_datamodule(cfg), []
+    call = module.objective.__call__
+    module.objective = lambda *args, progress, **kwargs: seen.append(progress) or call(*args, progress=progress, **kwargs)
+    pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=datamodule)
+    assert seen == [0.0, 0.25, 0.5, 0.75]
+    assert module._progress() == 1.0  # outside a fit (evaluation, the benchmark): full weights
 
 
 # ----------------------------------------------------------------------------- through train.py

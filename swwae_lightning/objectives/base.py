@@ -42,6 +42,10 @@ class LossTerm:
     def __call__(self, step: "StepContext") -> Tensor:
         raise NotImplementedError
 
+    def weight_scale(self, progress: float) -> float:
+        """What multiplies the term's weight at ``progress`` (0: the first step, 1: the end of training)."""
+        return 1.0
+
 
 def _register_term(name: str, cls: type[LossTerm]) -> None:
     unknown = set(cls.needs) - set(NEEDS)
@@ -201,8 +205,10 @@ class Objective:
         logits_for = self.logits_for if labeled is not None else self.logits_for - {"labeled"}
         return StepContext(net, labeled, unlabeled, batch.get("views", {}), teacher, self.uses_decoder, logits_for)
 
-    def __call__(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None) -> LossParts:
-        """The loss of one batch ``{"labeled": (x, y), "unlabeled": x, "views": {...}}`` (parts may be absent)."""
+    def __call__(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None,
+                 progress: float = 1.0) -> LossParts:
+        """The loss of one batch ``{"labeled": (x, y), "unlabeled": x, "views": {...}}`` (parts may be absent),
+        ``progress`` of the way through training (the share of optimizer steps done; terms may warm up on it)."""
         step = self.context(net, batch, teacher)
         if step.labels is not None and step.num_labeled > 0:
             nll = F.cross_entropy(step.logits("labeled").float(), step.labels)
@@ -211,7 +217,7 @@ class Objective:
         total, values = nll, {"nll": nll}
         for name in self.computed:
             value = self.terms[name](step)
-            weight = self.weights[name]
+            weight = self.weights[name] * self.terms[name].weight_scale(progress)
             value = value if weight else value.detach()  # a zero weight reports its term but sends no gradient
             values[name] = value
             total = total + weight * value

@@ -3,6 +3,10 @@
 The teacher is an exponential moving average of the student's weights (``ema_decay``), kept
 by the LightningModule with PyTorch's ``AveragedModel``; with ``ema_decay = 0`` it is the
 current student, which makes this the Pi-model with a stop-gradient target.
+
+Early on both networks predict nearly uniform classes, and a large weight from the first step
+pulls the student onto that uniform answer for good; ``consistency_warmup`` raises the weight
+linearly from 0 over the first share of training, as mean-teacher implementations do.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ class Consistency(LossTerm):
     weight = S.Setting("lambda_consistency", 0.0, "weight of the mean-teacher consistency term (0: off)",
                        "objectives", type=float, check=S.at_least(0))
     settings = (S.Setting("ema_decay", 0.99, "mean teacher's EMA decay, in [0, 1); 0: the teacher is the current "
-                          "student (Pi-model)", "objectives", type=float, check=S.within(0, 1, closed_low=True)),)
+                          "student (Pi-model)", "objectives", type=float, check=S.within(0, 1, closed_low=True)),
+                S.Setting("consistency_warmup", 0.0, "share of training, in [0, 1], over which the consistency weight "
+                          "rises linearly from 0 (0: the full weight from the first step)", "objectives", type=float,
+                          check=S.within(0, 1, closed_low=True, closed_high=True)))
     needs = frozenset({UNLABELED, TEACHER, "second"})
     logits_for = ("unlabeled",)
 
@@ -31,3 +38,7 @@ class Consistency(LossTerm):
         student = F.softmax(step.logits("unlabeled").float(), dim=1)
         teacher = F.softmax(step.teacher_logits("second").float(), dim=1)
         return (student - teacher).pow(2).sum(dim=1).mean()
+
+    def weight_scale(self, progress: float) -> float:
+        warmup = self.options["consistency_warmup"]
+        return min(1.0, progress / warmup) if warmup > 0 else 1.0
