@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import train
-from experiments import equivariance, where_ablation
+from experiments import equivariance, validation_curves, where_ablation
 from swwae_lightning import experiment, report
 from swwae_lightning import pooling as P
 from swwae_lightning.network import StackedWhatWhere
@@ -330,3 +330,42 @@ def test_shift_response_of_a_hand_built_network_moves_its_where_with_the_input(p
         assert resp["slope"][0] == pytest.approx(1.0, abs=1e-3) and resp["r2"][0] == pytest.approx(1.0, abs=1e-6)
         assert resp["displacement"][0] == pytest.approx([-2, -1, 0, 1, 2], abs=1e-3)
         assert resp["what_change"][2] == 0 and resp["summed_what_change"] == pytest.approx([0] * 5, abs=1e-6)
+
+
+def fake_run(path: Path, config: dict, val_errors: dict[int, list[float]], finished: bool) -> Path:
+    """A run directory as train.py --logger csv leaves it: config.yaml, metrics.csv (training rows between
+    the validation ones, an epoch logged twice when a resumed run repeats it) and results.json if it ended."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"run_dir": str(path), "seed": 0, **config}))
+    rows = ["epoch,step,train/loss,val/error"]
+    for epoch, errors in val_errors.items():
+        rows += [f"{epoch},{10 * epoch},0.5,", *(f"{epoch},{10 * epoch + 9},,{e}" for e in errors)]
+    (path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    if finished:
+        (path / "results.json").write_text("{}")
+    return path
+
+
+def test_validation_curves_list_each_runs_validation_error_and_the_settings_that_differ(tmp_path, capsys):
+    a = fake_run(tmp_path / "a", {"lambda_consistency": 1.0, "max_epochs": 3}, {0: [0.2], 1: [0.1], 2: [0.05]}, True)
+    b = fake_run(tmp_path / "b", {"lambda_consistency": 10.0, "max_epochs": 3}, {0: [0.3], 1: [0.5, 0.4]}, False)
+    assert validation_curves.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert summary == {"differing_settings": ["lambda_consistency"], "runs": [  # run_dir is bookkeeping
+        {"run": "a", "settings": {"lambda_consistency": 1.0}, "finished": True, "max_epochs": 3,
+         "val_error": [0.2, 0.1, 0.05]},
+        {"run": "b", "settings": {"lambda_consistency": 10.0}, "finished": False, "max_epochs": 3,
+         "val_error": [0.3, 0.4]}]}
+    table = (tmp_path / "out" / "validation.md").read_text()
+    assert "| a | lambda_consistency 1.0 | 3 of 3 | 20.00 / 10.00 / 5.00 | 5.00 |" in table
+    assert "| b | lambda_consistency 10.0 | 2 of 3, stopped | 30.00 / 40.00 | 40.00 |" in table
+    assert "test" not in table
+
+
+def test_validation_curves_name_a_run_without_metrics_and_write_nothing(tmp_path, capsys):
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.yaml").write_text("seed: 0\n")
+    assert validation_curves.main([str(tmp_path / "bare"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bare has no metrics.csv" in err
+    assert not (tmp_path / "out").exists()
