@@ -332,7 +332,7 @@ def test_shift_response_of_a_hand_built_network_moves_its_where_with_the_input(p
         assert resp["what_change"][2] == 0 and resp["summed_what_change"] == pytest.approx([0] * 5, abs=1e-6)
 
 
-def fake_run(path: Path, config: dict, val_errors: dict[int, list[float]], finished: bool) -> Path:
+def logged_run(path: Path, config: dict, val_errors: dict[int, list[float]], finished: bool) -> Path:
     """A run directory as train.py --logger csv leaves it: config.yaml, metrics.csv (training rows between
     the validation ones, an epoch logged twice when a resumed run repeats it) and results.json if it ended."""
     path.mkdir(parents=True)
@@ -347,8 +347,8 @@ def fake_run(path: Path, config: dict, val_errors: dict[int, list[float]], finis
 
 
 def test_validation_curves_list_each_runs_validation_error_and_the_settings_that_differ(tmp_path, capsys):
-    a = fake_run(tmp_path / "a", {"lambda_consistency": 1.0, "max_epochs": 3}, {0: [0.2], 1: [0.1], 2: [0.05]}, True)
-    b = fake_run(tmp_path / "b", {"lambda_consistency": 10.0, "max_epochs": 3}, {0: [0.3], 1: [0.5, 0.4]}, False)
+    a = logged_run(tmp_path / "a", {"lambda_consistency": 1.0, "max_epochs": 3}, {0: [0.2], 1: [0.1], 2: [0.05]}, True)
+    b = logged_run(tmp_path / "b", {"lambda_consistency": 10.0, "max_epochs": 3}, {0: [0.3], 1: [0.5, 0.4]}, False)
     assert validation_curves.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert summary == {"differing_settings": ["lambda_consistency"], "runs": [  # run_dir is bookkeeping
