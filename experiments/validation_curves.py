@@ -18,30 +18,31 @@ from pathlib import Path
 
 import yaml
 
+from swwae_lightning import report
 from swwae_lightning import settings as S
-
-S.register_settings_modules()  # every setting's default, for runs whose config predates it
 
 
 def read_run(run_dir: Path) -> dict:
-    """One run's settings (defaults filled in), whether it finished, and its validation error per epoch."""
+    """One run's settings (defaults filled in, and as the report compares them), whether it finished,
+    and its validation error per epoch."""
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir} has no {name}: give run directories that train.py wrote with --logger csv")
-    config = {**S.defaults(), **(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})}
+    run = report.Run(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, results={})
     by_epoch: dict[int, float] = {}
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row.get("val/error"):  # a resumed run may repeat an epoch: its last value counts
                 by_epoch[int(row["epoch"])] = float(row["val/error"])
-    return {"run": run_dir.name, "config": config, "finished": (run_dir / "results.json").is_file(),
-            "val_error": [by_epoch[e] for e in sorted(by_epoch)]}
+    return {"run": run_dir.name, "config": {**S.defaults(), **run.config},
+            "compared": dict(report.setting_values(run, S.bookkeeping())),
+            "finished": (run_dir / "results.json").is_file(), "val_error": [by_epoch[e] for e in sorted(by_epoch)]}
 
 
 def differing_settings(runs: list[dict]) -> list[str]:
     """The settings (bookkeeping such as paths and loggers aside) whose value is not the same in every run."""
-    names = sorted(set().union(*(r["config"] for r in runs)) - S.bookkeeping())
-    return [n for n in names if len({repr(r["config"].get(n)) for r in runs}) > 1]
+    names = sorted(set().union(*(r["compared"] for r in runs)))
+    return [n for n in names if len({r["compared"].get(n) for r in runs}) > 1]
 
 
 def summarize(run_dirs: list[Path]) -> dict:
@@ -74,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    table = markdown(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "validation.md").write_text(markdown(summary))
-    print(markdown(summary), end="")
+    (args.out / "validation.md").write_text(table)
+    print(table, end="")
     return 0
 
 

@@ -76,8 +76,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
-def _settings(run: Run, leave_out: set[str]) -> tuple:
-    """The run's settings but ``leave_out``, defaults filled in for settings its config predates."""
+def setting_values(run: Run, leave_out: set[str]) -> tuple:
+    """The run's settings but ``leave_out`` as sorted (name, repr) pairs that compare equal when the
+    settings are the same, defaults filled in for settings its config predates."""
     values = {**S.defaults(), **run.settings}
     # false and 0 (or true and 1) are the same setting: a resumed run's config may hold either.
     return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in values.items() if k not in leave_out))
@@ -85,12 +86,12 @@ def _settings(run: Run, leave_out: set[str]) -> tuple:
 
 def experiment_key(run: Run) -> tuple:
     """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
-    return _settings(run, S.bookkeeping() | {"seed"})
+    return setting_values(run, S.bookkeeping() | {"seed"})
 
 
 def comparison_key(run: Run) -> tuple:
     """What a run and its baseline share: everything but the seed and the method's settings (what-where, objectives)."""
-    return _settings(run, S.bookkeeping() | {"seed"} | S.method_settings())
+    return setting_values(run, S.bookkeeping() | {"seed"} | S.method_settings())
 
 
 def run_name(run: Run) -> str:

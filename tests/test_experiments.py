@@ -346,7 +346,7 @@ def logged_run(path: Path, config: dict, val_errors: dict[int, list[float]], fin
     return path
 
 
-def test_validation_curves_list_each_runs_validation_error_and_the_settings_that_differ(tmp_path, capsys):
+def test_validation_curves_list_each_runs_validation_error_and_the_settings_that_differ(tmp_path):
     a = logged_run(tmp_path / "a", {"lambda_consistency": 1.0, "max_epochs": 3}, {0: [0.2], 1: [0.1], 2: [0.05]}, True)
     b = logged_run(tmp_path / "b", {"lambda_consistency": 10.0, "max_epochs": 3}, {0: [0.3], 1: [0.5, 0.4]}, False)
     assert validation_curves.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
