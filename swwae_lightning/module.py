@@ -75,6 +75,9 @@ class SWWAEModule(pl.LightningModule):
         self.teacher = None
         if self.objective.needs_teacher:  # a submodule, so every checkpoint holds it
             self.teacher = ema_teacher(self.net, values["ema_decay"])
+        elif values["eval_teacher"]:
+            raise ValueError("--eval-teacher evaluates the EMA teacher, which only a term that needs it keeps "
+                             "(--lambda-consistency > 0)")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_term_metrics = torch.nn.ModuleDict({
@@ -97,7 +100,7 @@ class SWWAEModule(pl.LightningModule):
         return not self.objective.uses_decoder
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net.encode(x)
+        return self.evaluated_net.encode(x)
 
     def compute_loss(self, batch: dict) -> LossParts:
         return self.objective(self.net, batch, self.teacher, progress=self._progress())
@@ -140,12 +143,20 @@ class SWWAEModule(pl.LightningModule):
         return (bool(trainer.fast_dev_run) or batch_idx + 1 >= trainer.num_training_batches
                 or (every > 0 and (trainer.global_step + 1) % every == 0))
 
+    @property
+    def evaluated_net(self) -> StackedWhatWhere:
+        """The network validation and test measure: the EMA teacher's with ``eval_teacher``, else the student."""
+        if self.teacher is not None and self.hparams.eval_teacher:
+            return self.teacher.module
+        return self.net
+
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y = batch
+        net = self.evaluated_net
         if self.encoder_only:
-            logits = self.net.encode(x)
+            logits = net.encode(x)
         else:
-            out = self.net(x)
+            out = net(x)
             logits = out.logits
             self.log(f"{stage}/rec", torch.nn.functional.mse_loss(out.reconstruction.float(), x),
                      sync_dist=True, batch_size=len(x))

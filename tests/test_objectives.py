@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 import train
 from swwae_lightning import settings as S
@@ -235,3 +236,24 @@ def test_every_registered_term_has_a_weight_flag_and_reports_under_its_name():
     for term in TERMS:
         assert term.weight.option in flags and term.weight.group == "objectives"
         assert all(s.group == "objectives" for s in term.settings)
+
+
+@pytest.mark.parametrize("eval_teacher", [False, True])
+def test_eval_teacher_validates_and_tests_the_ema_weights_instead_of_the_students(tiny_dataset, tmp_path, eval_teacher):
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, ema_decay=0.5, eval_teacher=eval_teacher,
+                      schedule="constant")
+    module, datamodule = build_module(cfg), build_datamodule(cfg)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    measured = module.teacher.module if eval_teacher else module.net
+    other = module.net if eval_teacher else module.teacher.module
+    assert module.evaluated_net is measured
+    x, y = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)  # normalized
+    measured.eval(), other.eval()
+    with torch.no_grad():
+        expected = 1 - (measured.encode(x).argmax(1) == y).float().mean().item()
+        assert not torch.equal(measured.encode(x), other.encode(x))  # the two networks answer differently
+    tested = trainer.test(module, dataloaders=DataLoader(TensorDataset(x, y), batch_size=len(x)),
+                          verbose=False)[0]["test/error"]
+    assert tested == pytest.approx(expected)

@@ -7,6 +7,9 @@ current student, which makes this the Pi-model with a stop-gradient target.
 Early on both networks predict nearly uniform classes, and a large weight from the first step
 pulls the student onto that uniform answer for good; ``consistency_warmup`` raises the weight
 linearly from 0 over the first share of training, as mean-teacher implementations do.
+
+The average of the weights is usually the better classifier of the two; ``eval_teacher`` makes
+validation, the choice of the best checkpoint and the test use it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ class Consistency(LossTerm):
                           "student (Pi-model)", "objectives", type=float, check=S.within(0, 1, closed_low=True)),
                 S.Setting("consistency_warmup", 0.0, "share of training, in [0, 1], over which the consistency weight "
                           "rises linearly from 0 (0: the full weight from the first step)", "objectives", type=float,
-                          check=S.within(0, 1, closed_low=True, closed_high=True)))
+                          check=S.within(0, 1, closed_low=True, closed_high=True)),
+                S.Setting("eval_teacher", False, "validate, pick the best checkpoint and test with the teacher's "
+                          "(EMA) weights instead of the student's", "objectives", flag="switch"))
     needs = frozenset({UNLABELED, TEACHER, "second"})
     logits_for = ("unlabeled",)
 
