@@ -40,13 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, wh
 from datamodules.registry import DATASETS, get_dataset  # noqa: E402
 from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
-from swwae_lightning import experiment  # noqa: E402
+from swwae_lightning import experiment, plugins  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.log_levels import raised_level  # noqa: E402
 from swwae_lightning.module import ema_teacher  # noqa: E402
 from swwae_lightning.nan_guard import NonFiniteGuard  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
+from swwae_lightning.pooling import POOLINGS  # noqa: E402
 from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
 
 FULL = {"steps": 30, "warmup": 5, "rounds": 3,
@@ -600,13 +601,19 @@ def format_report(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--plugins", nargs="+", default=[])
+    plugins.load(first.parse_known_args(argv)[0].plugins)  # a plugin's dataset or pooling is a choice below
+    S.register_settings_modules()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plugins", nargs="+", default=[], metavar="PATH_OR_MODULE",
+                   help="files or modules to import first: their datasets and poolings can be benchmarked")
     p.add_argument("--dataset", default="mnist", choices=sorted(DATASETS),
                    help="its preset network; MNIST is real (bundled), others random unless on disk (default: mnist)")
     p.add_argument("--data-dir", default="data", help="where datasets are looked for; nothing is downloaded")
     p.add_argument("--batch-size", type=int, help="labeled images per step (default: the default job's)")
     p.add_argument("--unlabeled-batch-size", type=int, help="unlabeled images per step (default: the default job's)")
-    p.add_argument("--pooling", default="both", choices=("hard", "soft", "both"),
+    p.add_argument("--pooling", default="both", choices=(*POOLINGS.names(), "both"),
                    help="both: every row with hard pooling plus a plain soft row (default: both)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--steps", type=int, help=f"timed steps per row and round (default: {FULL['steps']})")
@@ -622,7 +629,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings: checks that every row runs, measures nothing")
     p.add_argument("--json", type=Path, help="write settings, rows, ratios and FLOPs here")
     args = p.parse_args(argv)
-    S.register_settings_modules()
     defaults = QUICK if args.quick else {**FULL, **{k: S.SETTINGS[k].default for k in ("batch_size", "unlabeled_batch_size")}}
     for key in ("batch_size", "unlabeled_batch_size", "steps", "warmup", "rounds"):
         if getattr(args, key) is None:
@@ -683,7 +689,7 @@ def hardware_use(args: argparse.Namespace, bench: Bench, rows: dict[str, Row]) -
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = job_config(args, pooling="soft" if args.pooling == "soft" else "hard")
+    cfg = job_config(args, pooling="hard" if args.pooling == "both" else args.pooling)
     # Lightning's info lines (GPU available, ...) once per Trainer would bury the table.
     with raised_level("pytorch_lightning", logging.WARNING), tempfile.TemporaryDirectory(prefix="swwae-bench-") as run_dir:
         bench = make_bench(args, cfg, Path(run_dir), min(PREPARED_BATCHES, args.warmup + args.steps))

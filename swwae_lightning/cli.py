@@ -4,8 +4,12 @@
 
 Precedence, lowest first: built-in defaults < the run's own config.yaml (with
 --resume) or the checkpoint's config (with --evaluate) < --config FILE.yaml < flags.
-Bad input ends with one line on stderr and exit status 2; nothing is written
-before the input is known to be good.
+Plugins named in any of these are imported before any of them is read.
+
+Errors by kind: bad input (settings, files, checkpoints, data found before training
+starts) ends with one line on stderr and exit status 2, and nothing is written before
+the input is known to be good. An exception once training has started is a bug, not
+bad input: its traceback, exit status 1, and a line saying how to resume.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 try:
@@ -27,6 +32,7 @@ except ImportError:  # not POSIX: run directories are not locked
 
 import yaml
 
+from . import plugins
 from . import settings as S
 
 
@@ -71,8 +77,41 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
+def _plugins_in(path: Path) -> list[str]:
+    """The ``plugins`` key of a config file; anything else wrong with the file is reported when it is read."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    value = data.get("plugins") if isinstance(data, dict) else None
+    return plugins.plugins_value(value) if value else []
+
+
+def load_requested_plugins(argv: list[str]) -> list[str]:
+    """Import every plugin the command names, before any setting is parsed (a plugin declares settings):
+    ``--plugins``, the ``--config`` file's ``plugins:``, the resumed run's config.yaml, the evaluated
+    checkpoint's config, and those handed down by the process that started this one."""
+    pre = _Parser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    pre.add_argument("--plugins", nargs="+")
+    for flag in ("--config", "--resume", "--run-dir", "--run_dir", "--evaluate"):
+        pre.add_argument(flag)
+    known = vars(pre.parse_known_args(argv)[0])
+    specs = plugins.plugins_value(known.get("plugins", []))
+    files = [Path(known["config"])] if "config" in known else []
+    if "resume" in known:
+        files.append(_find_resume(known["resume"], known.get("run_dir"))[1] / "config.yaml")
+    for path in files:
+        specs += _plugins_in(path)
+    if "evaluate" in known:
+        from .checkpoints import load_checkpoint
+
+        specs += plugins.plugins_value(load_checkpoint(known["evaluate"]).get("swwae_config", {}).get("plugins") or [])
+    return list(dict.fromkeys(plugins.load(specs + plugins.from_environment())))
+
+
 def resolve_config(argv: list[str]) -> dict:
     """Defaults < the run's config.yaml (--resume) or the checkpoint's config (--evaluate) < --config < flags."""
+    requested = load_requested_plugins(argv)
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     config = S.defaults()
@@ -98,6 +137,7 @@ def resolve_config(argv: list[str]) -> dict:
         raise CLIError(str(error)) from None
     if config["resume"] and config["finetune_from"]:
         raise CLIError("--resume continues a run and --finetune-from starts a new one: give only one")
+    config["plugins"] = requested  # every source's, so that config.yaml brings them all back
     return config
 
 
@@ -223,6 +263,30 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | No
     return claim
 
 
+def _resume_hint(run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"the last good checkpoint is untouched; resume with: python train.py --run-dir {run_dir} --resume last"
+    return "no checkpoint was saved before it"
+
+
+class _Environment:
+    """Variables set for the processes a run starts (DDP ranks, sweeps), restored when it ends."""
+
+    def __init__(self, **values: str):
+        self.values, self.previous = values, {k: os.environ.get(k) for k in values}
+
+    def __enter__(self):
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for key, value in self.previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -235,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from .run_files import write_yaml
 
     claim = None
-    try:
+    try:  # input: everything that can be wrong before a training step is taken
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
         if cfg["evaluate"]:
             experiment.evaluate(cfg, cfg["evaluate"])
@@ -254,26 +318,26 @@ def main(argv: list[str] | None = None) -> int:
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        previous = os.environ.get("SWWAE_RUN_DIR")
-        os.environ["SWWAE_RUN_DIR"] = str(run_dir)  # for the DDP processes Lightning launches during fit
-        try:
-            experiment.fit(cfg, run_dir, module, datamodule, resume_from)
-        finally:
-            if previous is None:
-                os.environ.pop("SWWAE_RUN_DIR", None)
-            else:
-                os.environ["SWWAE_RUN_DIR"] = previous
-        return 0
+        trainer = experiment.build_trainer(cfg, run_dir, experiment.wandb_resume_id(resume_from))
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
+        _release_run_dir(claim)
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
+    # training: the DDP processes Lightning launches find the run directory and the plugins here
+    try:
+        with _Environment(SWWAE_RUN_DIR=str(run_dir), **{plugins.ENVIRONMENT: os.pathsep.join(cfg["plugins"])}):
+            experiment.fit(cfg, run_dir, module, datamodule, resume_from, trainer=trainer)
+        return 0
     except SIGTERMException:  # last.ckpt is saved; a scheduler must not read this as success
         return 128 + signal.SIGTERM
     except NonFiniteLossError as error:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        hint = ("the last good checkpoint is untouched (resume with --resume last)" if last.is_file()
-                else "no checkpoint was saved before it")
-        print(f"error: {error}; {hint}", file=sys.stderr)
+        print(f"error: {error}; {_resume_hint(run_dir)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug (ours or a plugin's), not bad input: it needs its traceback
+        traceback.print_exc()
+        said = str(error).strip().splitlines()
+        print(f"error: training stopped by {type(error).__name__}{': ' + said[0] if said else ''}; "
+              f"{_resume_hint(run_dir)}", file=sys.stderr)
         return 1
     finally:
         _release_run_dir(claim)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from datamodules.registry import get_dataset
@@ -24,7 +23,7 @@ from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatib
 from .module import SWWAEModule, module_settings
 from .objectives import views_needed
 from .run_files import RunCSVLogger, RunRecord, write_json
-from .tracking import WandbRunId, finish_wandb, wandb_logger, write_summary
+from .tracking import WandbRunId, finish_wandb, tensorboard_logger, wandb_logger, write_summary
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
@@ -116,12 +115,12 @@ def _devices(cfg: dict) -> dict:
 
 
 def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
-    loggers = [RunCSVLogger(run_dir)]  # metrics.csv always, whatever else is chosen
+    tracker = None
     if cfg["logger"] == "wandb":
-        loggers.append(wandb_logger(run_dir, cfg, resume_id))
+        tracker = wandb_logger(run_dir, cfg, resume_id)
     elif cfg["logger"] == "tensorboard":
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    return loggers
+        tracker = tensorboard_logger(run_dir)
+    return [RunCSVLogger(run_dir), *([tracker] if tracker is not None else [])]  # metrics.csv always
 
 
 def image_callbacks(cfg: dict, run_dir: Path) -> list:
@@ -193,11 +192,18 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     return module, datamodule
 
 
+def wandb_resume_id(resume_from: str | None) -> str | None:
+    """The W&B run a resumed run continues (its id is kept in the checkpoint)."""
+    return load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
+
+
 def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervisedDataModule,
-        resume_from: str | None = None) -> dict:
-    """Train, then test the best checkpoint on the official test split; returns results.json's content."""
-    resume_id = load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
-    trainer = build_trainer(cfg, run_dir, resume_id)
+        resume_from: str | None = None, trainer: pl.Trainer | None = None) -> dict:
+    """Train, then test the best checkpoint on the official test split; returns results.json's content.
+
+    ``trainer`` is ``build_trainer``'s for this run, when the caller built it already.
+    """
+    trainer = trainer or build_trainer(cfg, run_dir, wandb_resume_id(resume_from))
     # Resuming loads the full training state (optimizer, loops, RNG-free samplers): that
     # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)

@@ -82,7 +82,7 @@ class SWWAEModule(pl.LightningModule):
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_term_metrics = torch.nn.ModuleDict({
             f"{term}_{metric}": MeanMetric() for term in self.objective.computed
-            for metric in getattr(self.objective.terms[term], "validation_metrics", ())})
+            for metric in self.objective.terms[term].validation_metrics})
         self.nan_guard = NonFiniteGuard()
         self._rng_states_to_restore: dict | None = None
 
@@ -163,8 +163,7 @@ class SWWAEModule(pl.LightningModule):
         accuracy.update(logits, y)
         if stage == "val":
             for term in self.objective.computed:
-                counts = getattr(self.objective.terms[term], "validation_counts", None)
-                for metric, (value, weight) in (counts(logits, y) if counts else {}).items():
+                for metric, (value, weight) in self.objective.terms[term].validation_counts(logits, y).items():
                     self.val_term_metrics[f"{term}_{metric}"].update(value, weight)
 
     def _log_accuracy(self, stage: str, accuracy: MulticlassAccuracy) -> None:

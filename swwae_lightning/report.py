@@ -26,8 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from . import plugins
 from . import settings as S
-from .objectives import active_terms, is_baseline
+from .objectives import TERMS, active_terms, is_baseline
 
 S.register_settings_modules()  # every setting's default, for runs whose config predates it
 
@@ -72,7 +73,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             if "test_error" not in results:
                 continue
             seen.add(run_dir)
-            runs.append(Run(results_file.parent, yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, results))
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            plugins.load(config.get("plugins") or [])  # the terms and settings the run was trained with
+            runs.append(Run(results_file.parent, config, results))
     return runs
 
 
@@ -166,7 +169,9 @@ def error_text(row: dict) -> str:
     return f"{row['error_mean']:.2f} ± {std}"
 
 
-WHAT_WHERE_TERMS = {"rec", "mid", "swap"}  # the terms that need the decoder: what a what-where network adds
+def what_where_terms(terms) -> set[str]:
+    """Those of ``terms`` (names) that declare they need the decoder: what a what-where network adds."""
+    return {name for name in terms if TERMS[name].uses_decoder()}
 
 
 def _paired(row: dict, other: dict) -> tuple[float, float | None, int] | None:
@@ -182,7 +187,7 @@ def add_paired_differences(rows: list[dict]) -> None:
     Seeds draw different labeled subsets, which moves the error by more than the method does at
     100 labels; the paired difference takes that out. Sets, as (mean, std or None, shared seeds) or None:
     row["vs_baseline"], the row minus the baseline with the same other settings; and
-    row["vs_without_what_where"], a row that adds what-where terms (rec, mid, swap) to other terms
+    row["vs_without_what_where"], a row that adds what-where terms (those that need the decoder) to other terms
     (FixMatch + SWWAE, say) minus the row with those other terms alone (FixMatch): what the
     what-where terms add on top.
     """
@@ -194,7 +199,8 @@ def add_paired_differences(rows: list[dict]) -> None:
         baselines = [b for b in same if b["baseline"]]
         if len(baselines) == 1:
             row["vs_baseline"] = _paired(row, baselines[0])
-        rest = {k: v for k, v in row["terms"].items() if k not in WHAT_WHERE_TERMS}
+        decoder_terms = what_where_terms(row["terms"])
+        rest = {k: v for k, v in row["terms"].items() if k not in decoder_terms}
         if rest and len(rest) < len(row["terms"]):
             without = [r for r in same if r["terms"] == rest]
             if len(without) == 1:
@@ -226,7 +232,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _uses_decoder(row: dict) -> bool:
-    return bool({"rec", "mid", "swap"} & set(row["terms"]))
+    return bool(what_where_terms(row["terms"]))
 
 
 def model_text(row: dict) -> str:
@@ -356,8 +362,10 @@ def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
 
 
 def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "runs",
-          train_args: list[str] | None = None, jobs: int = 1) -> tuple[list[Path], list[str]]:
-    """The training command line once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time.
+          train_args: list[str] | None = None, jobs: int = 1, plugin_specs: list[str] | None = None
+          ) -> tuple[list[Path], list[str]]:
+    """The training command line once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time,
+    each given ``plugin_specs`` (a config's own ``plugins:`` key reaches its run by itself).
 
     A finished run (results.json) is kept; an interrupted one (last.ckpt, no results.json) is resumed.
     With jobs > 1 each run's output goes to its run directory's train.log instead of the terminal.
@@ -372,7 +380,8 @@ def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "
                 print(f"[sweep] {run_dir} is finished; kept", flush=True)
                 continue
             command = [sys.executable, "-m", "swwae_lightning.cli", "--config", str(config), "--seed", str(seed),
-                       "--run-dir", str(run_dir), *(train_args or [])]
+                       "--run-dir", str(run_dir), *(["--plugins", *plugin_specs] if plugin_specs else []),
+                       *(train_args or [])]
             if (run_dir / "checkpoints" / "last.ckpt").is_file():
                 command += ["--resume", "last"]
             commands.append((run_dir, command))
@@ -403,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep/--plan (default: 0 1 2)")
     parser.add_argument("--jobs", type=int, default=1, help="train.py processes at once in --sweep/--plan (default: 1)")
     parser.add_argument("--runs-root", default="runs", help="where --sweep puts its run directories (default: runs)")
+    parser.add_argument("--plugins", nargs="+", default=[], metavar="PATH_OR_MODULE",
+                        help="files or modules to import first (their terms and settings); passed on to every run")
     parser.add_argument("--check-readme", metavar="README", help="recompute the README's marked tables (results and "
                         "benchmarks) from the files committed under reports/; exit 1 naming each table that differs")
     parser.add_argument("--update-readme", metavar="README", help="rewrite the README's marked tables from them")
@@ -426,12 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs {args.jobs}: give 1 or more processes")
     paths, failures = list(args.runs), []
     try:
+        plugin_specs = plugins.load(args.plugins)
         configs = list(args.sweep or []) + (plan_configs(args.plan, args.runs_root) if args.plan else [])
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if configs:
-        run_dirs, failures = sweep(configs, args.seeds, args.runs_root, train_args, args.jobs)
+        run_dirs, failures = sweep(configs, args.seeds, args.runs_root, train_args, args.jobs, plugin_specs)
         paths += [d for d in run_dirs if (d / "results.json").is_file()]
     try:
         rows = write_report(paths, args.out)

@@ -39,7 +39,7 @@ class Setting:
     type: Callable[[Any], Any] | None = None
     choices: Callable[[], Sequence[str]] | None = None
     check: Check | None = None
-    flag: str = "value"  # "value", "switch" (--x / --no-x) or "optional" (nargs='?', const)
+    flag: str = "value"  # "value", "switch" (--x / --no-x), "optional" (nargs='?', const) or "list" (nargs='+')
     const: Any = None
     affects_result: bool = True
     owner: str | None = None
@@ -212,6 +212,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             else:  # kept as text here: check_all converts and checks flags like every other source
                 if s.flag == "optional":
                     kwargs.update(nargs="?", const=s.const)
+                elif s.flag == "list":
+                    kwargs.update(nargs="+")
                 if s.choices:
                     kwargs["metavar"] = "{" + ",".join(s.allowed()) + "}"
             arguments.add_argument(s.option, **kwargs)
@@ -220,9 +222,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register_settings_modules() -> None:
-    """Import the modules that declare the built-in settings (their import declares them)."""
+    """Import the modules that declare the built-in settings (their import declares them), then the
+    installed plugins and those this process was handed by the one that started it."""
     import datamodules.semi_supervised  # noqa: F401
-    from . import experiment, module, objectives, pooling, tracking  # noqa: F401
+    from . import experiment, module, objectives, plugins, pooling, tracking  # noqa: F401
+
+    plugins.load_installed()
+    plugins.load(plugins.from_environment())
 
 
 __all__ = ["Setting", "SETTINGS", "declare", "defaults", "complete", "check_all", "convert", "add_arguments",

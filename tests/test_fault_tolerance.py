@@ -116,7 +116,8 @@ def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_chec
     assert run(tmp_path, tiny_dataset, "nan") == 1
     err = capsys.readouterr().err
     assert "non-finite loss at global step 12 (epoch 1, batch 2): rec = [nan]" in err
-    assert "the last good checkpoint is untouched (resume with --resume last)" in err
+    assert (f"the last good checkpoint is untouched; resume with: python train.py --run-dir {tmp_path / 'nan'} "
+            "--resume last") in err
     good = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.ckpt")
     assert good["epoch"] == 0 and good["global_step"] == 10
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -48,7 +48,7 @@ def test_a_nan_at_any_step_stops_the_run_naming_it_and_leaves_only_finite_resuma
     if bad_step < STEPS_PER_EPOCH:  # before the first epoch's checkpoint: there is none, and the message says so
         assert not last.exists() and "no checkpoint was saved before it" in err
         return
-    assert "resume with --resume last" in err
+    assert f"resume with: python train.py --run-dir {tmp_path / 'run'} --resume last" in err
     for path in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):
         state = load_checkpoint(path)
         assert state["global_step"] == STEPS_PER_EPOCH, path  # the end of the last good epoch

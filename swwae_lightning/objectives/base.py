@@ -28,29 +28,63 @@ VIEWS = ("strong", "second")  # a strongly augmented view, a second weakly augme
 NEEDS = (DECODER, UNLABELED, TEACHER, *VIEWS)
 
 
-class LossTerm:
-    """One weighted term of the objective. ``options`` holds the values of its ``settings``."""
+BATCH_PARTS = ("labeled", "unlabeled", *VIEWS)  # what ``StepContext.logits`` can give
 
-    name: ClassVar[str]  # logged as train/<name>
-    weight: ClassVar[S.Setting]  # its weight; 0 switches the term off
+
+class TermContractError(ValueError):
+    """A term read from a step something it did not declare: the message names the term and the declaration."""
+
+
+class LossTerm:
+    """One weighted term of the objective: everything the module, the report and the benchmark read
+    from a term is declared here. ``options`` holds the values of its ``settings``."""
+
+    name: ClassVar[str]
+    """Its name: logged as ``train/<name>``, shown in the report's tables."""
+    weight: ClassVar[S.Setting]
+    """Its weight setting (``lambda_<name>``); 0 switches the term off and costs nothing."""
     settings: ClassVar[tuple[S.Setting, ...]] = ()
+    """Its own options, which become flags and config keys like every other setting."""
     needs: ClassVar[frozenset[str]] = frozenset()
+    """What it needs from a step, of ``NEEDS``: "decoder" (``step.output``; the report then shows the
+    pooling and unpooling), "unlabeled", the views "strong" / "second", "teacher" (``step.teacher_logits``)."""
+    logits_for: ClassVar[tuple[str, ...]] = ()
+    """The batch parts whose student logits it reads with ``step.logits`` ("labeled" is always there)."""
+    validation_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics it adds to every validation, logged as ``val/<name>_<metric>`` (see ``validation_counts``)."""
 
     def __init__(self, **options):
         self.options = {s.name: options.get(s.name, s.default) for s in self.settings}
 
     def __call__(self, step: "StepContext") -> Tensor:
+        """The term's value for one training step (a scalar; its weight is applied by ``Objective``)."""
         raise NotImplementedError
 
     def weight_scale(self, progress: float) -> float:
         """What multiplies the term's weight at ``progress`` (0: the first step, 1: the end of training)."""
         return 1.0
 
+    def validation_counts(self, logits: Tensor, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """For each of ``validation_metrics``, (value, weight) on one validation batch; the logged value is the
+        weighted mean over the validation set."""
+        return {}
+
+    @classmethod
+    def uses_decoder(cls) -> bool:
+        return DECODER in cls.needs
+
 
 def _register_term(name: str, cls: type[LossTerm]) -> None:
     unknown = set(cls.needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"loss term {name!r} needs {sorted(unknown)}; a term may need {list(NEEDS)}")
+    parts = set(cls.logits_for) - set(BATCH_PARTS)
+    if parts:
+        raise ValueError(f"loss term {name!r} declares logits_for {sorted(parts)}; a step has logits of {list(BATCH_PARTS)}")
+    undrawn = [p for p in cls.logits_for if p in VIEWS and p not in cls.needs]
+    if undrawn:
+        raise ValueError(f"loss term {name!r} reads the logits of the view(s) {undrawn} without needing them: "
+                         f"add them to its needs, or they are never drawn")
     owned = lambda s: dataclasses.replace(s, group="objectives")  # noqa: E731
     cls.weight = owned(cls.weight)
     cls.settings = tuple(owned(s) for s in cls.settings)
@@ -105,12 +139,23 @@ class StepContext:
 
     def __init__(self, net: StackedWhatWhere, labeled: tuple[Tensor, Tensor] | None, unlabeled: Tensor | None,
                  views: dict[str, Tensor], teacher: nn.Module | None, decoder: bool, logits_for: set[str]):
-        self.net, self.teacher, self.views = net, teacher, views
+        self.net, self.teacher, self._views = net, teacher, views
         self.labeled_images, self.labels = labeled if labeled is not None else (None, None)
         self.unlabeled = unlabeled
         self.decoder = decoder
         self._logits_for = logits_for
         self.metrics: dict[str, Tensor] = {}
+        self.asking: LossTerm | None = None  # the term being computed: what it reads must be declared
+
+    def _require(self, need: str, what: str) -> None:
+        if self.asking is not None and need not in self.asking.needs:
+            raise TermContractError(f"loss term {self.asking.name!r} reads {what} but does not declare it: "
+                                    f"add {need!r} to its needs")
+
+    @property
+    def views(self) -> dict[str, Tensor]:
+        """The extra views drawn for this step; a term reads only those in its ``needs``."""
+        return {name: view for name, view in self._views.items() if self.asking is None or name in self.asking.needs}
 
     @property
     def num_labeled(self) -> int:
@@ -124,9 +169,14 @@ class StepContext:
             raise ValueError("a training step needs a labeled or an unlabeled batch")
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    @cached_property
+    @property
     def output(self) -> SWWAEOutput:
-        """The full forward pass (encoder, classifier, decoder) over ``inputs``."""
+        """The full forward pass (encoder, classifier, decoder) over ``inputs``, for terms that need "decoder"."""
+        self._require(DECODER, "step.output (the decoder's pass)")
+        return self._output
+
+    @cached_property
+    def _output(self) -> SWWAEOutput:
         return self.net(self.inputs, self.labels)
 
     @cached_property
@@ -134,7 +184,7 @@ class StepContext:
         """Student logits of every batch part a term asked for, in one encoder pass where possible."""
         parts: dict[str, Tensor] = {}
         if self.decoder:
-            logits = self.output.logits
+            logits = self._output.logits
             if self.labeled_images is not None:
                 parts["labeled"] = logits[: self.num_labeled]
             if self.unlabeled is not None:
@@ -149,18 +199,24 @@ class StepContext:
         return parts
 
     def _images(self, name: str) -> Tensor:
-        images = {"labeled": self.labeled_images, "unlabeled": self.unlabeled, **self.views}.get(name)
+        images = {"labeled": self.labeled_images, "unlabeled": self.unlabeled, **self._views}.get(name)
         if images is None:
             raise ValueError(f"this step has no {name!r} batch (mode or views do not provide it)")
         return images
 
     def logits(self, name: str) -> Tensor:
-        """Student logits of 'labeled', 'unlabeled' or a view."""
+        """Student logits of 'labeled', 'unlabeled' or a view; a term reads those in its ``logits_for``."""
+        if self.asking is not None and name != "labeled" and name not in self.asking.logits_for:
+            raise TermContractError(f"loss term {self.asking.name!r} reads step.logits({name!r}) but does not "
+                                    f"declare it: add {name!r} to its logits_for")
+        if name not in self._logits:
+            raise ValueError(f"this step has no logits of {name!r} (mode or views do not provide it)")
         return self._logits[name]
 
     @torch.no_grad()
     def teacher_logits(self, name: str) -> Tensor:
         """The EMA teacher's logits (eval mode: running BN statistics, no dropout) of a batch part."""
+        self._require(TEACHER, "step.teacher_logits (the EMA teacher)")
         if self.teacher is None:
             raise ValueError("this step has no EMA teacher")
         was_training = self.teacher.training
@@ -183,12 +239,11 @@ class Objective:
         values = self._values = S.complete(settings, objective_settings(), "Objective")
         self.weights = {t.name: values[t.weight.name] for t in TERMS}
         self.terms = {t.name: t(**{s.name: values[s.name] for s in t.settings}) for t in TERMS}
-        active = active_terms(values)
         self.needs = needs_of(values)
         self.uses_decoder = DECODER in self.needs
         free = {DECODER} if self.uses_decoder else set()
         self.computed = [t.name for t in TERMS if self.weights[t.name] > 0 or (t.needs and set(t.needs) <= free)]
-        self.logits_for = {"labeled"} | {n for t in active for n in getattr(t, "logits_for", ())}
+        self.logits_for = {"labeled"} | {n for name in self.computed for n in self.terms[name].logits_for}
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -216,7 +271,9 @@ class Objective:
             nll = (step.output.reconstruction if self.uses_decoder else step.inputs).new_zeros((), dtype=torch.float32)
         total, values = nll, {"nll": nll}
         for name in self.computed:
+            step.asking = self.terms[name]
             value = self.terms[name](step)
+            step.asking = None
             weight = self.weights[name] * self.terms[name].weight_scale(progress)
             value = value if weight else value.detach()  # a zero weight reports its term but sends no gradient
             values[name] = value
