@@ -10,6 +10,7 @@ pool while the labeled set cycles, reshuffled at every cycle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from swwae_lightning import settings as S
 
 from . import augment
 from .loader import InMemoryBatches, ResumableLoader
-from .registry import DATASETS, get_dataset
+from .registry import DATASETS, dataset_info
 from .sampling import (CyclingPlan, EpochPlan, balanced_labeled_indices, check_label_count, hold_out_validation,
                        seeded_generator)
 from .sources import ImageSplits
@@ -50,7 +51,21 @@ S.declare(
               flag="switch", affects_result=False),
     S.Setting("num_workers", 0, "loader worker processes (data is in memory: 0 is usually fastest)", "data",
               type=int, check=S.at_least(0), affects_result=False),
+    S.Setting("image_size", None, "--dataset folder: the side of the square the network sees (shorter side "
+              "resized, centre cropped); default: the preset size (28, 32, 96) nearest the images' own", "data",
+              type=int, check=S.at_least(8), owner="dataset=folder"),
+    S.Setting("channels", None, "--dataset folder: 1 (grayscale) or 3 (RGB); default: what most images are", "data",
+              type=int, check=lambda v: None if v in (None, 1, 3) else "must be 1 or 3", owner="dataset=folder"),
 )
+FOLDER_ONLY = ("image_size", "channels")
+
+
+SKIPPED_FILE = "skipped_files.txt"  # in the run directory: a folder's unreadable files, a tab, the reason
+
+
+def _take(images, indices: torch.Tensor):
+    """``images[indices]``: a copy in memory, or a view of a folder's cache on disk that reads nothing yet."""
+    return images.subset(indices) if hasattr(images, "subset") else images[indices]
 
 
 class SemiSupervisedDataModule(pl.LightningDataModule):
@@ -61,7 +76,10 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         super().__init__()
         values = S.complete(settings, [*S.names_in(["data"]), "seed"], "SemiSupervisedDataModule")
         dataset, labels, fold, mode = values["dataset"], values["labels"], values["fold"], values["mode"]
-        self.info = get_dataset(dataset)
+        given = [name for name in FOLDER_ONLY if values[name] is not None]
+        if given and dataset != "folder":
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
+        self.info = dataset_info(values)
         unknown = sorted(set(views) - set(VIEW_KINDS))
         if unknown:
             raise ValueError(f"views {unknown} are not among {VIEW_KINDS}")
@@ -70,7 +88,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if fold is not None and not 0 <= fold < self.info.folds:
             raise ValueError(f"fold={fold} must be in 0..{self.info.folds - 1} ({dataset} has {self.info.folds} "
                              f"predefined folds)")
-        if mode == "semi" and labels is None and fold is None:
+        if mode == "semi" and labels is None and fold is None and dataset != "folder":  # a folder: all of labeled/
             raise ValueError("mode='semi' needs labels=N (how many labeled examples) or, for stl10, a fold")
         if labels is not None:
             check_label_count(labels, self.info.num_classes)  # fail before loading any data
@@ -109,7 +127,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             self.val_indices = candidates[val]
             self.labeled_indices = fold.sort().values
             return
-        rest, self.val_indices = hold_out_validation(len(train_labels), self.val_size, self.seed)
+        if self.splits.val_indices is not None:  # the dataset's own validation set
+            self.val_indices = self.splits.val_indices
+            outside = torch.ones(len(train_labels), dtype=torch.bool)
+            outside[self.val_indices] = False
+            rest = outside.nonzero().squeeze(1)
+        else:
+            rest, self.val_indices = hold_out_validation(len(train_labels), self.val_size, self.seed)
         if self.mode == "unsupervised":
             self.labeled_indices = torch.zeros(0, dtype=torch.long)
         elif self.labels is None:  # supervised with every label
@@ -125,29 +149,52 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return keep.nonzero().squeeze(1)
 
     def unlabeled_images(self) -> torch.Tensor:
-        images = self.splits.train_images[self.unlabeled_pool()]
+        """The pool's images: a tensor in memory, or a view of a folder's cache on disk (nothing is read)."""
+        images = _take(self.splits.train_images, self.unlabeled_pool())
         if self.splits.extra_images is not None:
-            images = torch.cat([images, self.splits.extra_images])
+            extra = self.splits.extra_images
+            images = images.concat(extra) if hasattr(images, "concat") else torch.cat([images, extra])
         return images
+
+    def unlabeled_paths(self) -> list[str]:
+        """The files of the unlabeled pool, in pool order (a folder dataset's; empty for the others)."""
+        if not self.splits.paths:
+            return []
+        train = self.splits.paths["train"]
+        return [train[i] for i in self.unlabeled_pool().tolist()] + list(self.splits.paths["extra"])
+
+    def preprocessing(self) -> dict:
+        """What the model must be shown the same way in every later use: it travels in every checkpoint."""
+        channels, size, _ = self.info.image_shape
+        return {"image_size": size, "channels": channels, "class_names": list(self.info.class_names),
+                "mean": list(self.info.mean), "std": list(self.info.std)}
 
     def state_dict(self) -> dict:
         return {"labeled_indices": self.labeled_indices.tolist(), "val_indices": self.val_indices.tolist(),
-                "dataset": self.dataset}
+                "dataset": self.dataset, "preprocessing": self.preprocessing()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("dataset", self.dataset) != self.dataset:
             raise ValueError(f"checkpoint split is for dataset {state['dataset']!r}, not {self.dataset!r}")
         self.labeled_indices = torch.tensor(state["labeled_indices"], dtype=torch.long)
         self.val_indices = torch.tensor(state["val_indices"], dtype=torch.long)
+        saved = state.get("preprocessing")
+        if saved and self.dataset == "folder":  # the statistics the model was trained with, not today's files'
+            self.info = dataclasses.replace(self.info, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
+                                            class_names=tuple(saved["class_names"]))
 
-    def write_split(self, path: Path) -> None:
-        """The exact split, for the run directory (and a paper's appendix)."""
+    def write_run_files(self, run_dir: Path) -> None:
+        """The exact split (for the run directory and a paper's appendix), the preprocessing the model is
+        trained with and, for a folder, the skipped files."""
         counts = torch.bincount(self.splits.train_labels[self.labeled_indices], minlength=self.info.num_classes)
-        path.write_text(json.dumps({
+        (run_dir / "split.json").write_text(json.dumps({
             "dataset": self.dataset, "seed": self.seed, "mode": self.mode,
             "labeled_per_class": counts.tolist(), "labeled_indices": self.labeled_indices.tolist(),
             "val_indices": self.val_indices.tolist(), "unlabeled_pool_size": len(self.unlabeled_images()),
         }))
+        (run_dir / "preprocessing.json").write_text(json.dumps(self.preprocessing(), indent=2, ensure_ascii=False))
+        if self.splits.skipped:
+            (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\t{why}\n" for p, why in self.splits.skipped))
 
     # ----------------------------------------------------------------- loaders
     def _rank_world(self) -> tuple[int, int]:
@@ -186,7 +233,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return ResumableLoader(InMemoryBatches(images, labels), plan, self.num_workers)
 
     def val_dataloader(self) -> ResumableLoader:
-        return self._eval_loader(self.splits.train_images[self.val_indices], self.splits.train_labels[self.val_indices])
+        return self._eval_loader(_take(self.splits.train_images, self.val_indices), self.splits.train_labels[self.val_indices])
 
     def test_dataloader(self) -> ResumableLoader:
         return self._eval_loader(self.splits.test_images, self.splits.test_labels)

@@ -32,7 +32,8 @@ DOWNLOAD_HINT = "pass --download (download=True) to fetch it with torchvision"
 
 @dataclass
 class ImageSplits:
-    """One dataset held in memory in the same layout whatever format it was read from."""
+    """One dataset in the same layout whatever format it was read from: uint8 tensors in memory, or
+    (a folder's images) ``DiskImages`` read a batch at a time, which index, ``subset`` and ``concat`` alike."""
 
     train_images: torch.Tensor  # uint8, (N, C, H, W), contiguous
     train_labels: torch.Tensor  # int64, (N,)
@@ -40,6 +41,9 @@ class ImageSplits:
     test_labels: torch.Tensor  # int64, (M,)
     extra_images: torch.Tensor | None = None  # unlabeled-only images: SVHN 'extra', STL-10 'unlabeled'
     folds: list[torch.Tensor] | None = None  # STL-10's 10 labeled folds, int64 indices into train
+    val_indices: torch.Tensor | None = None  # a predefined validation set (a folder's val/), indices into train
+    paths: dict[str, tuple[str, ...]] | None = None  # a folder's files: "train" / "test" / "extra" -> per row
+    skipped: tuple[tuple[str, str], ...] = ()  # a folder's files that could not be read: (path, reason)
 
 
 class DatasetNotFound(RuntimeError):

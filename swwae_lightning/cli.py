@@ -93,7 +93,7 @@ def load_requested_plugins(argv: list[str]) -> list[str]:
     checkpoint's config, and those handed down by the process that started this one."""
     pre = _Parser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
     pre.add_argument("--plugins", nargs="+")
-    for flag in ("--config", "--resume", "--run-dir", "--run_dir", "--evaluate"):
+    for flag in ("--config", "--resume", "--run-dir", "--run_dir", "--evaluate", "--predict"):
         pre.add_argument(flag)
     known = vars(pre.parse_known_args(argv)[0])
     specs = plugins.plugins_value(known.get("plugins", []))
@@ -102,10 +102,11 @@ def load_requested_plugins(argv: list[str]) -> list[str]:
         files.append(_find_resume(known["resume"], known.get("run_dir"))[1] / "config.yaml")
     for path in files:
         specs += _plugins_in(path)
-    if "evaluate" in known:
-        from .checkpoints import load_checkpoint
+    for reads in ("evaluate", "predict"):
+        if reads in known:
+            from .checkpoints import load_checkpoint
 
-        specs += plugins.plugins_value(load_checkpoint(known["evaluate"]).get("swwae_config", {}).get("plugins") or [])
+            specs += plugins.plugins_value(load_checkpoint(known[reads]).get("swwae_config", {}).get("plugins") or [])
     return list(dict.fromkeys(plugins.load(specs + plugins.from_environment())))
 
 
@@ -119,11 +120,12 @@ def resolve_config(argv: list[str]) -> dict:
         run_config = _find_resume(given["resume"], given.get("run_dir"))[1] / "config.yaml"
         if run_config.is_file():
             config.update(_read_config_file(str(run_config)))
-    if given.get("evaluate"):
-        from .checkpoints import load_checkpoint
+    for reads in ("evaluate", "predict"):  # the checkpoint's own data and preprocessing
+        if given.get(reads):
+            from .checkpoints import load_checkpoint
 
-        saved = load_checkpoint(given["evaluate"]).get("swwae_config", {})
-        config.update({k: v for k, v in saved.items() if k in S.SETTINGS})
+            saved = load_checkpoint(given[reads]).get("swwae_config", {})
+            config.update({k: v for k, v in saved.items() if k in S.SETTINGS and k not in ("evaluate", "predict")})
     if "config" in given:
         config_file = given.pop("config")
         config.update(_read_config_file(config_file))
@@ -263,6 +265,18 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | No
     return claim
 
 
+def _keep_preprocessing(cfg: dict, checkpoint: dict) -> None:
+    """A resumed run sees its images as it was trained to: its image size and channels, or one line."""
+    saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
+    if not saved or cfg["dataset"] != "folder":
+        return
+    for name in ("image_size", "channels"):
+        if cfg[name] is not None and cfg[name] != saved[name]:
+            raise CLIError(f"--{name.replace('_', '-')} {cfg[name]} differs from the run's {saved[name]}: a resumed "
+                           f"run keeps the preprocessing it was trained with")
+        cfg[name] = saved[name]
+
+
 def _resume_hint(run_dir: Path) -> str:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -304,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["evaluate"]:
             experiment.evaluate(cfg, cfg["evaluate"])
             return 0
+        if cfg["predict"]:
+            from .predict import predict
+
+            predict(cfg)
+            return 0
         resume_from = None
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
@@ -311,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = _new_run_dir(cfg)
             ckpt = _requeue_checkpoint(run_dir)  # a requeued SLURM job continues from what it saved
         if ckpt is not None:
-            load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
+            _keep_preprocessing(cfg, load_checkpoint(ckpt))  # a missing, empty or corrupt file fails here, in one line
             resume_from = str(ckpt)
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
+        cfg.update(experiment.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)

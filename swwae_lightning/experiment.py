@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from datamodules.registry import get_dataset
+from datamodules.registry import dataset_info
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
 from . import settings as S
@@ -89,11 +89,17 @@ def build_datamodule(cfg: dict) -> SemiSupervisedDataModule:
 
 def architecture(cfg: dict) -> str:
     """The architecture a config builds: its own, or its dataset's preset."""
-    return cfg["arch"] or get_dataset(cfg["dataset"]).preset
+    if cfg["arch"]:
+        return cfg["arch"]
+    info = dataset_info(cfg)
+    if not info.preset:
+        raise ValueError(f"--image-size {info.image_shape[1]} has no preset network (the presets take 28, 32 or "
+                         f"96 px): give --arch, e.g. --arch 32C3-BN-MP2-64C3-MP2-FC128")
+    return info.preset
 
 
 def build_module(cfg: dict) -> SWWAEModule:
-    info = get_dataset(cfg["dataset"])
+    info = dataset_info(cfg)
     channels, height, _ = info.image_shape
     module = SWWAEModule(architecture(cfg), channels, height, info.num_classes,
                          **{k: cfg[k] for k in module_settings()})
@@ -192,6 +198,14 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     return module, datamodule
 
 
+def resolved_data_settings(datamodule: SemiSupervisedDataModule) -> dict:
+    """The data settings a folder dataset resolved from its files (image size, channels), for config.yaml."""
+    if datamodule.dataset != "folder":
+        return {}
+    channels, size, _ = datamodule.info.image_shape
+    return {"image_size": size, "channels": channels}
+
+
 def wandb_resume_id(resume_from: str | None) -> str | None:
     """The W&B run a resumed run continues (its id is kept in the checkpoint)."""
     return load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
@@ -214,15 +228,22 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if best_score is not None:  # the metric the checkpoint was chosen by, at its best: what a sweep optimizes
         write_summary(trainer, trainer.checkpoint_callback.monitor, float(best_score))
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+    if len(datamodule.splits.test_images):
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+    else:  # a folder without test/: the validation error is the result (said when the folder was read)
+        tested = []
     results = {
         **result_settings(cfg), "arch": module.hparams.arch, **_test_results(trainer, tested),
         "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "train_seconds": round(train_seconds, 1), "best_checkpoint": best, "run_dir": str(run_dir),
     }
+    if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
+        results["val_error"] = float(best_score)  # what a run without a test set reports
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
-        rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; run directory: {run_dir}")
+        said = (f"test error {100 * results['test_error']:.2f}%" if tested else
+                f"validation error {100 * results.get('val_error', float('nan')):.2f}% (no test set)")
+        rank_zero_info(f"{said} ; run directory: {run_dir}")
     finish_wandb(trainer)
     return results
 

@@ -78,8 +78,8 @@ class RunRecord(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
-        if trainer.is_global_zero and hasattr(datamodule, "write_split"):
-            datamodule.write_split(self.run_dir / "split.json")
+        if trainer.is_global_zero and hasattr(datamodule, "write_run_files"):
+            datamodule.write_run_files(self.run_dir)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["swwae_config"] = dict(self.config)

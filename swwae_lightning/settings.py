@@ -225,7 +225,7 @@ def register_settings_modules() -> None:
     """Import the modules that declare the built-in settings (their import declares them), then the
     installed plugins and those this process was handed by the one that started it."""
     import datamodules.semi_supervised  # noqa: F401
-    from . import experiment, module, objectives, plugins, pooling, tracking  # noqa: F401
+    from . import experiment, module, objectives, plugins, pooling, predict, tracking  # noqa: F401
 
     plugins.load_installed()
     plugins.load(plugins.from_environment())

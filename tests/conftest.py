@@ -1,5 +1,7 @@
 """Shared fixtures: the real bundled MNIST (loaded once) and a tiny synthetic dataset."""
 
+import os
+
 import pytest
 import torch
 
@@ -63,3 +65,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """A DDP Trainer built in this process (even with one device) writes MASTER_ADDR, MASTER_PORT, NODE_RANK
+    and LOCAL_RANK into os.environ; a later train.py child would inherit them, take itself for an already
+    launched rank and wait for a peer that never comes."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)

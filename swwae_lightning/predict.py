@@ -1,0 +1,136 @@
+"""Labels back for an unlabeled pool: ``python train.py --predict CKPT [--images DIR] [--out FILE.csv]``.
+
+Every image under DIR (by default the run's own unlabeled pool) is decoded with the checkpoint's
+own preprocessing (image size, channels, mean and std) and classified in batches; the CSV has a
+row per readable image with the predicted class name, its probability and the top classes.
+Unreadable files go to a list beside it, never into the CSV and never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from datamodules import augment
+from datamodules.folder import decode, failure_reason
+from datamodules.registry import get_dataset
+
+from . import settings as S
+from .checkpoints import check_compatible, load_checkpoint
+from .module import SWWAEModule
+
+TOP_K = 3
+CONFIDENT = 0.95  # the summary line's share of images above this probability
+BATCH = 256
+
+S.declare(
+    S.Setting("predict", None, "classify every image under --images (default: the run's own unlabeled pool) with "
+              "this checkpoint and write a CSV", "run", type=str, affects_result=False),
+    S.Setting("images", None, "--predict: the folder of images to classify (any depth)", "run", type=str,
+              affects_result=False),
+    S.Setting("out", None, "--predict: the CSV to write; default: predictions.csv in the checkpoint's run directory",
+              "run", type=str, affects_result=False),
+)
+
+
+def preprocessing_of(checkpoint: dict) -> dict:
+    """What the checkpoint's model was trained to see: saved with its data, or its built-in dataset's entry."""
+    saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
+    if saved:
+        return saved
+    info = get_dataset(checkpoint.get("swwae_config", {}).get("dataset", "mnist"))
+    channels, size, _ = info.image_shape
+    return {"image_size": size, "channels": channels, "class_names": list(info.class_names),
+            "mean": list(info.mean), "std": list(info.std)}
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _run_dir(checkpoint_path: Path) -> Path:
+    parent = checkpoint_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def _pool_files(cfg: dict, checkpoint: dict) -> list[Path]:
+    """The unlabeled pool of the run the checkpoint comes from, with its own split."""
+    from .experiment import build_datamodule
+
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    if "SemiSupervisedDataModule" in checkpoint:
+        datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
+    return [Path(p) for p in datamodule.unlabeled_paths()]
+
+
+def predict(cfg: dict) -> dict:
+    """Write the predictions CSV and the unreadable-files list; returns the summary's numbers."""
+    from tqdm.auto import tqdm
+
+    checkpoint_path = Path(cfg["predict"])
+    checkpoint = load_checkpoint(checkpoint_path)
+    module = SWWAEModule(**checkpoint["hyper_parameters"])
+    check_compatible(module.state_dict(), checkpoint["state_dict"], checkpoint_path)
+    module.load_state_dict(checkpoint["state_dict"])
+    module.eval()
+    pre = preprocessing_of(checkpoint)
+    names = pre["class_names"] or [str(c) for c in range(module.hparams.num_classes)]
+    if cfg["images"]:
+        root = Path(cfg["images"])
+        if not root.is_dir():
+            raise ValueError(f"--images {cfg['images']!r} is not a folder")
+        files = _files(root)
+    elif cfg["dataset"] == "folder":
+        root, files = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint)
+    else:
+        raise ValueError(f"--predict of a {cfg['dataset']!r} checkpoint needs --images DIR (only a folder "
+                         f"dataset's run has an unlabeled pool of files)")
+    out = Path(cfg["out"]) if cfg["out"] else _run_dir(checkpoint_path) / "predictions.csv"
+    unreadable_path = out.with_name(out.stem + ".unreadable.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    k = min(TOP_K, len(names))
+    histogram, confident, unreadable, rows, correct, with_truth = Counter(), 0, [], 0, 0, 0
+    with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
+        writer = csv.writer(handle)
+        writer.writerow(["path", "predicted", "probability", f"top_{k}"])
+        for start in tqdm(range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr,
+                          disable=len(files) <= BATCH):
+            batch, kept = [], []
+            for path in files[start:start + BATCH]:
+                try:
+                    batch.append(torch.from_numpy(decode(path.read_bytes(), pre["image_size"], pre["channels"])))
+                    kept.append(path)
+                except Exception as error:  # a file that does not decode is listed, never a crash
+                    unreadable.append((path, failure_reason(error)))
+            if not batch:
+                continue
+            x = augment.normalize(torch.stack(batch), tuple(pre["mean"]), tuple(pre["std"]))
+            probabilities = torch.softmax(module(x).float(), dim=1)
+            top_p, top_c = probabilities.topk(k, dim=1)
+            for path, p, c in zip(kept, top_p.tolist(), top_c.tolist()):
+                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}",
+                                 ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))])
+                histogram[names[c[0]]] += 1
+                confident += p[0] > CONFIDENT
+                truth = path.parent.name
+                if truth in names:  # a folder per class: the folder names are the labels
+                    with_truth += 1
+                    correct += truth == names[c[0]]
+            rows += len(kept)
+    unreadable_path.write_text("".join(f"{p}\t{reason}\n" for p, reason in unreadable))
+    summary = {"images": rows, "unreadable": len(unreadable), "histogram": dict(histogram.most_common()),
+               "confident_share": confident / rows if rows else float("nan"), "csv": str(out),
+               "error": 1 - correct / with_truth if with_truth == rows and rows else None}
+    line = (f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
+            f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
+            f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}")
+    if summary["error"] is not None:
+        line += f"; error against the class folders {100 * summary['error']:.2f}%"
+    print(f"{line}; wrote {out}", flush=True)
+    return summary
