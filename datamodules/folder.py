@@ -57,12 +57,22 @@ class Entry:
 
 
 # ----------------------------------------------------------------------------- indexing
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+def _files_under(folder: Path) -> list[tuple[tuple[str, ...], os.stat_result]]:
+    """(path parts below ``folder``, stat) of every visible file at any depth, sorted; hidden names are skipped."""
+    found = []
 
+    def walk(directory: str, parts: tuple[str, ...]) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    walk(entry.path, (*parts, entry.name))
+                elif entry.is_file():
+                    found.append(((*parts, entry.name), entry.stat()))
 
-def _files_under(folder: Path, root: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, root))
+    walk(str(folder), ())
+    return sorted(found, key=lambda item: item[0])
 
 
 def layout(root: Path) -> tuple[str, dict[str, Path]]:
@@ -95,13 +105,12 @@ def index(root: Path) -> tuple[str, list[str], list[Entry], list[tuple[str, str]
     from tqdm.auto import tqdm
 
     for split, folder in folders.items():
-        files = _files_under(folder, root)
-        for path in tqdm(files, desc=f"indexing {split}/", unit="file", disable=len(files) < PARALLEL_ABOVE,
-                         file=sys.stderr):
-            relative = path.relative_to(root).as_posix()
+        files = _files_under(folder)
+        for parts, stat in tqdm(files, desc=f"indexing {split}/", unit="file", disable=len(files) < PARALLEL_ABOVE,
+                                file=sys.stderr):
+            relative = "/".join((split, *parts))
             label = -1
             if split != "unlabeled":
-                parts = path.relative_to(folder).parts
                 if len(parts) < 2:
                     skipped.append((relative, f"not inside a class folder of {split}/"))
                     continue
@@ -109,7 +118,6 @@ def index(root: Path) -> tuple[str, list[str], list[Entry], list[tuple[str, str]
                     raise FolderError(f"{folder / parts[0]} is a class that {folders[labeled_split]} does not have "
                                       f"(its classes: {classes})")
                 label = known[parts[0]]
-            stat = path.stat()
             entries.append(Entry(relative, split, label, stat.st_size, stat.st_mtime_ns))
     if not entries:
         raise FolderError(f"--data-dir {str(root)!r} holds no files under {', '.join(f'{s}/' for s in folders)}")
