@@ -66,6 +66,7 @@ TARGETS = {  # ratio name -> (at least?, bound)
     "callbacks on / off per epoch": (True, 0.98),
     "loader with views / fixmatch model": (True, 10.0),
     "nan guard / lightning step": (False, 0.01),
+    "folder cache / in memory": (True, 0.95),
 }
 # One plain-loop row per objective beside SWWAE's own: the settings each changes from the default job.
 OBJECTIVE_ROWS = {
@@ -153,6 +154,7 @@ class Bench:
     run_dir: Path
     views_datamodule: SemiSupervisedDataModule  # the same data, drawing every extra view
     view_batches: list[dict]  # the plain loop's batches with the strong and the second view
+    folder_datamodule: SemiSupervisedDataModule | None = None  # --folder: the same job read from a folder's cache
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -214,8 +216,14 @@ def make_bench(args: argparse.Namespace, cfg: dict, run_dir: Path, prepared_batc
     views.splits = datamodule.splits  # loaded once
     views.setup("fit")
     view_batches = list(itertools.islice(device_batches(views, device), prepared_batches))
+    folder = None
+    if args.folder:  # the same images as files: the folder dataset, its cache built here (untimed)
+        channels, size, _ = datamodule.info.image_shape
+        folder = experiment.build_datamodule({**cfg, "dataset": "folder", "data_dir": str(args.folder),
+                                              "image_size": size, "channels": channels})
+        folder.setup("fit")
     return Bench(cfg, datamodule, data_source, device, args.compile, args.channels_last, batches, run_dir,
-                 views, view_batches)
+                 views, view_batches, folder)
 
 
 def adapt_network(net: StackedWhatWhere, bench: Bench) -> StackedWhatWhere:
@@ -443,7 +451,7 @@ class EpochEndClock:
 
 
 def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, image_callbacks: bool = False,
-                    val_batches: int = 1, profile: bool = False) -> Row:
+                    val_batches: int = 1, profile: bool = False, from_folder: bool = False) -> Row:
     """The default job's path: SWWAEModule, the real datamodule, CSV logging, LR monitor, progress bar.
 
     With ``image_callbacks`` it validates (``val_batches`` batches) once, right after the
@@ -473,7 +481,7 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
     # benchmark prints its tables, not a bar per row.
     with PeakMemory(bench.device) as memory, open(os.devnull, "w") as sink, \
             contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        trainer.fit(module, datamodule=bench.datamodule)
+        trainer.fit(module, datamodule=bench.folder_datamodule if from_folder else bench.datamodule)
     note = "trains on the labeled batch only; the data path still prepares the unlabeled one" if is_baseline(cfg) else ""
     return Row(name, cfg["pooling"], images_per_step(cfg), clock.seconds_per_step, memory.peak_mib, note,
                callback_seconds=pictures.seconds, losses=[float(v) for v in window.losses],
@@ -570,6 +578,10 @@ def compute_ratios(rows: dict[str, Row], epoch_steps: int, guard_seconds: float)
               "loader batches/s with both extra views over plain FixMatch steps/s"),
         ratio("nan guard / lightning step", guard_seconds / lightning.seconds_per_step,
               f"the guard's record of one step's loss parts ({1e6 * guard_seconds:.1f} us) over the lightning row's step"),
+        ratio("folder cache / in memory", rows["lightning, folder cache"].images_per_second / lightning.images_per_second
+              if "lightning, folder cache" in rows else None,
+              "images/s of the lightning row read from --folder's cache over the in-memory lightning row"
+              if "lightning, folder cache" in rows else "needs --folder"),
     ]
 
 
@@ -628,6 +640,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="one more, untimed round per row: top ops (torch.profiler) or Lightning's hook times")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks that every row runs, measures nothing")
     p.add_argument("--json", type=Path, help="write settings, rows, ratios and FLOPs here")
+    p.add_argument("--folder", type=Path, help="the same dataset as image files (datamodules.export_folder): a "
+                   "lightning row reads it from the folder cache, side by side with the in-memory one")
     args = p.parse_args(argv)
     defaults = QUICK if args.quick else {**FULL, **{k: S.SETTINGS[k].default for k in ("batch_size", "unlabeled_batch_size")}}
     for key in ("batch_size", "unlabeled_batch_size", "steps", "warmup", "rounds"):
@@ -661,6 +675,8 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
             runs[name] = functools.partial(train_plain, bench, job_config(args, pooling=cfg["pooling"], **changes))
     runs["loader"] = functools.partial(time_loader, bench)
     runs["loader + views"] = functools.partial(time_loader, bench, views=True)
+    if bench.folder_datamodule is not None:
+        runs["lightning, folder cache"] = functools.partial(train_lightning, bench, cfg, from_folder=True)
     return runs
 
 

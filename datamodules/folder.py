@@ -336,13 +336,13 @@ def channel_stats(images: DiskImages, rows: np.ndarray) -> tuple[tuple[float, ..
     total = np.zeros(images.item_shape[0])
     squares = np.zeros(images.item_shape[0])
     count = 0
-    for start in range(0, len(sample), 1024):
-        batch = images.subset(sample[start:start + 1024])[:].numpy().astype(np.float64) / 255.0
-        total += batch.sum(axis=(0, 2, 3))
-        squares += (batch ** 2).sum(axis=(0, 2, 3))
+    for start in range(0, len(sample), 64):  # small batches: large images must not make a memory peak here
+        batch = images.subset(sample[start:start + 64])[:].numpy().astype(np.float32)
+        total += batch.sum(axis=(0, 2, 3), dtype=np.float64)
+        squares += (batch * batch).sum(axis=(0, 2, 3), dtype=np.float64)
         count += batch.shape[0] * batch.shape[2] * batch.shape[3]
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(squares / max(count, 1) - mean ** 2, 1e-12))
+    mean = total / max(count, 1) / 255.0
+    std = np.sqrt(np.maximum(squares / max(count, 1) / 255.0 ** 2 - mean ** 2, 1e-12))
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 

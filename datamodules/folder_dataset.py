@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from swwae_lightning.presets import PRESETS
 
@@ -27,7 +28,8 @@ _described: dict[tuple, DatasetInfo] = {}
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    if rank_zero_only.rank == 0:  # every DDP rank reads the folder; one says what it found
+        print(line, file=sys.stderr, flush=True)
 
 
 def _check_classes(root: Path, split_folder: str, classes: list[str], labels: np.ndarray, files: Counter,

@@ -20,15 +20,30 @@ def bundled_mnist(monkeypatch, mnist_splits):
     monkeypatch.setitem(registry.DATASETS, "mnist", dataclasses.replace(info, load=lambda *a, **k: mnist_splits))
 
 
-def test_quick_run_reports_every_row_and_ratio(bundled_mnist, tmp_path, capsys):
+@pytest.fixture
+def mnist_folder(tmp_path, mnist_splits):
+    """The first 5,300 training and 100 test images of MNIST as PNG files (the default job holds out 5,000)."""
+    from PIL import Image
+
+    for split, images, labels, n in (("train", mnist_splits.train_images, mnist_splits.train_labels, 5300),
+                                     ("test", mnist_splits.test_images, mnist_splits.test_labels, 100)):
+        for i in range(n):
+            path = tmp_path / "mnist-png" / split / str(int(labels[i])) / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i, 0].numpy()).save(path)
+    return tmp_path / "mnist-png"
+
+
+def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_path, capsys):
     out = tmp_path / "rows.json"
-    result = throughput.main(["--quick", "--device", "cpu", "--json", str(out)])
+    result = throughput.main(["--quick", "--device", "cpu", "--json", str(out), "--folder", str(mnist_folder)])
     printed = capsys.readouterr()
     assert "it/s" not in printed.out + printed.err and "lightning / plain" in printed.out  # tables, no progress bars
 
     assert [row["name"] for row in result["rows"]] == [
         "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "plain + fixmatch",
-        "plain + fixmatch + swwae", "plain + mean teacher", "plain + swap", "plain, label top", "loader", "loader + views"]
+        "plain + fixmatch + swwae", "plain + mean teacher", "plain + swap", "plain, label top", "loader", "loader + views",
+        "lightning, folder cache"]
     assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
     ratios = {r["name"]: r for r in result["ratios"]}
     assert set(throughput.TARGETS) <= set(ratios)

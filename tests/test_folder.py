@@ -432,3 +432,14 @@ def test_the_exporter_writes_the_academic_layout_and_the_folder_dataset_reads_ba
     order = torch.argsort(original.test_labels * 1000 + torch.arange(100))
     assert torch.equal(splits.test_images[:], original.test_images[order])
     assert torch.equal(splits.test_labels, original.test_labels[order])
+
+
+def test_the_per_channel_mean_and_std_are_those_of_the_training_images(tmp_path):
+    path = tmp_path / "images.u8"
+    array = np.random.default_rng(0).integers(0, 256, (300, 3, 4, 4), dtype=np.uint8)
+    path.write_bytes(array.tobytes())
+    images = folder.DiskImages(path, (3, 4, 4), np.arange(300))
+    mean, std = folder.channel_stats(images, np.arange(100, 300))  # a sample of at most 10,000: all 200 here
+    scaled = array[100:].astype(np.float64) / 255
+    assert mean == pytest.approx(tuple(scaled.mean(axis=(0, 2, 3))), abs=1e-6)
+    assert std == pytest.approx(tuple(scaled.std(axis=(0, 2, 3))), abs=1e-6)

@@ -2,6 +2,7 @@
 packages register through the entry-point group; the loss-term contract is explicit."""
 
 import csv
+import inspect
 import json
 import os
 import re
@@ -14,44 +15,20 @@ import pytest
 import torch
 import yaml
 
+import test_extending
 import train
 from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, plugins, settings
 from swwae_lightning.objectives import TermContractError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A user's file: a tiny dataset and a loss term that uses the decoder, registered on import.
-PLUGIN = textwrap.dedent('''
-    import torch
-    from swwae_lightning import TERMS, DatasetInfo, ImageSplits, LossTerm, Setting, register_dataset, settings
-
-    def load_blobs(data_dir, download, include_extra):
-        generator = torch.Generator().manual_seed(0)
-
-        def draw(n):
-            labels = torch.arange(n) % 4
-            images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
-            for c in range(4):
-                row, col = divmod(c, 2)
-                images[labels == c, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 180
-            return images, labels
-
-        return ImageSplits(*draw(400), *draw(100))
-
-    register_dataset(DatasetInfo("blobs", load_blobs, image_shape=(1, 8, 8), num_classes=4, mean=(0.3,), std=(0.3,),
-                                 hflip=False, preset="8C3-MP2-FC32"))
-
-    @TERMS.register
-    class WhatSparsity(LossTerm):
-        """Mean absolute value of the top what over every row."""
-        name = "sparsity"
-        weight = Setting("lambda_sparsity", 0.0, "weight of the top-what L1 penalty", "objectives", type=float,
-                         check=settings.at_least(0))
-        needs = frozenset({"decoder"})
-
-        def __call__(self, step):
-            return step.output.encoder_states[-1].abs().mean()
-''')
+# A user's file: the README's dataset and loss-term examples (tests/test_extending.py), registered on import.
+PLUGIN = "\n".join([
+    "import torch",
+    "from swwae_lightning import TERMS, DatasetInfo, ImageSplits, LossTerm, Setting, register_dataset, settings",
+    *(textwrap.dedent(inspect.getsource(f)) for f in (test_extending.load_blobs, test_extending.register_blobs,
+                                                       test_extending.register_sparsity)),
+    "register_blobs()", "register_sparsity()", ""])
 
 SMALL = ["--dataset", "blobs", "--labels", "40", "--val-size", "50", "--batch-size", "8", "--unlabeled-batch-size",
          "16", "--logger", "csv", "--limit-train-batches", "2", "--limit-val-batches", "1", "--num-images", "4"]
