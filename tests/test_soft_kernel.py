@@ -112,10 +112,10 @@ def test_small_gradients_stay_out_of_the_subnormal_range(request, path):
 def test_a_kernel_that_cannot_be_built_leaves_the_tensor_path_and_one_line(monkeypatch, caplog):
     from torch.utils import cpp_extension
 
-    def no_compiler(*args, **kwargs):
+    def no_ninja(*args, **kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
 
-    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(cpp_extension, "verify_ninja_availability", no_ninja)
     soft_kernel.kernel.cache_clear()
     caplog.set_level(logging.INFO)
     try:
@@ -131,3 +131,18 @@ def test_a_kernel_that_cannot_be_built_leaves_the_tensor_path_and_one_line(monke
 
 def test_kernel_applies_only_where_the_window_divides_the_map():
     assert soft._kernel_for(torch.zeros(1, 1, 5, 4), 2) is None
+
+
+def test_a_kernel_source_that_does_not_compile_fails_instead_of_falling_back(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def compile_error(*args, **kwargs):
+        raise RuntimeError("Error building extension 'swwae_soft_pool': soft_kernel.cpp:12: error: expected ';'")
+
+    monkeypatch.setattr(cpp_extension, "load", compile_error)
+    soft_kernel.kernel.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="Error building extension"):
+            soft_kernel.kernel()
+    finally:
+        soft_kernel.kernel.cache_clear()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -25,19 +27,35 @@ SOURCE = Path(__file__).with_name("soft_kernel.cpp")
 DTYPES = (torch.float32, torch.float64)
 
 
+def _toolchain_problem(cpp_extension) -> str | None:
+    """What this machine lacks to build the kernel (ninja, a C++ compiler), or None."""
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError as error:
+        return (str(error).strip().splitlines() or ["no ninja"])[0]
+    compiler = os.environ.get("CXX", "c++")
+    return None if shutil.which(compiler) else f"no C++ compiler ({compiler!r} is not on PATH)"
+
+
 @functools.cache
 def kernel() -> ModuleType | None:
-    """The compiled module, or None where it cannot be built (the reason is logged once)."""
-    try:
-        # cpp_extension warns at import that no CUDA runtime was found: true for a CPU kernel, nothing to act on.
-        with raised_level("torch.utils.cpp_extension", logging.ERROR):
-            from torch.utils import cpp_extension
+    """The compiled module, or None where this machine cannot build it (the reason is logged once).
 
-            return cpp_extension.load(name="swwae_soft_pool", sources=[str(SOURCE)], extra_cflags=["-O3"])
-    except Exception as error:  # no compiler, no ninja, a read-only cache: the tensor path still works
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        rank_zero_info(f"soft pooling: the CPU kernel could not be built ({first_line}); using tensor operations")
-        return None
+    Only a missing toolchain or an unwritable extension cache falls back to the tensor path: a
+    compile error in ``soft_kernel.cpp`` is a bug and raises, so the tests fail instead of skipping it.
+    """
+    # cpp_extension warns at import that no CUDA runtime was found: true for a CPU kernel, nothing to act on.
+    with raised_level("torch.utils.cpp_extension", logging.ERROR):
+        from torch.utils import cpp_extension
+
+        problem = _toolchain_problem(cpp_extension)
+        if problem is None:
+            try:
+                return cpp_extension.load(name="swwae_soft_pool", sources=[str(SOURCE)], extra_cflags=["-O3"])
+            except OSError as error:  # a read-only or full extension cache
+                problem = f"{type(error).__name__}: {error.strerror or error}"
+    rank_zero_info(f"soft pooling: the CPU kernel could not be built ({problem}); using tensor operations")
+    return None
 
 
 def usable(t: torch.Tensor) -> ModuleType | None:
