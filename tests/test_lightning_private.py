@@ -12,7 +12,9 @@ from swwae_lightning import lightning_private
 
 def test_the_installed_lightning_has_what_the_metrics_csv_override_uses():
     lightning_private.check_csv_writer()  # what importing the module does; raises if anything is missing
-    assert "_check_log_dir_exists" in vars(lightning_private.AppendingWriter)  # the override is really an override
+    # the override replaces a method Lightning's writer really has (and calls when it opens metrics.csv)
+    assert callable(getattr(ExperimentWriter, "_check_log_dir_exists", None))
+    assert "_check_log_dir_exists" in vars(lightning_private.AppendingWriter)
 
 
 def test_a_lightning_without_it_fails_at_import_naming_what_is_missing():
