@@ -171,7 +171,8 @@ def _hardware(trainer: pl.Trainer) -> str:
 def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
     metrics = results[0] if results else {}
     return {"test_error": float(metrics.get("test/error", float("nan"))),
-            "test_accuracy": float(metrics.get("test/acc", float("nan"))), "hardware": _hardware(trainer)}
+            "test_accuracy": float(metrics.get("test/acc", float("nan"))), "hardware": _hardware(trainer),
+            "torch_threads": torch.get_num_threads()}  # the thread count changes float results
 
 
 def load_finetune_weights(module: SWWAEModule, path: str) -> None:
