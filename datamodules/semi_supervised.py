@@ -178,10 +178,16 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             raise ValueError(f"checkpoint split is for dataset {state['dataset']!r}, not {self.dataset!r}")
         self.labeled_indices = torch.tensor(state["labeled_indices"], dtype=torch.long)
         self.val_indices = torch.tensor(state["val_indices"], dtype=torch.long)
-        saved = state.get("preprocessing")
-        if saved and self.dataset == "folder":  # the statistics the model was trained with, not today's files'
-            self.info = dataclasses.replace(self.info, mean=tuple(saved["mean"]), std=tuple(saved["std"]),
-                                            class_names=tuple(saved["class_names"]))
+        if state.get("preprocessing"):
+            self.use_preprocessing(state["preprocessing"], class_names=True)
+
+    def use_preprocessing(self, saved: dict, class_names: bool) -> None:
+        """A folder's images normalized with the statistics a checkpoint's model was trained with, not those of
+        today's files (and, for the same run, its class names: a fine-tuned run names its own classes)."""
+        if self.dataset != "folder":
+            return
+        names = tuple(saved["class_names"]) if class_names else self.info.class_names
+        self.info = dataclasses.replace(self.info, mean=tuple(saved["mean"]), std=tuple(saved["std"]), class_names=names)
 
     def write_run_files(self, run_dir: Path) -> None:
         """The exact split (for the run directory and a paper's appendix), the preprocessing the model is

@@ -265,15 +265,16 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | No
     return claim
 
 
-def _keep_preprocessing(cfg: dict, checkpoint: dict) -> None:
-    """A resumed run sees its images as it was trained to: its image size and channels, or one line."""
+def _keep_preprocessing(cfg: dict, checkpoint: dict, who: str) -> None:
+    """A resumed or fine-tuned model sees a folder's images as it was trained to: its image size and
+    channels (its mean and std are the DataModule's to restore), or one line."""
     saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
     if not saved or cfg["dataset"] != "folder":
         return
     for name in ("image_size", "channels"):
         if cfg[name] is not None and cfg[name] != saved[name]:
-            raise CLIError(f"--{name.replace('_', '-')} {cfg[name]} differs from the run's {saved[name]}: a resumed "
-                           f"run keeps the preprocessing it was trained with")
+            raise CLIError(f"--{name.replace('_', '-')} {cfg[name]} differs from the checkpoint's {saved[name]}: "
+                           f"{who} keeps the preprocessing its model was trained with")
         cfg[name] = saved[name]
 
 
@@ -330,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = _new_run_dir(cfg)
             ckpt = _requeue_checkpoint(run_dir)  # a requeued SLURM job continues from what it saved
         if ckpt is not None:
-            _keep_preprocessing(cfg, load_checkpoint(ckpt))  # a missing, empty or corrupt file fails here, in one line
+            _keep_preprocessing(cfg, load_checkpoint(ckpt), "a resumed run")  # a bad file fails here, in one line
             resume_from = str(ckpt)
+        if cfg["finetune_from"]:
+            _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
         cfg.update(experiment.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.

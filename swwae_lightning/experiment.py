@@ -196,6 +196,9 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     datamodule.setup("fit")
     if cfg["finetune_from"]:
         load_finetune_weights(module, cfg["finetune_from"])
+        saved = load_checkpoint(cfg["finetune_from"]).get("SemiSupervisedDataModule", {}).get("preprocessing")
+        if saved:
+            datamodule.use_preprocessing(saved, class_names=False)
     return module, datamodule
 
 

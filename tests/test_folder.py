@@ -361,8 +361,17 @@ def test_a_resumed_run_keeps_its_preprocessing_and_refuses_another_image_size_in
     capsys.readouterr()
     assert train.main(["--run-dir", str(run_dir), "--resume", "last", "--image-size", "16"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --image-size 16 differs from the run's 8: a resumed run keeps the preprocessing it was "
-                   "trained with")
+    assert err == ("error: --image-size 16 differs from the checkpoint's 8: a resumed run keeps the preprocessing "
+                   "its model was trained with")
+    # fine-tuned on other images of the same classes: the checkpoint's size, channels, mean and std, its own names
+    other = academic_tree(tmp_path / "other", train=40, test=5)
+    for path in (other / "train").rglob("*.png"):
+        write_png(path, np.asarray(Image.open(path)) // 2)  # darker: other statistics
+    tuned = tmp_path / "tuned"
+    assert train.main([*SMALL[:2], "--data-dir", str(other), *SMALL[4:], "--labels", "40", "--val-size", "20",
+                       "--finetune-from", str(run_dir / "checkpoints" / "last.ckpt"), "--run-dir", str(tuned)]) == 0
+    first, second = (json.loads((d / "preprocessing.json").read_text()) for d in (run_dir, tuned))
+    assert second == first and second["image_size"] == 8
 
 
 # ----------------------------------------------------------------------------- labels back
