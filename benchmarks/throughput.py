@@ -488,9 +488,10 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
                profile=top_hooks(hooks, steps) if hooks else "")
 
 
-def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool = False, views: bool = False) -> Row:
+def time_loader(bench: Bench, warmup: int, steps: int, name: str, profile: bool = False, views: bool = False,
+                from_folder: bool = False) -> Row:
     """The data path alone: streams, CombinedLoader, transfer, normalization and augmentation (and the views)."""
-    datamodule = bench.views_datamodule if views else bench.datamodule
+    datamodule = bench.views_datamodule if views else bench.folder_datamodule if from_folder else bench.datamodule
     batches, clock = device_batches(datamodule, bench.device), StepClock(warmup, steps, bench.synchronize)
     with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
         while clock.running:
@@ -677,6 +678,7 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
     runs["loader + views"] = functools.partial(time_loader, bench, views=True)
     if bench.folder_datamodule is not None:
         runs["lightning, folder cache"] = functools.partial(train_lightning, bench, cfg, from_folder=True)
+        runs["loader, folder cache"] = functools.partial(time_loader, bench, from_folder=True)
     return runs
 
 

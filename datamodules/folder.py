@@ -17,7 +17,6 @@ import io
 import json
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -57,7 +56,7 @@ class Entry:
 
 
 # ----------------------------------------------------------------------------- indexing
-def _files_under(folder: Path) -> list[tuple[tuple[str, ...], os.stat_result]]:
+def files_under(folder: Path) -> list[tuple[tuple[str, ...], os.stat_result]]:
     """(path parts below ``folder``, stat) of every visible file at any depth, sorted; hidden names are skipped."""
     found = []
 
@@ -105,7 +104,7 @@ def index(root: Path) -> tuple[str, list[str], list[Entry], list[tuple[str, str]
     from tqdm.auto import tqdm
 
     for split, folder in folders.items():
-        files = _files_under(folder)
+        files = files_under(folder)
         for parts, stat in tqdm(files, desc=f"indexing {split}/", unit="file", disable=len(files) < PARALLEL_ABOVE,
                                 file=sys.stderr):
             relative = "/".join((split, *parts))
@@ -181,18 +180,23 @@ def _decode_file(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str
         return None, failure_reason(error), digest
 
 
-def dominant_channels(root: Path, entries: list[Entry]) -> int:
-    """3 when most of a seeded sample of the images are in colour, else 1 (headers only, nothing decoded)."""
-    generator = np.random.default_rng(0)
-    sample = generator.permutation(len(entries))[:500]
-    modes = Counter()
-    for i in sample:
+def _sample_headers(root: Path, entries: list[Entry], n: int) -> list[tuple[bool, int]]:
+    """(grayscale?, shorter side) of a seeded sample of ``n`` images, from their headers (nothing is decoded)."""
+    found = []
+    for i in np.random.default_rng(0).permutation(len(entries))[:n]:
         try:
             with Image.open(root / entries[i].path) as image:
-                modes["gray" if image.mode in GRAY_MODES or (image.mode == "P" and _gray_palette(image)) else "color"] += 1
+                gray = image.mode in GRAY_MODES or (image.mode == "P" and _gray_palette(image))
+                found.append((gray, min(image.size)))
         except Exception:  # noqa: BLE001  (a bad file is reported when it is decoded)
             continue
-    return 3 if modes["color"] > modes["gray"] else 1
+    return found
+
+
+def dominant_channels(root: Path, entries: list[Entry]) -> int:
+    """3 when most of a seeded sample of the images are in colour, else 1."""
+    headers = _sample_headers(root, entries, 500)
+    return 3 if sum(not gray for gray, _ in headers) > len(headers) / 2 else 1
 
 
 def _gray_palette(image: Image.Image) -> bool:
@@ -202,13 +206,7 @@ def _gray_palette(image: Image.Image) -> bool:
 
 def default_image_size(root: Path, entries: list[Entry]) -> int:
     """The preset side nearest the median shorter side of a seeded sample of the images (the smaller on a tie)."""
-    sides = []
-    for i in np.random.default_rng(0).permutation(len(entries))[:200]:
-        try:
-            with Image.open(root / entries[i].path) as image:
-                sides.append(min(image.size))
-        except Exception:  # noqa: BLE001
-            continue
+    sides = [side for _, side in _sample_headers(root, entries, 200)]
     median = float(np.median(sides)) if sides else SIZE_PRESETS[0]
     return min(SIZE_PRESETS, key=lambda s: (abs(s - median), s))
 
@@ -346,5 +344,5 @@ def channel_stats(images: DiskImages, rows: np.ndarray) -> tuple[tuple[float, ..
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
-__all__ = ["FolderError", "Entry", "layout", "index", "decode", "DiskImages", "cached", "channel_stats",
+__all__ = ["FolderError", "Entry", "layout", "files_under", "index", "decode", "DiskImages", "cached", "channel_stats",
            "dominant_channels", "default_image_size", "SIZE_PRESETS", "CACHE_FOLDER"]

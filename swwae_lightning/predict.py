@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from datamodules import augment
-from datamodules.folder import decode, failure_reason
+from datamodules.folder import decode, failure_reason, files_under
 from datamodules.registry import get_dataset
 
 from . import settings as S
@@ -46,11 +46,6 @@ def preprocessing_of(checkpoint: dict) -> dict:
     channels, size, _ = info.image_shape
     return {"image_size": size, "channels": channels, "class_names": list(info.class_names),
             "mean": list(info.mean), "std": list(info.std)}
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _run_dir(checkpoint_path: Path) -> Path:
@@ -85,7 +80,7 @@ def predict(cfg: dict) -> dict:
         root = Path(cfg["images"])
         if not root.is_dir():
             raise ValueError(f"--images {cfg['images']!r} is not a folder")
-        files = _files(root)
+        files = [root.joinpath(*parts) for parts, _ in files_under(root)]
     elif cfg["dataset"] == "folder":
         root, files = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint)
     else:

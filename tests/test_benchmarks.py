@@ -43,7 +43,7 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
     assert [row["name"] for row in result["rows"]] == [
         "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "plain + fixmatch",
         "plain + fixmatch + swwae", "plain + mean teacher", "plain + swap", "plain, label top", "loader", "loader + views",
-        "lightning, folder cache"]
+        "lightning, folder cache", "loader, folder cache"]
     assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
     ratios = {r["name"]: r for r in result["ratios"]}
     assert set(throughput.TARGETS) <= set(ratios)
