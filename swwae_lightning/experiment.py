@@ -21,7 +21,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule
 from . import settings as S
 from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatible, load_checkpoint
 from .module import SWWAEModule, module_settings
-from .objectives import views_needed
+from .objectives import DECODER, needs_of, views_needed
 from .run_files import RunCSVLogger, RunRecord, write_json
 from .tracking import WandbRunId, finish_wandb, tensorboard_logger, wandb_logger, write_summary
 
@@ -111,13 +111,21 @@ def build_module(cfg: dict) -> SWWAEModule:
 
 
 def _devices(cfg: dict) -> dict:
-    """--gpus N is shorthand for accelerator=gpu, devices=N and DDP when N > 1."""
+    """--gpus N is shorthand for accelerator=gpu, devices=N and DDP when N > 1.
+
+    Without a term that needs the decoder (the baseline, FixMatch, the mean teacher), the decoder's
+    weights get no gradient, which plain DDP refuses: it is told to look for unused parameters.
+    """
     if cfg["gpus"]:
         found = torch.cuda.device_count()
         if cfg["gpus"] > found:
             raise ValueError(f"--gpus {cfg['gpus']} asks for {cfg['gpus']} GPUs but {found} were found on this machine")
-        return {"accelerator": "gpu", "devices": cfg["gpus"], "strategy": "ddp" if cfg["gpus"] > 1 else "auto"}
-    return {"accelerator": cfg["accelerator"], "devices": cfg["devices"], "strategy": cfg["strategy"]}
+        chosen = {"accelerator": "gpu", "devices": cfg["gpus"], "strategy": "ddp" if cfg["gpus"] > 1 else "auto"}
+    else:
+        chosen = {"accelerator": cfg["accelerator"], "devices": cfg["devices"], "strategy": cfg["strategy"]}
+    if chosen["strategy"] == "ddp" and DECODER not in needs_of(cfg):
+        chosen["strategy"] = "ddp_find_unused_parameters_true"
+    return chosen
 
 
 def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:

@@ -208,13 +208,25 @@ def test_bad_files_are_skipped_listed_with_their_reasons_and_training_goes_on(tm
     assert "truncated" in listed["train/dog/truncated.png"] or "broken" in listed["train/dog/truncated.png"].lower()
 
 
-def test_a_file_corrupted_after_it_was_cached_neither_stops_the_run_nor_is_used_by_the_next(tmp_path):
+def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_the_next(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    from swwae_lightning import experiment
+
     tree = academic_tree(tmp_path / "tree")
+
+    class CorruptAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                (tree / "train" / "chien" / "007.png").write_bytes(b"\x89PNG garbage")  # changed on disk
+
+    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [CorruptAfterFirstEpoch()])
+    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--max-epochs", "2",
+                       "--run-dir", str(tmp_path / "first")]) == 0  # the second epoch reads the cached pixels
+    assert results(tmp_path / "first")["epochs"] == 2
+    assert not (tmp_path / "first" / "skipped_files.txt").exists()
     assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(tmp_path / "first")]) == 0
-    (tree / "train" / "chien" / "007.png").write_bytes(b"\x89PNG garbage")  # changed on disk
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(tmp_path / "second")]) == 0
+                       "--run-dir", str(tmp_path / "second")]) == 0  # the next start decodes it again
     listed = (tmp_path / "second" / "skipped_files.txt").read_text()
     assert listed.startswith("train/chien/007.png\t")
 
@@ -452,3 +464,37 @@ def test_the_per_channel_mean_and_std_are_those_of_the_training_images(tmp_path)
     scaled = array[100:].astype(np.float64) / 255
     assert mean == pytest.approx(tuple(scaled.mean(axis=(0, 2, 3))), abs=1e-6)
     assert std == pytest.approx(tuple(scaled.std(axis=(0, 2, 3))), abs=1e-6)
+
+
+SEEN_PLUGIN = '''
+import hashlib, os
+from swwae_lightning import TERMS, LossTerm, Setting
+
+@TERMS.register
+class Seen(LossTerm):
+    """Writes which unlabeled images this rank trained on; adds nothing to the loss."""
+    name = "seen"
+    weight = Setting("lambda_seen", 0.0, "weight of seen", "objectives", type=float)
+    needs = frozenset({"unlabeled"})
+
+    def __call__(self, step):
+        with open(os.environ["SEEN_DIR"] + f"/rank{os.environ.get('LOCAL_RANK', '0')}.txt", "a") as f:
+            for image in step.unlabeled:
+                f.write(hashlib.sha1(image.numpy().tobytes()).hexdigest() + "\\n")
+        return step.unlabeled.sum() * 0
+'''
+
+
+def test_a_two_process_ddp_run_of_a_folder_trains_each_rank_on_its_own_half_of_the_pool(tmp_path):
+    tree = practitioner_tree(tmp_path / "tree", unlabeled=128)
+    (tmp_path / "seen.py").write_text(SEEN_PLUGIN)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *SMALL, "--data-dir", str(tree), "--labels", "all",
+                           "--no-augment", "--lambda-rec", "0", "--lambda-mid", "0", "--lambda-seen", "1",
+                           "--plugins", str(tmp_path / "seen.py"), "--accelerator", "cpu", "--devices", "2",
+                           "--strategy", "ddp", "--run-dir", str(tmp_path / "run")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "SEEN_DIR": str(tmp_path)})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    seen = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 64  # 128 images, 16 a step, 4 steps on each rank
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 128  # disjoint, all of the pool
