@@ -11,6 +11,7 @@ pool while the labeled set cycles, reshuffled at every cycle.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -169,9 +170,27 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return {"image_size": size, "channels": channels, "class_names": list(self.info.class_names),
                 "mean": list(self.info.mean), "std": list(self.info.std)}
 
+    def files_fingerprint(self) -> str | None:
+        """A folder dataset's readable files, in row order, as one hash: the split's indices point into them."""
+        if not self.splits.paths:
+            return None
+        listing = "\n".join([*self.splits.paths["train"], "", *self.splits.paths["extra"]])
+        return hashlib.sha1(listing.encode()).hexdigest()
+
     def state_dict(self) -> dict:
-        return {"labeled_indices": self.labeled_indices.tolist(), "val_indices": self.val_indices.tolist(),
-                "dataset": self.dataset, "preprocessing": self.preprocessing()}
+        state = {"labeled_indices": self.labeled_indices.tolist(), "val_indices": self.val_indices.tolist(),
+                 "dataset": self.dataset, "preprocessing": self.preprocessing()}
+        if self.files_fingerprint():
+            state["files"] = self.files_fingerprint()
+        return state
+
+    def check_same_files(self, state: dict) -> None:
+        """A resumed split is only right over the files it was drawn from: refuse, in one line, if they changed."""
+        saved, now = state.get("files"), self.files_fingerprint()
+        if saved and now and saved != now:
+            raise ValueError(f"the files under {self.data_dir} changed since this run started (readable training "
+                             f"files now: {len(self.splits.paths['train']):,}): a resume needs the files it was "
+                             f"started with; start a new run instead")
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("dataset", self.dataset) != self.dataset:

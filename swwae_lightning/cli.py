@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["finetune_from"]:
             _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
+        if resume_from:
+            datamodule.check_same_files(load_checkpoint(resume_from).get("SemiSupervisedDataModule", {}))
         cfg.update(experiment.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)

@@ -375,6 +375,10 @@ def test_a_resumed_run_keeps_its_preprocessing_and_refuses_another_image_size_in
     err = capsys.readouterr().err.strip()
     assert err == ("error: --image-size 16 differs from the checkpoint's 8: a resumed run keeps the preprocessing "
                    "its model was trained with")
+    (tree / "train" / "dog" / "000.png").unlink()  # the split's indices would now point at other files
+    assert train.main(["--run-dir", str(run_dir), "--resume", "last"]) == 2
+    assert "changed since this run started (readable training files now: 239)" in capsys.readouterr().err
+    write_png(tree / "train" / "dog" / "000.png", pattern(3, 0))
     # fine-tuned on other images of the same classes: the checkpoint's size, channels, mean and std, its own names
     other = academic_tree(tmp_path / "other", train=40, test=5)
     for path in (other / "train").rglob("*.png"):
