@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the packages, when run as a script
+
+from benchmarks.results import write_result  # noqa: E402
 START = """
 import sys, time
 sys.path.insert(0, {repo!r})
@@ -58,10 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
               "note": "each start is a fresh Python process; *_process_s adds the interpreter start and its imports; "
                       "the cache is deleted before the first, the reused figure is the best of 3"}
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":

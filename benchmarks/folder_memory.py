@@ -25,6 +25,9 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the packages, when run as a script
+
+from benchmarks.results import write_result  # noqa: E402
 SIDE = 96
 ARCH = "8C3-MP4-8C3-MP4-FC16"  # small: the model's memory is not what is measured
 
@@ -83,10 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
               "note": "peak RSS of train.py (ru_maxrss of the child), one epoch: every unlabeled image read once; "
                       "the tiny pool's peak is the interpreter, torch, Lightning and the model (the margin)"}
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, when run as a script
 
+from benchmarks.results import write_result  # noqa: E402
 from datamodules.registry import DATASETS, get_dataset  # noqa: E402
 from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
@@ -729,10 +730,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_report(result))
     for name, text in result["profiles"].items():
         print(f"\nprofile of {name} (an extra round, not timed):\n{text}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":

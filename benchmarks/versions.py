@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the packages, when run as a script
+
+from benchmarks.results import write_result  # noqa: E402
 
 
 def benchmark_rows(tree: Path, out: Path, extra: list[str]) -> dict[str, float]:
@@ -75,10 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row, ratio in result["old_over_new"].items():
         print(f"  {row:<28} {result['best_ms_per_step']['old'][row]:9.1f} {result['best_ms_per_step']['new'][row]:9.1f}"
               f"  {ratio:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.json, result)
 
 
 if __name__ == "__main__":
