@@ -324,26 +324,27 @@ def main(argv: list[str] | None = None) -> int:
 
             predict(cfg)
             return 0
-        resume_from = None
+        resume_from, resumed = None, {}
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
         else:
             run_dir = _new_run_dir(cfg)
             ckpt = _requeue_checkpoint(run_dir)  # a requeued SLURM job continues from what it saved
         if ckpt is not None:
-            _keep_preprocessing(cfg, load_checkpoint(ckpt), "a resumed run")  # a bad file fails here, in one line
+            resumed = load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
+            _keep_preprocessing(cfg, resumed, "a resumed run")
             resume_from = str(ckpt)
         if cfg["finetune_from"]:
             _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
         module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
         if resume_from:
-            datamodule.check_same_files(load_checkpoint(resume_from).get("SemiSupervisedDataModule", {}))
+            datamodule.check_same_files(resumed.get("SemiSupervisedDataModule", {}))
         cfg.update(experiment.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        trainer = experiment.build_trainer(cfg, run_dir, experiment.wandb_resume_id(resume_from))
+        trainer = experiment.build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         _release_run_dir(claim)
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)

@@ -183,12 +183,13 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
             "torch_threads": torch.get_num_threads()}  # the thread count changes float results
 
 
-def load_finetune_weights(module: SWWAEModule, path: str) -> None:
-    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ."""
+def load_finetune_weights(module: SWWAEModule, path: str) -> dict:
+    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ; returns the checkpoint."""
     checkpoint = load_checkpoint(path)
     theirs = checkpoint["state_dict"]
     check_compatible(module.state_dict(), theirs, path)
     module.load_state_dict(theirs)
+    return checkpoint
 
 
 def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
@@ -203,8 +204,8 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     if cfg["finetune_from"]:
-        load_finetune_weights(module, cfg["finetune_from"])
-        saved = load_checkpoint(cfg["finetune_from"]).get("SemiSupervisedDataModule", {}).get("preprocessing")
+        checkpoint = load_finetune_weights(module, cfg["finetune_from"])
+        saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
         if saved:
             datamodule.use_preprocessing(saved, class_names=False)
     return module, datamodule

@@ -103,8 +103,9 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     original = experiment.load_finetune_weights
 
     def spy(module, path):
-        original(module, path)
+        checkpoint = original(module, path)
         loaded.update(encoder_weights(module))
+        return checkpoint
 
     monkeypatch.setattr(experiment, "load_finetune_weights", spy)
     assert run(tmp_path, tiny_dataset, "--finetune-from", str(source), "--freeze-encoder", "--max-epochs", "1",
