@@ -41,7 +41,7 @@ from benchmarks.results import write_result  # noqa: E402
 from datamodules.registry import DATASETS, get_dataset  # noqa: E402
 from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
-from swwae_lightning import experiment, plugins  # noqa: E402
+from swwae_lightning.orchestration import training, plugins  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.log_levels import raised_level  # noqa: E402
 from swwae_lightning.module import ema_teacher  # noqa: E402
@@ -49,7 +49,7 @@ from swwae_lightning.nan_guard import NonFiniteGuard  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
 from swwae_lightning.pooling import POOLINGS  # noqa: E402
-from swwae_lightning.run_files import RunCSVLogger  # noqa: E402
+from swwae_lightning.orchestration.run_files import RunCSVLogger  # noqa: E402
 
 FULL = {"steps": 30, "warmup": 5, "rounds": 3,
         "matmul_size": {"cpu": 2048, "cuda": 8192}, "val_batches": 2, "guard_calls": 1000}
@@ -168,7 +168,7 @@ class Bench:
 
 def job_config(args: argparse.Namespace, **overrides) -> dict:
     """The declared defaults (the default job) with the benchmark's choices on top."""
-    S.register_settings_modules()
+    plugins.declare_all_settings()
     cfg = S.defaults()
     cfg.update(dataset=args.dataset, data_dir=args.data_dir, download=False, batch_size=args.batch_size,
                unlabeled_batch_size=args.unlabeled_batch_size, precision=args.precision, logger="csv")
@@ -190,7 +190,7 @@ def random_splits(dataset: str, num_train: int, seed: int = 0) -> ImageSplits:
 
 def load_datamodule(cfg: dict) -> tuple[SemiSupervisedDataModule, str]:
     """The real data when it is on disk or bundled (never downloaded), else random images."""
-    datamodule = experiment.build_datamodule(cfg)
+    datamodule = training.build_datamodule(cfg)
     try:
         datamodule.setup("fit")
         return datamodule, "real"
@@ -213,14 +213,14 @@ def make_bench(args: argparse.Namespace, cfg: dict, run_dir: Path, prepared_batc
     datamodule, data_source = load_datamodule(cfg)
     device = torch.device(args.device)
     batches = list(itertools.islice(device_batches(datamodule, device), prepared_batches))
-    views = SemiSupervisedDataModule(views=VIEWS, **experiment.data_settings(cfg))
+    views = SemiSupervisedDataModule(views=VIEWS, **training.data_settings(cfg))
     views.splits = datamodule.splits  # loaded once
     views.setup("fit")
     view_batches = list(itertools.islice(device_batches(views, device), prepared_batches))
     folder = None
     if args.folder:  # the same images as files: the folder dataset, its cache built here (untimed)
         channels, size, _ = datamodule.info.image_shape
-        folder = experiment.build_datamodule({**cfg, "dataset": "folder", "data_dir": str(args.folder),
+        folder = training.build_datamodule({**cfg, "dataset": "folder", "data_dir": str(args.folder),
                                               "image_size": size, "channels": channels})
         folder.setup("fit")
     return Bench(cfg, datamodule, data_source, device, args.compile, args.channels_last, batches, run_dir,
@@ -238,11 +238,11 @@ def adapt_network(net: StackedWhatWhere, bench: Bench) -> StackedWhatWhere:
 
 
 def new_network(cfg: dict, device: torch.device) -> StackedWhatWhere:
-    """Seeded as experiment.build_module seeds, so it starts from the same weights as the module's net."""
+    """Seeded as training.build_module seeds, so it starts from the same weights as the module's net."""
     pl.seed_everything(cfg["seed"], verbose=False)
     info = get_dataset(cfg["dataset"])
     channels, height, _ = info.image_shape
-    net = StackedWhatWhere(experiment.architecture(cfg), channels, height, info.num_classes,
+    net = StackedWhatWhere(training.architecture(cfg), channels, height, info.num_classes,
                            **{k: cfg[k] for k in S.names_in(["what-where"])})
     return net.to(device)
 
@@ -459,7 +459,7 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
     timed steps, and times the pictures drawn at the end of that validation.
     """
     pl.seed_everything(cfg["seed"], verbose=False)
-    module = experiment.build_module(cfg)
+    module = training.build_module(cfg)
     adapt_network(module.net, bench)
     clock = StepClock(warmup, steps, bench.synchronize)
     window = StepWindow(clock, cfg["seed"])
@@ -467,7 +467,7 @@ def train_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str,
     validation = {"limit_val_batches": 0}
     pictures = EpochEndClock(bench.synchronize)
     if image_callbacks:
-        callbacks += [pictures.opening, *experiment.image_callbacks(cfg, bench.run_dir / name), pictures.closing]
+        callbacks += [pictures.opening, *training.image_callbacks(cfg, bench.run_dir / name), pictures.closing]
         validation = {"limit_val_batches": val_batches, "val_check_interval": warmup + steps,
                       "check_val_every_n_epoch": None}
     hooks = SimpleProfiler(dirpath=bench.run_dir / name, filename="profile") if profile else None
@@ -618,7 +618,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--plugins", nargs="+", default=[])
     plugins.load(first.parse_known_args(argv)[0].plugins)  # a plugin's dataset or pooling is a choice below
-    S.register_settings_modules()
+    plugins.declare_all_settings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plugins", nargs="+", default=[], metavar="PATH_OR_MODULE",
                    help="files or modules to import first: their datasets and poolings can be benchmarked")
@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = QUICK if args.quick else FULL
         result = {
             "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                         "arch": experiment.architecture(cfg)},
+                         "arch": training.architecture(cfg)},
             "device": (torch.cuda.get_device_name(bench.device) if bench.device.type == "cuda"
                        else f"CPU ({os.cpu_count()} cores)"),
             "data": bench.data_source,

@@ -10,8 +10,8 @@ from pathlib import Path
 from torch import Tensor
 
 from datamodules.registry import get_dataset
-from swwae_lightning.checkpoints import load_checkpoint
-from swwae_lightning.experiment import result_settings
+from swwae_lightning.orchestration.checkpoints import load_checkpoint
+from swwae_lightning.orchestration.training import result_settings
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
 
@@ -25,7 +25,7 @@ def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
     A finished run (results.json) is reused as it is, an interrupted one is resumed, so a
     study can be rerun to redo only its tables and pictures.
     """
-    from swwae_lightning.cli import main
+    from swwae_lightning.orchestration.cli import main
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from swwae_lightning import report
+from swwae_lightning.orchestration import report
 from swwae_lightning import settings as S
 
 

@@ -221,16 +221,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 arguments.add_argument(f"--{s.name}", **{**kwargs, "help": argparse.SUPPRESS})
 
 
-def register_settings_modules() -> None:
-    """Import the modules that declare the built-in settings (their import declares them), then the
-    installed plugins and those this process was handed by the one that started it."""
-    import datamodules.semi_supervised  # noqa: F401
-    from . import experiment, module, objectives, plugins, pooling, predict, tracking  # noqa: F401
-
-    plugins.load_installed()
-    plugins.load(plugins.from_environment())
-
-
 __all__ = ["Setting", "SETTINGS", "declare", "defaults", "complete", "check_all", "convert", "add_arguments",
            "at_least", "greater_than", "within", "labels_value", "batches_value", "tags_value",
-           "bookkeeping", "method_settings", "names_in", "register_settings_modules"]
+           "bookkeeping", "method_settings", "names_in"]

@@ -29,7 +29,7 @@ from datamodules import registry
 from swwae_lightning import pooling as P
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.run_files import RunCSVLogger
+from swwae_lightning.orchestration.run_files import RunCSVLogger
 
 HARD, SOFT = P.make_pooling("hard"), P.make_pooling("soft")
 SIDE = 28

@@ -59,10 +59,10 @@ class InterruptAfterFirstEpoch(pl.Callback):
 
 @pytest.fixture
 def interrupt_after_first_epoch(monkeypatch):
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
-    original = experiment.image_callbacks
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: original(cfg, run_dir) + [InterruptAfterFirstEpoch()])
+    original = training.image_callbacks
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: original(cfg, run_dir) + [InterruptAfterFirstEpoch()])
 
 
 def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(tmp_path, tiny_dataset, interrupt_after_first_epoch, monkeypatch, capsys):
@@ -72,9 +72,9 @@ def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(tmp_pa
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     split = json.loads((run_dir / "split.json").read_text())
     assert not (run_dir / "results.json").exists()
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [])
     # The training time so far travels in the checkpoint; made large here so that the resumed
     # run's results can only reach it by adding it up.
     assert 0 < first["callbacks"]["RunRecord"]["train_seconds"] < 1000
@@ -97,17 +97,17 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
     source = tmp_path / "run" / "checkpoints" / "last.ckpt"
     pretrained = encoder_weights(torch.load(source, weights_only=True)["state_dict"])
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
     loaded = {}
-    original = experiment.load_finetune_weights
+    original = training.load_finetune_weights
 
     def spy(module, path):
         checkpoint = original(module, path)
         loaded.update(encoder_weights(module))
         return checkpoint
 
-    monkeypatch.setattr(experiment, "load_finetune_weights", spy)
+    monkeypatch.setattr(training, "load_finetune_weights", spy)
     assert run(tmp_path, tiny_dataset, "--finetune-from", str(source), "--freeze-encoder", "--max-epochs", "1",
                run_dir="probe") == 0
     assert all(torch.equal(loaded[k], pretrained[k]) for k in pretrained)
@@ -184,9 +184,9 @@ def test_resume_continues_the_same_wandb_run(tmp_path, tiny_dataset, interrupt_a
 
     wandb.finish()  # the interrupted process would have exited here
     run_id = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [])
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [])
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run")]) == 0
     offline_runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     # offline-run-<time>-<id>, with "-1" added when both start within the same second

@@ -11,7 +11,7 @@ import yaml
 
 import train
 from experiments import equivariance, validation_curves, where_ablation
-from swwae_lightning import experiment, report
+from swwae_lightning.orchestration import training, report
 from swwae_lightning import pooling as P
 from swwae_lightning.network import StackedWhatWhere
 
@@ -33,7 +33,7 @@ def test_config_resolves_through_train_py_and_builds_its_network(path):
                                                      or "python -m experiments." in line for line in header)
     assert any("Time here" in line for line in header), "each config says how long it takes on this machine"
     cfg = train.resolve_config(["--config", str(path)])
-    module = experiment.build_module(cfg)
+    module = training.build_module(cfg)
     channels, size = module.hparams.in_channels, module.hparams.image_size
     with torch.no_grad():
         out = module.net.eval()(torch.randn(2, channels, size, size))

@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import swwae_lightning as swwae
-from swwae_lightning import (DATASETS, POOLINGS, TERMS, DatasetInfo, ImageSplits, LossTerm, Pooling, Setting, main,
-                             register_dataset, settings)
+from datamodules import DATASETS, DatasetInfo, ImageSplits, register_dataset
+from swwae_lightning import POOLINGS, TERMS, LossTerm, Pooling, Setting, settings
+from swwae_lightning.orchestration import main, plugins
 from swwae_lightning.pooling import hard_positions, hard_unpool
 
 
 @pytest.fixture(autouse=True)
 def isolated_registries(monkeypatch):
     """What a test registers is gone afterwards, so other tests see the built-in registries only."""
-    settings.register_settings_modules()  # the built-in settings are declared before the copy is taken
+    plugins.declare_all_settings()  # the built-in settings are declared before the copy is taken
     monkeypatch.setattr(POOLINGS, "_items", dict(POOLINGS._items))
     monkeypatch.setattr(TERMS, "_items", dict(TERMS._items))
     monkeypatch.setattr(settings, "SETTINGS", dict(settings.SETTINGS))
@@ -133,7 +134,8 @@ def test_the_readmes_notebook_example_trains_and_tests_without_train_py(mnist_sp
     """The README's lines, with a smaller budget: the public API alone trains and tests a model."""
     import pytorch_lightning as pl
 
-    from swwae_lightning import SemiSupervisedDataModule, SWWAEModule
+    from datamodules import SemiSupervisedDataModule
+    from swwae_lightning import SWWAEModule
 
     module = SWWAEModule("16C5-BN-MP2-32C3-MP2-FC128-D0.3", in_channels=1, image_size=28, num_classes=10,
                          lambda_rec=1.0, lambda_fixmatch=1.0)

@@ -15,8 +15,8 @@ import torch
 import train
 from datamodules.loader import InMemoryBatches, ResumableLoader
 from datamodules.sampling import EpochPlan
-from swwae_lightning import experiment
-from swwae_lightning.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from swwae_lightning.orchestration import training
+from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from swwae_lightning.module import SWWAEModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ class StopAt(pl.Callback):
 def extra_callback(monkeypatch):
     """Adds a test callback to the Trainer that train.py builds."""
     added = []
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: list(added))
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: list(added))
     return added
 
 

@@ -211,7 +211,7 @@ def test_bad_files_are_skipped_listed_with_their_reasons_and_training_goes_on(tm
 def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_the_next(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
     tree = academic_tree(tmp_path / "tree")
 
@@ -220,7 +220,7 @@ def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_th
             if trainer.current_epoch == 0:
                 (tree / "train" / "chien" / "007.png").write_bytes(b"\x89PNG garbage")  # changed on disk
 
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [CorruptAfterFirstEpoch()])
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [CorruptAfterFirstEpoch()])
     assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--max-epochs", "2",
                        "--run-dir", str(tmp_path / "first")]) == 0  # the second epoch reads the cached pixels
     assert results(tmp_path / "first")["epochs"] == 2
@@ -327,11 +327,11 @@ def test_disk_images_read_batches_exactly_and_views_read_nothing_until_indexed(t
 def test_a_folder_run_interrupted_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     from test_fault_tolerance import StopAt, final_state
 
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
     tree = academic_tree(tmp_path / "tree")
     added = []
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: list(added))
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: list(added))
     argv = [*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--max-epochs", "2",
             "--deterministic"]
     seen_full, seen_split = [], []

@@ -6,8 +6,8 @@ import pytorch_lightning as pl
 import torch
 
 import train
-from swwae_lightning import experiment
-from swwae_lightning.checkpoints import load_checkpoint
+from swwae_lightning.orchestration import training
+from swwae_lightning.orchestration.checkpoints import load_checkpoint
 from swwae_lightning.module import SWWAEModule
 
 TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16", "--labels", "40", "--val-size", "50", "--batch-size", "16",
@@ -72,7 +72,7 @@ class HostChecksPerStep(pl.Callback):
 
 def test_the_guard_reads_the_device_only_on_logging_steps(tmp_path, tiny_dataset, monkeypatch):
     counter = HostChecksPerStep()
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [counter])
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [counter])
     assert run(tmp_path, tiny_dataset, "--log-every", "4") == 0
     assert len(counter.per_step) == 2 * STEPS_PER_EPOCH
     for step, checks in counter.per_step:

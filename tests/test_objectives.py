@@ -11,12 +11,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import train
 from swwae_lightning import settings as S
-from swwae_lightning.experiment import build_datamodule, build_module
+from swwae_lightning.orchestration import plugins
+from swwae_lightning.orchestration.training import build_datamodule, build_module
 from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.objectives import (TERMS, Consistency, FixMatch, Objective, WhatWhereSwap, confident_pseudo_labels,
                                         views_needed)
 
-S.register_settings_modules()
+plugins.declare_all_settings()
 
 
 def tiny_config(dataset: str, tmp_path, **overrides) -> dict:

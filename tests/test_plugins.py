@@ -17,7 +17,8 @@ import yaml
 
 import test_extending
 import train
-from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, plugins, settings
+from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, settings
+from swwae_lightning.orchestration import plugins
 from swwae_lightning.objectives import TermContractError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 # A user's file: the README's dataset and loss-term examples (tests/test_extending.py), registered on import.
 PLUGIN = "\n".join([
     "import torch",
-    "from swwae_lightning import TERMS, DatasetInfo, ImageSplits, LossTerm, Setting, register_dataset, settings",
+    "from datamodules import DatasetInfo, ImageSplits, register_dataset",
+    "from swwae_lightning import TERMS, LossTerm, Setting, settings",
     *(textwrap.dedent(inspect.getsource(f)) for f in (test_extending.load_blobs, test_extending.register_blobs,
                                                        test_extending.register_sparsity)),
     "register_blobs()", "register_sparsity()", ""])
@@ -75,7 +77,7 @@ def test_a_config_files_plugins_key_reaches_every_run_of_a_report_sweep_and_the_
                                           "lambda_rec": 0.0, "lambda_mid": 0.0, "pooling": "soft", "unpool": "copy"}))
         configs.append(str(config))
     train_args = [*SMALL, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0"]
-    proc = run_py("-m", "swwae_lightning.report", "--sweep", *configs, "--seeds", "0", "--runs-root",
+    proc = run_py("-m", "swwae_lightning.orchestration.report", "--sweep", *configs, "--seeds", "0", "--runs-root",
                   str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--", *train_args, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "report" / "results.md").read_text()
@@ -129,7 +131,7 @@ def test_a_plugin_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsys, mon
 # ----------------------------------------------------------------------------- the loss-term contract
 @pytest.fixture
 def isolated_terms(monkeypatch):
-    settings.register_settings_modules()
+    plugins.declare_all_settings()
     monkeypatch.setattr(TERMS, "_items", dict(TERMS._items))
     monkeypatch.setattr(settings, "SETTINGS", dict(settings.SETTINGS))
 

@@ -28,8 +28,8 @@ import pytorch_lightning as pl
 import yaml
 
 import train
-from swwae_lightning import cli
-from swwae_lightning.checkpoints import load_checkpoint, remove_stale_temporaries
+from swwae_lightning.orchestration import cli
+from swwae_lightning.orchestration.checkpoints import load_checkpoint, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -45,9 +45,11 @@ import torch
 
 import train  # noqa: F401  (everything train.py's main imports, imported once for all children)
 from conftest import make_tiny_splits
-from swwae_lightning import DatasetInfo, experiment, register_dataset, settings
-from swwae_lightning.checkpoints import AtomicCheckpointIO
-from swwae_lightning.cli import build_parser
+from datamodules import DatasetInfo, register_dataset
+from swwae_lightning import settings
+from swwae_lightning.orchestration import training
+from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO
+from swwae_lightning.orchestration.cli import build_parser
 
 build_parser()
 splits = make_tiny_splits()
@@ -68,9 +70,9 @@ class Probe(pl.Callback):
                 time.sleep(0.01)  # signals are handled here
 
 
-experiment.image_callbacks = lambda cfg, run_dir: [Probe()]
+training.image_callbacks = lambda cfg, run_dir: [Probe()]
 GATE = None
-checked = experiment.prepare
+checked = training.prepare
 
 
 def prepare_then_wait_at_the_gate(cfg):
@@ -84,7 +86,7 @@ def prepare_then_wait_at_the_gate(cfg):
     return prepared
 
 
-experiment.prepare = prepare_then_wait_at_the_gate
+training.prepare = prepare_then_wait_at_the_gate
 
 
 def stalled_save(job):
@@ -419,12 +421,12 @@ class Steps(pl.Callback):
 def test_a_requeued_slurm_job_without_an_hpc_checkpoint_continues_from_last_ckpt(tmp_path, tiny_dataset, monkeypatch):
     """Requeued after a plain SIGTERM (preemption, or a node failure with --requeue; no --signal=SIGUSR1):
     Lightning finds no hpc checkpoint, but last.ckpt holds the state the job saved when it was stopped."""
-    from swwae_lightning import experiment
+    from swwae_lightning.orchestration import training
 
     run_dir = tmp_path / "run"
     argv = tiny(tmp_path, "--run-dir", str(run_dir))
     probe = Steps(stop_after=3)
-    monkeypatch.setattr(experiment, "image_callbacks", lambda cfg, run_dir: [probe])
+    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [probe])
     with pytest.raises(SystemExit):
         train.main(argv)
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3

@@ -1,6 +1,6 @@
 """Command line for SWWAE experiments: `python train.py --help` lists every flag with its default.
 
-``train.py`` at the repository root and ``python -m swwae_lightning.cli`` both run ``main``.
+``train.py`` at the repository root and ``python -m swwae_lightning.orchestration.cli`` both run ``main``.
 
 Precedence, lowest first: built-in defaults < the run's own config.yaml (with
 --resume) or the checkpoint's config (with --evaluate) < --config FILE.yaml < flags.
@@ -33,7 +33,7 @@ except ImportError:  # not POSIX: run directories are not locked
 import yaml
 
 from . import plugins
-from . import settings as S
+from .. import settings as S
 
 
 class CLIError(ValueError):
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per declared setting (see ``settings``), plus ``--config``."""
-    S.register_settings_modules()
+    plugins.declare_all_settings()
     p = _Parser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file of flag values (snake_case or kebab-case keys); flags override it")
     S.add_arguments(p)
@@ -308,16 +308,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.sources import DatasetNotFound
 
-    from . import experiment
+    from . import training
     from .checkpoints import load_checkpoint
-    from .module import NonFiniteLossError
+    from ..module import NonFiniteLossError
     from .run_files import write_yaml
 
     claim = None
     try:  # input: everything that can be wrong before a training step is taken
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
         if cfg["evaluate"]:
-            experiment.evaluate(cfg, cfg["evaluate"])
+            training.evaluate(cfg, cfg["evaluate"])
             return 0
         if cfg["predict"]:
             from .predict import predict
@@ -336,15 +336,15 @@ def main(argv: list[str] | None = None) -> int:
             resume_from = str(ckpt)
         if cfg["finetune_from"]:
             _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
-        module, datamodule = experiment.prepare(cfg)  # every input check, before anything is written
+        module, datamodule = training.prepare(cfg)  # every input check, before anything is written
         if resume_from:
             datamodule.check_same_files(resumed.get("SemiSupervisedDataModule", {}))
-        cfg.update(experiment.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
+        cfg.update(training.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        trainer = experiment.build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
+        trainer = training.build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         _release_run_dir(claim)
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     # training: the DDP processes Lightning launches find the run directory and the plugins here
     try:
         with _Environment(SWWAE_RUN_DIR=str(run_dir), **{plugins.ENVIRONMENT: os.pathsep.join(cfg["plugins"])}):
-            experiment.fit(cfg, run_dir, module, datamodule, resume_from, trainer=trainer)
+            training.fit(cfg, run_dir, module, datamodule, resume_from, trainer=trainer)
         return 0
     except SIGTERMException:  # last.ckpt is saved; a scheduler must not read this as success
         return 128 + signal.SIGTERM

@@ -18,10 +18,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from datamodules.registry import dataset_info
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
-from . import settings as S
+from .. import settings as S
 from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatible, load_checkpoint
-from .module import SWWAEModule, module_settings
-from .objectives import DECODER, needs_of, views_needed
+from ..module import SWWAEModule, module_settings
+from ..objectives import DECODER, needs_of, views_needed
 from .run_files import RunCSVLogger, RunRecord, write_json
 from .tracking import WandbRunId, finish_wandb, tensorboard_logger, wandb_logger, write_summary
 

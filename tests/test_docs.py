@@ -1,30 +1,35 @@
-"""Every README table of results or performance is recomputed from the files committed under reports/."""
+"""Documentation that cannot drift: every marked block of the README and docs/ is recomputed from reports/,
+and the command-line reference is the declared settings'."""
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
-from swwae_lightning import readme_tables, report
+from swwae_lightning import settings
+from swwae_lightning.orchestration import docs, report
 from test_experiments import fake_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_fails_the_check(tmp_path, capsys):
+def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_docs_page_fails(tmp_path, capsys):
     for seed, error in enumerate((0.10, 0.12)):
         fake_run(tmp_path / "live" / f"swwae-seed{seed}", seed, error)
         fake_run(tmp_path / "live" / f"baseline-seed{seed}", seed, 0.15, lambda_rec=0.0, mode="semi")
     report.write_report([tmp_path / "live"], tmp_path / "reports" / "table")  # archives the runs' files
-    readme = tmp_path / "README.md"
-    readme.write_text("# A\n\n<!-- table: reports/table -->\nstale\n<!-- /table -->\n\nText.\n")
-    assert report.main(["--update-readme", str(readme)]) == 0
-    text = readme.read_text()
+    (tmp_path / "README.md").write_text("# A\n")
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text("# A\n\n<!-- table: reports/table -->\nstale\n<!-- /table -->\n\nText.\n")
+    assert docs.main(["--update", "--root", str(tmp_path)]) == 0
+    text = page.read_text()
     assert "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 " \
            "| -4.00 ± 1.41 (2) |" in text and text.endswith("<!-- /table -->\n\nText.\n")
-    assert readme_tables.check_readme(readme) == [] and report.main(["--check-readme", str(readme)]) == 0
-    readme.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
-    assert report.main(["--check-readme", str(readme)]) == 1
-    assert "the table of reports/table differs" in capsys.readouterr().err
+    assert docs.main(["--check", "--root", str(tmp_path)]) == 0
+    page.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
+    assert docs.main(["--check", "--root", str(tmp_path)]) == 1
+    assert "docs/results.md: the table of reports/table differs" in capsys.readouterr().err
 
 
 def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict:
@@ -43,12 +48,12 @@ def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict
                       "plain_gflops": 20.0, "lightning_gflops": 16.0}}
 
 
-def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(tmp_path, capsys):
+def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(tmp_path):
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "cpu.json").write_text(json.dumps(throughput_json()))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark: reports/cpu.json -->\nold\n<!-- /benchmark -->\n")
-    assert report.main(["--update-readme", str(readme)]) == 0
+    assert docs.update_page(readme, tmp_path) == 1
     text = readme.read_text()
     assert "CPU (2 cores), cifar10 preset (`8C3-MP2-FC16`), batch 16 + 16, 32-true; data: random uint8" in text
     assert "| plain | hard | 1,280 | 200.0 | 210 |  |" in text
@@ -57,8 +62,8 @@ def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(t
     assert "soft / hard" not in text  # a ratio this run could not measure is left out, not shown as n/a
     assert "plain 20.0 GFLOP/s (25 %), lightning 16.0 GFLOP/s (20 %) of the 80.0 GFLOP/s" in text
     readme.write_text(text.replace("| 0.800 |", "| 0.950 |"))  # a ratio edited by hand
-    assert report.main(["--check-readme", str(readme)]) == 1
-    assert "the benchmark of reports/cpu.json differs" in capsys.readouterr().err
+    assert docs.check_page(readme, tmp_path) == [f"{readme}: the benchmark of reports/cpu.json differs from what its "
+                                                 "committed files give; regenerate it with --update"]
 
 
 def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
@@ -68,7 +73,7 @@ def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
     (tmp_path / "bf16.json").write_text(json.dumps(bf16))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark: fp32.json bf16.json -->\n<!-- /benchmark -->\n")
-    readme_tables.update_readme(readme)
+    docs.update_page(readme, tmp_path)
     assert readme.read_text() == ("<!-- benchmark: fp32.json bf16.json -->\n| row, ms/step | 32-true | bf16-mixed |\n"
                                   "| --- | --- | --- |\n| plain | 200.00 | 150.00 |\n| lightning | 250.00 | 250.00 |\n"
                                   "| plain soft | — | 300.00 |\n<!-- /benchmark -->\n")
@@ -78,10 +83,10 @@ def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
     (tmp_path / "study.md").write_text("# Study\n\nText.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n| other |\n")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 3 |\n<!-- /excerpt -->\n")
-    assert readme_tables.check_readme(readme) != []  # 3 where the report says 2
-    readme_tables.update_readme(readme)
+    assert docs.check_page(readme, tmp_path) != []  # 3 where the report says 2
+    docs.update_page(readme, tmp_path)
     assert readme.read_text() == "<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 2 |\n<!-- /excerpt -->\n"
-    assert readme_tables.check_readme(readme) == []
+    assert docs.check_page(readme, tmp_path) == []
 
 
 def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
@@ -90,18 +95,52 @@ def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
     (tmp_path / "versions.json").write_text(json.dumps(result))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- versions: versions.json -->\n<!-- /versions -->\n")
-    readme_tables.update_readme(readme)
+    docs.update_page(readme, tmp_path)
     assert readme.read_text() == ("<!-- versions: versions.json -->\n"
                                   "| row, ms/step (best of 3 rounds) | abc123 | this version | old / new |\n"
                                   "| --- | --- | --- | --- |\n| plain | 300.0 | 250.0 | 1.200 |\n<!-- /versions -->\n")
 
 
-def test_every_readme_table_matches_its_committed_files():
-    assert readme_tables.check_readme(REPO / "README.md") == []
+def test_a_scatter_sentence_is_computed_from_the_rounds_of_its_jsons(tmp_path):
+    result = throughput_json()
+    result["rows"][0]["round_ms"], result["rows"][1]["round_ms"] = [200.0, 210.0], [250.0, 350.0, 300.0]
+    (tmp_path / "cpu.json").write_text(json.dumps(result))
+    page = tmp_path / "page.md"
+    page.write_text("<!-- scatter: cpu.json -->\nrounds vary 5 to 25 %\n<!-- /scatter -->\n")
+    assert docs.check_page(page, tmp_path) != []  # typed, not computed
+    docs.update_page(page, tmp_path)
+    assert page.read_text() == ("<!-- scatter: cpu.json -->\nFrom round to round a row's ms per step varied by 5 to "
+                                "40 % (slowest round over fastest, 2 rows).\n<!-- /scatter -->\n")
 
 
-def test_every_committed_benchmark_json_is_shown_in_the_readme():
-    shown = {source for match in readme_tables.BLOCK.finditer((REPO / "README.md").read_text())
+def test_every_marked_block_of_the_readme_and_docs_matches_its_committed_files_and_the_cli_page_is_current():
+    assert docs.check() == []
+    assert len(docs.pages()) > 3  # the README and the pages under docs/ are all read
+
+
+def test_a_changed_setting_makes_the_cli_page_stale(monkeypatch):
+    docs.cli_reference()  # every setting declared
+    lr = settings.SETTINGS["lr"]
+    monkeypatch.setitem(settings.SETTINGS, "lr", dataclasses.replace(lr, default=0.1))
+    assert docs.check() == [f"{docs.REPO / docs.CLI_REFERENCE}: not what the declared settings give; "
+                            "regenerate it with --update"]
+
+
+def test_the_cli_page_lists_every_flag_with_its_default():
+    text = (REPO / docs.CLI_REFERENCE).read_text()
+    for name in ("consistency_warmup", "overview_every", "wandb_group", "wandb_job_type", "plugins"):
+        assert f"`{settings.SETTINGS[name].option}`" in text
+    assert "| `--lr` | `0.003` |" in text and "| `--augment` / `--no-augment` | `true` |" in text
+
+
+def test_every_page_under_docs_is_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text()
+    for page in docs.pages()[1:]:
+        assert f"]({page.relative_to(REPO)})" in readme, f"{page} is not linked from the README"
+
+
+def test_every_committed_benchmark_json_is_shown_in_a_page():
+    shown = {source for page in docs.pages() for match in docs.BLOCK.finditer(page.read_text())
              if match["kind"] in ("benchmark", "versions") for source in match["sources"].split()}
     committed = {str(path.relative_to(REPO)) for pattern in ("throughput*.json", "versions*.json")
                  for path in (REPO / "reports").rglob(pattern)}

@@ -19,9 +19,9 @@ from datamodules import augment
 from datamodules.folder import decode, failure_reason, files_under
 from datamodules.registry import get_dataset
 
-from . import settings as S
+from .. import settings as S
 from .checkpoints import check_compatible, load_checkpoint
-from .module import SWWAEModule
+from ..module import SWWAEModule
 
 TOP_K = 3
 CONFIDENT = 0.95  # the summary line's share of images above this probability
@@ -55,7 +55,7 @@ def _run_dir(checkpoint_path: Path) -> Path:
 
 def _pool_files(cfg: dict, checkpoint: dict) -> list[Path]:
     """The unlabeled pool of the run the checkpoint comes from, with its own split."""
-    from .experiment import build_datamodule
+    from .training import build_datamodule
 
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")

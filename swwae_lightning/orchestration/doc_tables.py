@@ -1,41 +1,35 @@
-"""The README's marked tables, recomputed from the files committed under ``reports/``.
-
-A README figure is only as good as the file behind it, so every table of results or
-performance sits between two markers that name its source, and ``check_readme`` fails on any
-table that differs from what its source gives:
+"""What each marked block of a documentation page must hold, computed from files under ``reports/``.
 
     <!-- table: reports/X -->          results: the runs archived in reports/X/runs
     <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                        or several, side by side in ms per step
+    <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
     <!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
     <!-- versions: reports/V.json -->  benchmarks/versions.py: each row, an earlier version against this one
-
-``python -m swwae_lightning.report --check-readme README.md`` (or ``--update-readme``) runs them.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from pathlib import Path
 
-from . import report
+from .results import difference_text, error_text, find_runs, model_text, summarize
 
-BLOCK = re.compile(r"(<!-- (?P<kind>table|benchmark|excerpt|versions): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)(<!-- /(?P=kind) -->)", re.S)
+KINDS = ("table", "benchmark", "scatter", "excerpt", "versions")
 
 
 def results_table(report_dir: Path) -> str:
     """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
-    rows = report.summarize(report.find_runs([report_dir / "runs"]))
+    rows = summarize(find_runs([report_dir / "runs"]))
     lines = ["| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
              "| what-where terms' effect, same seeds | minutes per run |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        lines.append(f"| {row['experiment']} | {report.model_text(row)} "
-                     f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {report.error_text(row)} "
-                     f"| {report.difference_text(row['vs_baseline'])} "
-                     f"| {report.difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |")
+        lines.append(f"| {row['experiment']} | {model_text(row)} "
+                     f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {error_text(row)} "
+                     f"| {difference_text(row['vs_baseline'])} "
+                     f"| {difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +109,16 @@ def versions_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def round_scatter(results: list[dict]) -> str:
+    """How far the rounds of each row of these benchmark JSONs are apart: slowest over fastest, in %."""
+    spreads = sorted(100 * (max(row["round_ms"]) / min(row["round_ms"]) - 1)
+                     for result in results for row in result["rows"] if len(row.get("round_ms", ())) > 1)
+    return (f"From round to round a row's ms per step varied by {spreads[0]:.0f} to {spreads[-1]:.0f} % "
+            f"(slowest round over fastest, {len(spreads)} rows).\n")
+
+
 def computed_table(kind: str, sources: list[str], root: Path) -> str:
+    """What the block of ``kind`` over ``sources`` (paths relative to ``root``) must hold."""
     if kind == "table":
         return results_table(root / sources[0])
     if kind == "excerpt":
@@ -123,28 +126,6 @@ def computed_table(kind: str, sources: list[str], root: Path) -> str:
     results = [json.loads((root / source).read_text()) for source in sources]
     if kind == "versions":
         return versions_table(results[0])
+    if kind == "scatter":
+        return round_scatter(results)
     return benchmark_table(results[0]) if len(results) == 1 else benchmarks_side_by_side(results)
-
-
-def readme_blocks(readme: Path) -> list[tuple[re.Match, str]]:
-    """Each marked table of ``readme`` and the table recomputed from its source files."""
-    return [(match, computed_table(match["kind"], match["sources"].split(), readme.parent))
-            for match in BLOCK.finditer(readme.read_text())]
-
-
-def check_readme(readme: str | Path) -> list[str]:
-    """One line per README table that differs from what its committed files give (none: all agree)."""
-    readme = Path(readme)
-    return [f"{readme}: the {m['kind']} of {m['sources']} differs from what its committed files give; "
-            f"regenerate it with --update-readme" for m, computed in readme_blocks(readme) if m["table"] != computed]
-
-
-def update_readme(readme: str | Path) -> int:
-    """Rewrite every marked table from its source files; returns how many there are."""
-    readme = Path(readme)
-    blocks = readme_blocks(readme)
-    text = readme.read_text()
-    for match, computed in reversed(blocks):
-        text = text[:match.start("table")] + computed + text[match.end("table"):]
-    readme.write_text(text)
-    return len(blocks)

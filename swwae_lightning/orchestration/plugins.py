@@ -4,7 +4,7 @@ A plugin registers poolings, loss terms or datasets when it is imported. It is n
 ``--plugins`` (or a ``plugins:`` key in a config file), written to the run's config.yaml, and
 passed on to every process the framework starts (DDP ranks, report sweeps, ``--resume``), so
 its settings are known wherever the run goes. Installed packages register through the
-entry-point group ``swwae_lightning.plugins`` and are found without any flag.
+entry-point group ``swwae_lightning.orchestration.plugins`` and are found without any flag.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from . import settings as S
+from .. import settings as S
 
-ENTRY_POINT_GROUP = "swwae_lightning.plugins"
+ENTRY_POINT_GROUP = "swwae_lightning.orchestration.plugins"
 ENVIRONMENT = "SWWAE_PLUGINS"  # os.pathsep-separated, for processes started without our command line
 
 _loaded: dict[str, ModuleType] = {}
@@ -94,7 +94,7 @@ def from_environment() -> list[str]:
 
 
 def load_installed() -> None:
-    """Import every installed package's entry point in ``swwae_lightning.plugins`` (once per process)."""
+    """Import every installed package's entry point in ``swwae_lightning.orchestration.plugins`` (once per process)."""
     global _installed_loaded
     if _installed_loaded:
         return
@@ -110,3 +110,15 @@ def loaded() -> list[str]:
 
 __all__ = ["ENTRY_POINT_GROUP", "ENVIRONMENT", "PluginError", "canonical", "plugins_value", "load",
            "from_environment", "load_installed", "loaded"]
+
+
+def declare_all_settings() -> None:
+    """Import the modules that declare the built-in settings (their import declares them), then the
+    installed plugins and those this process was handed by the one that started it."""
+    import datamodules.semi_supervised  # noqa: F401
+
+    from .. import module, objectives, pooling  # noqa: F401
+    from . import predict, tracking, training  # noqa: F401
+
+    load_installed()
+    load(from_environment())

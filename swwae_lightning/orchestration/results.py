@@ -1,0 +1,218 @@
+"""Finished runs grouped into experiments: one row per experiment, with its paired differences.
+
+A run directory is one with ``results.json`` and ``config.yaml`` (what ``train.py`` leaves); a
+folder may hold many. Runs are grouped by every setting that can change the result except the
+seed, and each experiment becomes one row: mean ± sample std (ddof=1) of the test error over
+its seeds, and its difference from its baseline seed by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .. import settings as S
+from ..objectives import TERMS, active_terms, is_baseline
+from . import plugins
+
+plugins.declare_all_settings()  # every setting's default, for runs whose config predates it
+
+# The paper's figures (docs/model.md, "Claims and reported figures"), test error in %, for the standard
+# model (hard pooling, unpooling with the where, lambda > 0): (dataset, labels or None for all, mode) -> (error, note).
+PAPER_ERRORS: dict[tuple[str, int | None, str], tuple[float, str]] = {
+    ("mnist", 100, "semi"): (9.0, "≈ 9 (recalled, not verified)"),
+    ("svhn", 1000, "semi"): (27.83, "27.83 (23.56 with dropout)"),
+    ("stl10", 1000, "semi"): (25.67, "25.67 (74.33 % acc.)"),
+    ("cifar10", None, "supervised"): (7.8, "7.8 (92.2 % acc.)"),
+    ("cifar100", None, "supervised"): (30.9, "30.9 (69.1 % acc.)"),
+}
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    results: dict
+
+    @property
+    def settings(self) -> dict:
+        """The run's settings: its config.yaml, with the architecture it actually built (null means the preset)."""
+        return {**self.config, "arch": self.results.get("arch", self.config.get("arch"))}
+
+    @property
+    def is_baseline(self) -> bool:
+        return is_baseline(self.settings)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every finished run in or under ``paths`` (a results.json written by --evaluate has no config.yaml beside it)."""
+    runs, seen = [], set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        candidates = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
+        for results_file in candidates:
+            run_dir = results_file.parent.resolve()
+            if run_dir in seen or not (run_dir / "config.yaml").is_file():
+                continue
+            results = json.loads(results_file.read_text())
+            if "test_error" not in results:
+                continue
+            seen.add(run_dir)
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            plugins.load(config.get("plugins") or [])  # the terms and settings the run was trained with
+            runs.append(Run(results_file.parent, config, results))
+    return runs
+
+
+def setting_values(run: Run, leave_out: set[str]) -> tuple:
+    """The run's settings but ``leave_out`` as sorted (name, repr) pairs that compare equal when the
+    settings are the same, defaults filled in for settings its config predates."""
+    values = {**S.defaults(), **run.settings}
+    # false and 0 (or true and 1) are the same setting: a resumed run's config may hold either.
+    return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in values.items() if k not in leave_out))
+
+
+def experiment_key(run: Run) -> tuple:
+    """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
+    return setting_values(run, S.bookkeeping() | {"seed"})
+
+
+def comparison_key(run: Run) -> tuple:
+    """What a run and its baseline share: everything but the seed and the method's settings (what-where, objectives)."""
+    return setting_values(run, S.bookkeeping() | {"seed"} | S.method_settings())
+
+
+def run_name(run: Run) -> str:
+    """The run directory's name without its seed or timestamp suffix: runs/mnist-100-seed2 -> mnist-100."""
+    name = re.sub(r"-seed\d+$", "", run.path.name)
+    return re.sub(r"-(\d{8}-\d{6}|slurm\d+)$", "", name)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); no std from a single value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def paper_error(run: Run) -> tuple[float, str] | None:
+    r = run.settings
+    plain_swwae = {t.name for t in active_terms(r)} <= {"rec", "mid"} and r.get("decoder_top", "what") == "what"
+    if run.is_baseline or not plain_swwae or r.get("pooling") != "hard" or r.get("unpool") != "where":
+        return None
+    labels = r.get("labels")
+    if labels is None and run.config.get("fold") is not None:
+        labels = 1000  # an STL-10 fold
+    return PAPER_ERRORS.get((r.get("dataset"), labels, r.get("mode")))
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """One row per experiment, sorted by dataset, label count, then SWWAE before its baseline."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(experiment_key(run), []).append(run)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.results.get("seed", 0))
+        first = members[0]
+        errors = [100 * m.results["test_error"] for m in members]
+        mean, std = mean_std(errors)
+        paper = paper_error(first)
+        names = sorted({run_name(m) for m in members})
+        seeds = [m.results.get("seed") for m in members]
+        if len(set(seeds)) < len(seeds):
+            print(f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr)
+        settings = {**S.defaults(), **first.settings}
+        rows.append({
+            "experiment": names[0] if len(names) == 1 else " / ".join(names),
+            "dataset": settings["dataset"], "labels": settings["labels"], "fold": settings["fold"],
+            "mode": settings["mode"], "pooling": settings["pooling"], "unpool": settings["unpool"],
+            "terms": {t.name: settings[t.weight.name] for t in active_terms(settings)},
+            "decoder_top": settings["decoder_top"], "baseline": first.is_baseline, "seeds": seeds,
+            "errors": errors, "error_mean": mean, "error_std": std,
+            "paper_error": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
+            "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
+            "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
+            "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
+            "run_dirs": [str(m.path) for m in members],
+            "comparison_key": comparison_key(first),
+        })
+    add_paired_differences(rows)
+    rows.sort(key=lambda r: (r["dataset"], r["labels"] is None, r["labels"] or 0, r["mode"] == "unsupervised",
+                             r["baseline"], r["experiment"]))
+    return rows
+
+
+def labels_text(row: dict) -> str:
+    labels = "all" if row["labels"] is None else f"{row['labels']:,}"
+    return f"{labels} (fold {row['fold']})" if row["fold"] is not None else labels
+
+
+def error_text(row: dict) -> str:
+    std = "—" if row["error_std"] is None else f"{row['error_std']:.2f}"
+    return f"{row['error_mean']:.2f} ± {std}"
+
+
+def what_where_terms(terms) -> set[str]:
+    """Those of ``terms`` (names) that declare they need the decoder: what a what-where network adds."""
+    return {name for name in terms if TERMS[name].uses_decoder()}
+
+
+def _paired(row: dict, other: dict) -> tuple[float, float | None, int] | None:
+    """Mean and std over the shared seeds of row's error minus other's, and how many seeds."""
+    ours, theirs = dict(zip(row["seeds"], row["errors"])), dict(zip(other["seeds"], other["errors"]))
+    shared = sorted(set(ours) & set(theirs))
+    return (*mean_std([ours[s] - theirs[s] for s in shared]), len(shared)) if shared else None
+
+
+def add_paired_differences(rows: list[dict]) -> None:
+    """Paired differences, seed by seed (same seed: same labeled subset and data order).
+
+    Seeds draw different labeled subsets, which moves the error by more than the method does at
+    100 labels; the paired difference takes that out. Sets, as (mean, std or None, shared seeds) or None:
+    row["vs_baseline"], the row minus the baseline with the same other settings; and
+    row["vs_without_what_where"], a row that adds what-where terms (those that need the decoder) to other terms
+    (FixMatch + SWWAE, say) minus the row with those other terms alone (FixMatch): what the
+    what-where terms add on top.
+    """
+    for row in rows:
+        row["vs_baseline"] = row["vs_without_what_where"] = None
+        if row["baseline"]:
+            continue
+        same = [r for r in rows if r["comparison_key"] == row["comparison_key"]]
+        baselines = [b for b in same if b["baseline"]]
+        if len(baselines) == 1:
+            row["vs_baseline"] = _paired(row, baselines[0])
+        decoder_terms = what_where_terms(row["terms"])
+        rest = {k: v for k, v in row["terms"].items() if k not in decoder_terms}
+        if rest and len(rest) < len(row["terms"]):
+            without = [r for r in same if r["terms"] == rest]
+            if len(without) == 1:
+                row["vs_without_what_where"] = _paired(row, without[0])
+
+
+def difference_text(difference: tuple | None) -> str:
+    if difference is None:
+        return "—"
+    mean, std, n = difference
+    return f"{mean:+.2f} ± {'—' if std is None else f'{std:.2f}'} ({n})"
+
+
+def uses_decoder(row: dict) -> bool:
+    return bool(what_where_terms(row["terms"]))
+
+
+def model_text(row: dict) -> str:
+    if row["baseline"]:
+        return f"{row['mode']}, no unlabeled term (baseline)"
+    terms = " + ".join(f"{name} {weight:g}" for name, weight in row["terms"].items())
+    decoder = (f", {row['pooling']} pool, {row['unpool']} unpool, {row['decoder_top']} top"
+               if uses_decoder(row) else "")
+    return f"{row['mode']}{decoder}, λ: {terms}"
