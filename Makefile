@@ -15,6 +15,8 @@ train: $(STAMP)
 	$(PYTHON) train.py $(ARGS)
 
 test: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest -q $(ARGS)
 
 benchmark: $(STAMP)

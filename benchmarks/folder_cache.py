@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the packages, when run as a script
 
 from benchmarks.results import write_result  # noqa: E402
+
 START = """
 import sys, time
 sys.path.insert(0, {repo!r})
@@ -36,8 +37,12 @@ print(time.perf_counter() - began)
 def timed_start(tree: Path) -> tuple[float, float]:
     """(seconds of the whole process, seconds of indexing and caching after the imports)."""
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", START.format(repo=str(REPO), tree=str(tree))], check=True,
-                          stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", START.format(repo=str(REPO), tree=str(tree))],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return time.perf_counter() - began, float(done.stdout.split()[-1])
 
 
@@ -47,19 +52,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not (args.tree / "train").is_dir():
-        subprocess.run([sys.executable, "-m", "datamodules.export_folder", "--dataset", "fashion-mnist", "--out",
-                        str(args.tree)], check=True, cwd=REPO)
+        subprocess.run(
+            [sys.executable, "-m", "datamodules.export_folder", "--dataset", "fashion-mnist", "--out", str(args.tree)],
+            check=True,
+            cwd=REPO,
+        )
     shutil.rmtree(args.tree / ".swwae-cache", ignore_errors=True)
     files = sum(1 for p in args.tree.rglob("*.png"))
     first = timed_start(args.tree)
     reused = [timed_start(args.tree) for _ in range(3)]
-    result = {"files": files, "first_index_and_cache_s": round(first[1], 2), "first_process_s": round(first[0], 2),
-              "reused_index_and_cache_s": round(min(r[1] for r in reused), 2),
-              "reused_process_s": round(min(r[0] for r in reused), 2),
-              "targets": {"first_index_and_cache_s": 60, "reused_index_and_cache_s": 5},
-              "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})",
-              "note": "each start is a fresh Python process; *_process_s adds the interpreter start and its imports; "
-                      "the cache is deleted before the first, the reused figure is the best of 3"}
+    result = {
+        "files": files,
+        "first_index_and_cache_s": round(first[1], 2),
+        "first_process_s": round(first[0], 2),
+        "reused_index_and_cache_s": round(min(r[1] for r in reused), 2),
+        "reused_process_s": round(min(r[0] for r in reused), 2),
+        "targets": {"first_index_and_cache_s": 60, "reused_index_and_cache_s": 5},
+        "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})",
+        "note": "each start is a fresh Python process; *_process_s adds the interpreter start and its imports; "
+        "the cache is deleted before the first, the reused figure is the best of 3",
+    }
     print(json.dumps(result, indent=2))
     return write_result(args.json, result)
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the packages, when run as a script
 
 from benchmarks.results import write_result  # noqa: E402
+
 SIDE = 96
 ARCH = "8C3-MP4-8C3-MP4-FC16"  # small: the model's memory is not what is measured
 
@@ -47,16 +47,23 @@ def make_tree(root: Path, unlabeled: int) -> None:
 
 def peak_rss_mb(tree: Path, run_dir: Path) -> float:
     """Peak resident memory of one train.py epoch over ``tree``, in a fresh child process."""
-    code = ("import resource, subprocess, sys; "
-            f"r = subprocess.run([sys.executable, {str(REPO / 'train.py')!r}, '--dataset', 'folder', '--data-dir', "
-            f"{str(tree)!r}, '--image-size', '{SIDE}', '--channels', '3', '--arch', '{ARCH}', '--labels', 'all', "
-            "'--val-size', '4', '--mode', 'semi', '--lambda-rec', '0', '--lambda-mid', '0', "
-            "'--lambda-consistency', '1', '--batch-size', '8', '--unlabeled-batch-size', '128', '--max-epochs', '1', "
-            "'--logger', 'csv', '--recon-every', '0', '--switch-every', '0', '--overview-every', '0', "
-            f"'--run-dir', {str(run_dir)!r}], stdout=subprocess.DEVNULL); "
-            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import resource, subprocess, sys; "
+        f"r = subprocess.run([sys.executable, {str(REPO / 'train.py')!r}, '--dataset', 'folder', '--data-dir', "
+        f"{str(tree)!r}, '--image-size', '{SIDE}', '--channels', '3', '--arch', '{ARCH}', '--labels', 'all', "
+        "'--val-size', '4', '--mode', 'semi', '--lambda-rec', '0', '--lambda-mid', '0', "
+        "'--lambda-consistency', '1', '--batch-size', '8', '--unlabeled-batch-size', '128', '--max-epochs', '1', "
+        "'--logger', 'csv', '--recon-every', '0', '--switch-every', '0', '--overview-every', '0', "
+        f"'--run-dir', {str(run_dir)!r}], stdout=subprocess.DEVNULL); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     code, kilobytes = done.stdout.split()
     if code != "0":
         raise SystemExit(f"train.py exited with status {code} on {tree}")
@@ -79,12 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
         tiny = peak_rss_mb(work / "tiny", work / "run-tiny")
         big = peak_rss_mb(work / "big", work / "run-big")
         steps = json.loads((work / "run-big" / "results.json").read_text())["global_step"]
-    result = {"budget_mb": args.budget_mb, "pool_images": unlabeled, "pool_decoded_mb": round(unlabeled * image_mb, 1),
-              "epoch_steps_big": steps, "peak_rss_tiny_pool_mb": round(tiny, 1), "peak_rss_big_pool_mb": round(big, 1),
-              "pool_share_of_peak_mb": round(big - tiny, 1), "below_budget": big - tiny < args.budget_mb,
-              "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})",
-              "note": "peak RSS of train.py (ru_maxrss of the child), one epoch: every unlabeled image read once; "
-                      "the tiny pool's peak is the interpreter, torch, Lightning and the model (the margin)"}
+    result = {
+        "budget_mb": args.budget_mb,
+        "pool_images": unlabeled,
+        "pool_decoded_mb": round(unlabeled * image_mb, 1),
+        "epoch_steps_big": steps,
+        "peak_rss_tiny_pool_mb": round(tiny, 1),
+        "peak_rss_big_pool_mb": round(big, 1),
+        "pool_share_of_peak_mb": round(big - tiny, 1),
+        "below_budget": big - tiny < args.budget_mb,
+        "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})",
+        "note": "peak RSS of train.py (ru_maxrss of the child), one epoch: every unlabeled image read once; "
+        "the tiny pool's peak is the interpreter, torch, Lightning and the model (the margin)",
+    }
     print(json.dumps(result, indent=2))
     return write_result(args.json, result)
 

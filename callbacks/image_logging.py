@@ -45,7 +45,7 @@ def figure_to_tensor(fig: Figure, alpha: bool = False) -> Tensor:
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[..., :4 if alpha else 3]
+    pixels = np.asarray(canvas.buffer_rgba())[..., : 4 if alpha else 3]
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255)
 
 
@@ -116,4 +116,3 @@ class PictureCallback(Callback):
         """``out_dir/{name}_epoch{E:03d}.png``, and ``images/{name}`` in W&B or TensorBoard."""
         path = self.out_dir / f"{name}_epoch{trainer.current_epoch:03d}.png"
         log_picture(trainer, grid, path, key=f"images/{name}", caption=caption)
-

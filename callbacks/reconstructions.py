@@ -48,8 +48,10 @@ class Reconstructions:
 
     def headline(self, epoch: int) -> str:
         ratio = self.mse_copy.item() / max(self.mse_where.item(), 1e-12)
-        return (f"epoch {epoch}: reconstruction MSE (model space, as val/rec) with the where {self.mse_where.item():.4f}, "
-                f"by copying {self.mse_copy.item():.4f} ({ratio:.1f}x)")
+        return (
+            f"epoch {epoch}: reconstruction MSE (model space, as val/rec) with the where {self.mse_where.item():.4f}, "
+            f"by copying {self.mse_copy.item():.4f} ({ratio:.1f}x)"
+        )
 
 
 def reconstruct(net: StackedWhatWhere, images: Tensor, to_display: Callable[[Tensor], Tensor]) -> Reconstructions:
@@ -58,17 +60,24 @@ def reconstruct(net: StackedWhatWhere, images: Tensor, to_display: Callable[[Ten
     with unpooling(net, "copy"):
         copied = net(images).reconstruction
     shown = [display_array(to_display(t.detach().float().cpu())) for t in (images, with_where, copied)]
-    return Reconstructions(*shown, mse_where=F.mse_loss(with_where.float(), images.float()),
-                           mse_copy=F.mse_loss(copied.float(), images.float()))
+    return Reconstructions(
+        *shown,
+        mse_where=F.mse_loss(with_where.float(), images.float()),
+        mse_copy=F.mse_loss(copied.float(), images.float()),
+    )
 
 
 def draw_reconstruction_rows(sheet: Sheet, x: int, y: int, rec: Reconstructions, scale: int) -> int:
-    """The four labelled rows (input, with the where, copy, |error| with a colour scale) from (x, y); returns the next y."""
+    """The four labelled rows (input, with the where, copy, |error| with a colour scale) from (x, y).
+
+    Returns the next y."""
     error = colormap(ERROR_CMAP, rec.error / ERROR_MAX)
-    rows = [(rec.inputs, ROWS[0]),
-            (rec.with_where, f"{ROWS[1]}\nMSE {rec.mse_where.item():.4f}"),
-            (rec.copied, f"{ROWS[2]}\nMSE {rec.mse_copy.item():.4f}"),
-            (error, ROWS[3])]
+    rows = [
+        (rec.inputs, ROWS[0]),
+        (rec.with_where, f"{ROWS[1]}\nMSE {rec.mse_where.item():.4f}"),
+        (rec.copied, f"{ROWS[2]}\nMSE {rec.mse_copy.item():.4f}"),
+        (error, ROWS[3]),
+    ]
     side = rec.inputs.shape[1] * scale
     for row, (pictures, label) in enumerate(rows):
         sheet.text(x + LABEL_WIDTH - 8, y + side / 2, label, size=10, ha="right", va="center")
@@ -86,8 +95,9 @@ def reconstruction_sheet(rec: Reconstructions, epoch: int) -> Sheet:
     sheet = Sheet()
     m = sheet.margin
     # The title is the same every epoch and the numbers' line the same as the overview's: both are drawn once.
-    sheet.text(m, m, f"Reconstructions of the same {len(rec.inputs)} validation images every epoch", size=12,
-               weight="bold")
+    sheet.text(
+        m, m, f"Reconstructions of the same {len(rec.inputs)} validation images every epoch", size=12, weight="bold"
+    )
     sheet.text(m, m + 22, rec.headline(epoch), size=10)
     draw_reconstruction_rows(sheet, m, m + 48, rec, cell_scale(rec.inputs.shape[1]))
     return sheet

@@ -87,8 +87,17 @@ class Sheet:
         self._images.append((x, y, pixels))
         return w, h
 
-    def text(self, x: float, y: float, s: str, size: float = 10, ha: str = "left", va: str = "top",
-             color: str = "black", weight: str = "normal") -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        s: str,
+        size: float = 10,
+        ha: str = "left",
+        va: str = "top",
+        color: str = "black",
+        weight: str = "normal",
+    ) -> None:
         """Text anchored at (x, y) as ``ha``/``va`` say (x, y rounded to whole pixels)."""
         lines = s.split("\n")
         width = 0.65 * size * PT * max(map(len, lines))  # generous: only the figure the text is drawn on
@@ -99,8 +108,18 @@ class Sheet:
         self._text_reach = (max(self._text_reach[0], int(right) + 1), max(self._text_reach[1], int(bottom) + 1))
         self._texts.append((x, y, (s, size, ha, va, color, weight)))
 
-    def colorbar(self, x: int, y: int, height: int, cmap: str, low: str, high: str, label: str = "",
-                 width: int = 12, text_width: int = 64) -> int:
+    def colorbar(
+        self,
+        x: int,
+        y: int,
+        height: int,
+        cmap: str,
+        low: str,
+        high: str,
+        label: str = "",
+        width: int = 12,
+        text_width: int = 64,
+    ) -> int:
         """A vertical colour scale (high at the top) with its end values and a label; returns its total
         width, the same for any label of up to ``text_width`` pixels, so rows below each other line up."""
         ramp = colormap(cmap, np.linspace(1, 0, height))[:, None, :].repeat(width, axis=1)
@@ -119,8 +138,11 @@ class Sheet:
         transparent figure, and each text's pixels are kept (``_TEXT_CACHE``): a label
         drawn in an earlier picture or epoch is pasted, not drawn again, as most are.
         """
-        _draw_texts({key: (x, y) for x, y, key in self._texts if key not in _TEXT_CACHE},
-                    max(self.width, self._text_reach[0]), max(self.height, self._text_reach[1]))
+        _draw_texts(
+            {key: (x, y) for x, y, key in self._texts if key not in _TEXT_CACHE},
+            max(self.width, self._text_reach[0]),
+            max(self.height, self._text_reach[1]),
+        )
         width, height = self.width, self.height
         for x, y, key in self._texts:  # the sheet holds the text as drawn (its pixels carry 2 px of padding)
             rgba, dx, dy = _TEXT_CACHE[key]
@@ -128,7 +150,7 @@ class Sheet:
         width, height = width + self.margin, height + self.margin
         canvas = np.full((height, width, 3), 255, dtype=np.uint8)
         for x, y, pixels in self._images:
-            canvas[y:y + pixels.shape[0], x:x + pixels.shape[1]] = pixels
+            canvas[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
         picture = canvas.astype(np.float32) / 255
         for x, y, key in self._texts:
             rgba, dx, dy = _TEXT_CACHE[key]
@@ -137,7 +159,7 @@ class Sheet:
             l1, t1 = min(left + rgba.shape[1], width), min(top + rgba.shape[0], height)
             if l1 <= l0 or t1 <= t0:
                 continue
-            patch = rgba[t0 - top:t1 - top, l0 - left:l1 - left]
+            patch = rgba[t0 - top : t1 - top, l0 - left : l1 - left]
             alpha = patch[..., 3:]
             region = picture[t0:t1, l0:l1]
             region *= 1 - alpha
@@ -145,7 +167,9 @@ class Sheet:
         return torch.from_numpy(picture).permute(2, 0, 1)
 
 
-_TEXT_CACHE: dict[tuple, tuple[np.ndarray, int, int]] = {}  # text key -> (RGBA floats, left and top offset from its anchor)
+_TEXT_CACHE: dict[
+    tuple, tuple[np.ndarray, int, int]
+] = {}  # text key -> (RGBA floats, left and top offset from its anchor)
 _TEXT_CACHE_SIZE = 4096
 
 
@@ -164,9 +188,20 @@ def _draw_texts(anchors: dict[tuple, tuple[int, int]], width: int, height: int) 
     with matplotlib.rc_context({"text.hinting": "none", "text.hinting_factor": 1}):
         fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
         fig.patch.set_alpha(0)
-        artists = {key: fig.text(x / width, 1 - y / height, key[0], fontsize=key[1], ha=key[2], va=key[3],
-                                 color=key[4], weight=key[5], linespacing=1.15)
-                   for key, (x, y) in anchors.items()}
+        artists = {
+            key: fig.text(
+                x / width,
+                1 - y / height,
+                key[0],
+                fontsize=key[1],
+                ha=key[2],
+                va=key[3],
+                color=key[4],
+                weight=key[5],
+                linespacing=1.15,
+            )
+            for key, (x, y) in anchors.items()
+        }
         rgba = figure_to_tensor(fig, alpha=True).permute(1, 2, 0).numpy()  # straight (not premultiplied) alpha
         renderer = fig.canvas.get_renderer()
         for key, artist in artists.items():

@@ -1,4 +1,5 @@
-"""Pictures of the where: where the network's switches fall in the image, and where inside their windows.
+"""Pictures of the where: where the network's switches fall in the image, and where inside their windows
+(what they measure: ``switch_stats``).
 
 Only *live* windows count. A window whose maximum is 0 (all-zero ReLU background) or is
 reached at several places (a constant patch: after batch norm the background is a
@@ -16,153 +17,25 @@ fixed upsampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from matplotlib.colors import hsv_to_rgb
 from torch import Tensor
 
-from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.pooling import Pooling
-from swwae_lightning.pooling.windows import to_windows
-
 from .image_logging import PictureCallback
 from .sheet import CELL_GAP, LABEL_WIDTH, Sheet, cell_scale, colormap, nearest_upscale
+from .switch_stats import (
+    PoolingLayer,
+    mean_switch_offset,
+    pooling_layers,
+    switch_histogram,
+    ties_matter,
+)
 
 DENSITY_CMAP, CHANNEL_CMAP, HISTOGRAM_CMAP = "plasma", "viridis", "viridis"
 STROKE = 0.5  # a single-channel display pixel above this is ink
-
-
-# --- the statistics ----------------------------------------------------------------------------
-
-
-def ties_matter(pooling: Pooling) -> bool:
-    """Whether a tied maximum leaves the switch to convention: every variant but soft pooling,
-    whose soft argmax of a tie is a well-defined weighted position."""
-    return pooling.name != "soft"
-
-
-def live_windows(pooling: Pooling, z: Tensor, k: int, rtol: float = 1e-4) -> Tensor:
-    """Which windows of the pre-pool map ``z`` (B, C, H, W) carry a real switch: bool (B, C, H/k, W/k).
-
-    Live: the window's maximum is strictly positive and, for poolings whose switch is an
-    argmax, reached only once; values within ``rtol`` of the maximum (relative) count as
-    reaching it, so a constant patch computed with a few rounding differences is a tie too.
-    """
-    h, w = z.shape[-2] // k * k, z.shape[-1] // k * k
-    windows = to_windows(z[..., :h, :w].detach().float(), k).flatten(2, 3)  # (B, C, k*k, h/k, w/k)
-    top = windows.amax(dim=2)
-    live = top > 0
-    if ties_matter(pooling):
-        reaching = windows >= (top - rtol * top.abs()).unsqueeze(2)
-        live &= reaching.sum(dim=2) == 1
-    return live
-
-
-def _mass(pooling: Pooling, where: Tensor, k: int, live: Tensor | None) -> Tensor:
-    """Unit mass at every (live) switch, placed as the variant unpools: float (B, C, H, W)."""
-    if live is None:
-        return pooling.switch_mass(where, k)
-    return pooling.unpool(live.to(torch.float32), where, k)
-
-
-def switch_density(pooling: Pooling, where: Tensor, k: int, out_hw: tuple[int, int], live: Tensor | None = None) -> Tensor:
-    """How many switches (summed over channels) fell on each pre-pool pixel: float (B, *out_hw).
-
-    Unit mass is placed at every switch (only the ``live`` ones if given) as the variant
-    unpools (hard: on the max; soft: splatted bilinearly at its (dy, dx)), then upsampled
-    by nearest neighbour, so each output pixel holds its pre-pool pixel's count.
-    """
-    density = _mass(pooling, where, k, live).sum(dim=1, keepdim=True)
-    return F.interpolate(density, size=tuple(out_hw), mode="nearest-exact").squeeze(1)
-
-
-def switch_histogram(pooling: Pooling, where: Tensor, k: int, live: Tensor | None = None) -> Tensor:
-    """Counts of switch positions inside the k x k window: float (k, k).
-
-    Over all windows it sums to B * C * H/k * W/k; with ``live``, over the live windows
-    only, it sums to their number.
-    """
-    mass = _mass(pooling, where, k, live)
-    b, c, h, w = mass.shape
-    return mass.view(b, c, h // k, k, w // k, k).sum(dim=(0, 1, 2, 4))
-
-
-def mean_switch_offset(pooling: Pooling, where: Tensor, k: int, live: Tensor | None = None) -> Tensor:
-    """The (dy, dx) offset averaged over images and channels: float (H/k, W/k, 2).
-
-    With ``live``, over live windows only, and NaN where no window at that place is live.
-    For soft pooling this shows whether the soft argmax drifts towards a side of the
-    window in some part of the image.
-    """
-    positions = pooling.positions(where, k).float()
-    if live is None:
-        return positions.mean(dim=(0, 1))
-    weight = live.float().unsqueeze(-1)
-    return (positions * weight).sum(dim=(0, 1)) / weight.sum(dim=(0, 1))
-
-
-@dataclass
-class PoolingLayer:
-    """One pooling layer's what, where and live windows for a batch (on the CPU, float32)."""
-
-    index: int  # 1 = the layer nearest the input
-    pooling: Pooling
-    k: int
-    what: Tensor  # (B, C, h, w)
-    where: Tensor
-    live: Tensor  # bool (B, C, h, w)
-    prepool_hw: tuple[int, int]
-    input_hw: tuple[int, int]
-
-    @cached_property
-    def live_share(self) -> float:
-        return self.live.float().mean().item()
-
-    @cached_property
-    def density(self) -> Tensor:
-        """Live switches per pre-pool pixel, summed over channels, at the input's size: (B, H, W)."""
-        return switch_density(self.pooling, self.where, self.k, self.input_hw, self.live)
-
-    @cached_property
-    def histogram(self) -> Tensor:
-        """In-window positions of the live switches: (k, k)."""
-        return switch_histogram(self.pooling, self.where, self.k, self.live)
-
-    @property
-    def block(self) -> int:
-        """Input pixels per pre-pool pixel (along the height)."""
-        return max(1, self.input_hw[0] // self.prepool_hw[0])
-
-    def describe(self) -> str:
-        return (f"pooling layer {self.index}: {self.pooling.describe()}, {self.k}x{self.k} windows, "
-                f"{self.what.shape[1]} channels of {self.prepool_hw[0]}x{self.prepool_hw[1]}")
-
-    def live_text(self) -> str:
-        rule = "max > 0 and reached once" if ties_matter(self.pooling) else "max > 0"
-        return f"live windows ({rule}): {self.live_share:.1%} of {self.live.numel():,}"
-
-
-def pooling_layers(net: StackedWhatWhere, images: Tensor) -> list[PoolingLayer]:
-    """Each pooling layer's what, where and live windows, encoding ``images`` stage by stage as
-    ``WhatWhereStage.encode`` does, keeping the pre-pool map z that the tie test needs."""
-    layers = []
-    h = images
-    for stage in net.stages:
-        z = stage.encoder(h)
-        if stage.pool_size is None:
-            break
-        what, where = net.pooling.pool(z, stage.pool_size)
-        live = live_windows(net.pooling, z, stage.pool_size)
-        where = where.detach().cpu()
-        layers.append(PoolingLayer(len(layers) + 1, net.pooling, stage.pool_size, what.detach().float().cpu(),
-                                   where.float() if where.is_floating_point() else where, live.cpu(),
-                                   tuple(z.shape[-2:]), tuple(images.shape[-2:])))
-        h = what
-    return layers
 
 
 @dataclass
@@ -194,9 +67,13 @@ def ink_shares(layer: PoolingLayer, backdrop: Backdrop) -> dict[str, float] | No
         return None
     reach = layer.block
     near = F.max_pool2d(ink[:, None].float(), 2 * reach + 1, 1, reach)[:, 0] > 0
-    return {"on": (layer.density * ink).sum().item() / total, "on_area": ink.float().mean().item(),
-            "near": (layer.density * near).sum().item() / total, "near_area": near.float().mean().item(),
-            "reach": reach}
+    return {
+        "on": (layer.density * ink).sum().item() / total,
+        "on_area": ink.float().mean().item(),
+        "near": (layer.density * near).sum().item() / total,
+        "near_area": near.float().mean().item(),
+        "reach": reach,
+    }
 
 
 # --- the drawing -------------------------------------------------------------------------------
@@ -249,8 +126,15 @@ def draw_histogram(sheet: Sheet, x: int, y: int, histogram: Tensor, cell: int) -
     sheet.image(x, y, colours, cell)
     for (i, j), share in np.ndenumerate(shares):
         dark = colours[i, j] @ np.array([0.3, 0.59, 0.11]) < 0.5
-        sheet.text(x + (j + 0.5) * cell, y + (i + 0.5) * cell, f"{share:.0%}", size=9 if cell >= 30 else 7,
-                   ha="center", va="center", color="white" if dark else "black")
+        sheet.text(
+            x + (j + 0.5) * cell,
+            y + (i + 0.5) * cell,
+            f"{share:.0%}",
+            size=9 if cell >= 30 else 7,
+            ha="center",
+            va="center",
+            color="white" if dark else "black",
+        )
     return k * cell
 
 
@@ -284,28 +168,39 @@ def draw_layer_row(sheet: Sheet, x: int, y: int, layer: PoolingLayer, backdrop: 
     return y + side + CELL_GAP
 
 
-def draw_channel_panel(sheet: Sheet, x: int, y: int, layer: PoolingLayer, backdrop: Backdrop,
-                       num_images: int = 3, num_channels: int = 8) -> int:
+def draw_channel_panel(
+    sheet: Sheet, x: int, y: int, layer: PoolingLayer, backdrop: Backdrop, num_images: int = 3, num_channels: int = 8
+) -> int:
     """For the first few images, the live switches of their most active channels (by summed live
     what), each over the image, coloured by the pooled value / that channel's max; returns the next y."""
     n, height, width = backdrop.grey.shape
     side = height * backdrop.scale
     evidence = layer.what * layer.live  # (B, C, h, w): what each live switch carries
-    sheet.text(x, y, "most active channels, by summed live what: each channel's live switches, "
-                     "coloured by the pooled value / the channel's max", size=10, weight="bold")
+    sheet.text(
+        x,
+        y,
+        "most active channels, by summed live what: each channel's live switches, "
+        "coloured by the pooled value / the channel's max",
+        size=10,
+        weight="bold",
+    )
     y += 22
     for row in range(min(num_images, n)):
         strength = evidence[row].sum(dim=(1, 2))
-        channels = strength.argsort(descending=True)[:min(num_channels, len(strength))]
-        maps = layer.pooling.unpool(evidence[row:row + 1, channels], layer.where[row:row + 1, channels], layer.k)
+        channels = strength.argsort(descending=True)[: min(num_channels, len(strength))]
+        maps = layer.pooling.unpool(evidence[row : row + 1, channels], layer.where[row : row + 1, channels], layer.k)
         maps = F.interpolate(maps, size=(height, width), mode="nearest-exact")[0]
         maps = (maps / maps.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)).numpy()
         sheet.text(x + LABEL_WIDTH - 8, y + 12 + side / 2, f"image {row + 1}", size=10, ha="right", va="center")
         for column, channel in enumerate(channels.tolist()):
             left = x + LABEL_WIDTH + column * (side + CELL_GAP)
             sheet.text(left, y, f"channel {channel}", size=8, color="dimgray")
-            sheet.image(left, y + 12, overlay(backdrop.grey[row].numpy(), maps[column], CHANNEL_CMAP, backdrop.scale),
-                        name=f"layer{layer.index}/channels/{row}/{column}")
+            sheet.image(
+                left,
+                y + 12,
+                overlay(backdrop.grey[row].numpy(), maps[column], CHANNEL_CMAP, backdrop.scale),
+                name=f"layer{layer.index}/channels/{row}/{column}",
+            )
         y += 12 + side + CELL_GAP
     return y
 
@@ -325,15 +220,24 @@ def switch_sheet(layer: PoolingLayer, backdrop: Backdrop, epoch: int) -> Sheet:
     m = sheet.margin
     sheet.text(m, m, f"Switches of {layer.describe()}", size=12, weight="bold")
     rule = "max > 0 and reached once" if ties_matter(layer.pooling) else "max > 0"
-    sheet.text(m, m + 22, f"Only live windows count ({rule}): a dead window's switch, on an all-zero or constant "
-                          f"patch, is a tie-break, not evidence.", size=10)
+    sheet.text(
+        m,
+        m + 22,
+        f"Only live windows count ({rule}): a dead window's switch, on an all-zero or constant "
+        f"patch, is a tie-break, not evidence.",
+        size=10,
+    )
     everything = switch_histogram(layer.pooling, layer.where, layer.k)
-    numbers = (f"epoch {epoch}: {layer.live_share:.1%} of {layer.live.numel():,} windows live; over all windows the "
-               f"top in-window position would hold {(everything.max() / everything.sum()).item():.0%}")
+    numbers = (
+        f"epoch {epoch}: {layer.live_share:.1%} of {layer.live.numel():,} windows live; over all windows the "
+        f"top in-window position would hold {(everything.max() / everything.sum()).item():.0%}"
+    )
     ink = ink_shares(layer, backdrop)
     if ink is not None:
-        numbers += (f"; live switches near strokes (within {ink['reach']} px, cyan outline) {ink['near']:.0%}, "
-                    f"on {ink['near_area']:.0%} of the area")
+        numbers += (
+            f"; live switches near strokes (within {ink['reach']} px, cyan outline) {ink['near']:.0%}, "
+            f"on {ink['near_area']:.0%} of the area"
+        )
     sheet.text(m, m + 40, numbers, size=10)
     y = draw_layer_row(sheet, m, m + 66, layer, backdrop, density_label(layer, backdrop, "live-switch\ndensity"))
     draw_channel_panel(sheet, m, y + 12, layer, backdrop)
@@ -354,5 +258,9 @@ class SwitchMapLogger(PictureCallback):
             # Only rank zero gets here, which Lightning allows with rank_zero_only=True.
             pl_module.log(f"images/live_share_layer{layer.index}", layer.live_share, rank_zero_only=True)
             caption = f"{layer.describe()}, epoch {trainer.current_epoch}; {layer.live_text()}"
-            self.publish(trainer, switch_sheet(layer, backdrop, trainer.current_epoch).render(),
-                         f"switches_layer{layer.index}", caption)
+            self.publish(
+                trainer,
+                switch_sheet(layer, backdrop, trainer.current_epoch).render(),
+                f"switches_layer{layer.index}",
+                caption,
+            )

@@ -1,10 +1,10 @@
 """The data layer, on the core: datasets by name, the labeled/unlabeled split and its batches.
 
-A dataset is added with ``register_dataset(DatasetInfo(...))``; its loader returns ``ImageSplits``.
+A dataset is added with ``DATASETS.register(DatasetInfo(...))``; its loader returns ``ImageSplits``.
 """
 
-from .registry import DATASETS, DatasetInfo, register_dataset
+from .datasets import DATASETS, DatasetInfo
 from .semi_supervised import SemiSupervisedDataModule
 from .sources import ImageSplits
 
-__all__ = ["DATASETS", "DatasetInfo", "register_dataset", "ImageSplits", "SemiSupervisedDataModule"]
+__all__ = ["DATASETS", "DatasetInfo", "ImageSplits", "SemiSupervisedDataModule"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .registry import DATASETS, get_dataset
+from .datasets import DATASETS
 
 
 def class_folder(name: str) -> str:
@@ -27,12 +27,14 @@ def export(dataset: str, out: Path, data_dir: Path = Path("data")) -> dict[str, 
     """Write every train and test image of ``dataset`` under ``out``; returns the count per split."""
     from tqdm.auto import tqdm
 
-    info = get_dataset(dataset)
+    info = DATASETS[dataset]
     splits = info.load(data_dir, download=False, include_extra=False)
     names = [class_folder(n) for n in info.class_names] or [str(c) for c in range(info.num_classes)]
     counts = {}
-    for split, images, labels in (("train", splits.train_images, splits.train_labels),
-                                  ("test", splits.test_images, splits.test_labels)):
+    for split, images, labels in (
+        ("train", splits.train_images, splits.train_labels),
+        ("test", splits.test_images, splits.test_labels),
+    ):
         for name in names:
             (out / split / name).mkdir(parents=True, exist_ok=True)
         array = images.numpy()
@@ -46,7 +48,9 @@ def export(dataset: str, out: Path, data_dir: Path = Path("data")) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="fashion-mnist", choices=sorted(n for n in DATASETS if n != "folder"))
+    parser.add_argument(
+        "--dataset", default="fashion-mnist", choices=sorted(n for n in DATASETS.names() if n != "folder")
+    )
     parser.add_argument("--data-dir", default="data", help="where the dataset is looked for (nothing is downloaded)")
     parser.add_argument("--out", required=True, help="the folder to write train/ and test/ into")
     args = parser.parse_args(argv)

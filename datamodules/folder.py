@@ -83,8 +83,10 @@ def layout(root: Path) -> tuple[str, dict[str, Path]]:
         return "academic", {k: v for k, v in splits.items() if k in ("train", "test")}
     if "labeled" in splits:
         return "practitioner", {k: v for k, v in splits.items() if k in ("labeled", "unlabeled", "val", "test")}
-    raise FolderError(f"--data-dir {str(root)!r} has neither train/<class>/ (the academic layout) nor "
-                      f"labeled/<class>/ with unlabeled/ (the practitioner's)")
+    raise FolderError(
+        f"--data-dir {str(root)!r} has neither train/<class>/ (the academic layout) nor "
+        f"labeled/<class>/ with unlabeled/ (the practitioner's)"
+    )
 
 
 def class_names(folder: Path) -> list[str]:
@@ -97,16 +99,18 @@ def index(root: Path) -> tuple[str, list[str], list[Entry], list[tuple[str, str]
     labeled_split = "train" if kind == "academic" else "labeled"
     classes = class_names(folders[labeled_split])
     if len(classes) < 2:
-        raise FolderError(f"{folders[labeled_split]} holds {len(classes)} class folder(s) "
-                          f"{classes}: a classifier needs 2 or more")
+        raise FolderError(
+            f"{folders[labeled_split]} holds {len(classes)} class folder(s) {classes}: a classifier needs 2 or more"
+        )
     known = {name: i for i, name in enumerate(classes)}
     entries, skipped = [], []
     from tqdm.auto import tqdm
 
     for split, folder in folders.items():
         files = files_under(folder)
-        for parts, stat in tqdm(files, desc=f"indexing {split}/", unit="file", disable=len(files) < PARALLEL_ABOVE,
-                                file=sys.stderr):
+        for parts, stat in tqdm(
+            files, desc=f"indexing {split}/", unit="file", disable=len(files) < PARALLEL_ABOVE, file=sys.stderr
+        ):
             relative = "/".join((split, *parts))
             label = -1
             if split != "unlabeled":
@@ -114,8 +118,10 @@ def index(root: Path) -> tuple[str, list[str], list[Entry], list[tuple[str, str]
                     skipped.append((relative, f"not inside a class folder of {split}/"))
                     continue
                 if parts[0] not in known:
-                    raise FolderError(f"{folder / parts[0]} is a class that {folders[labeled_split]} does not have "
-                                      f"(its classes: {classes})")
+                    raise FolderError(
+                        f"{folder / parts[0]} is a class that {folders[labeled_split]} does not have "
+                        f"(its classes: {classes})"
+                    )
                 label = known[parts[0]]
             entries.append(Entry(relative, split, label, stat.st_size, stat.st_mtime_ns))
     if not entries:
@@ -234,8 +240,11 @@ class DiskImages:
         return self._fd[1]
 
     def __getitem__(self, indices) -> torch.Tensor:
-        rows = self.rows[np.asarray(indices, dtype=np.int64).reshape(-1)] if not isinstance(indices, slice) \
+        rows = (
+            self.rows[np.asarray(indices, dtype=np.int64).reshape(-1)]
+            if not isinstance(indices, slice)
             else self.rows[indices]
+        )
         out = np.empty((len(rows), self._item_bytes), dtype=np.uint8)
         fd, size = self._descriptor(), self._item_bytes
         for i, row in enumerate(rows.tolist()):
@@ -257,8 +266,9 @@ class DiskImages:
 
 
 def cache_key(entries: list[Entry], image_size: int, channels: int) -> str:
-    listing = json.dumps([CACHE_VERSION, image_size, channels,
-                          [(e.path, e.split, e.label, e.size, e.mtime_ns) for e in entries]])
+    listing = json.dumps(
+        [CACHE_VERSION, image_size, channels, [(e.path, e.split, e.label, e.size, e.mtime_ns) for e in entries]]
+    )
     return hashlib.sha256(listing.encode()).hexdigest()[:20]
 
 
@@ -277,8 +287,13 @@ def _decode_all(root: Path, entries: list[Entry], image_size: int, channels: int
     from tqdm.auto import tqdm
 
     jobs = [(str(root / e.path), image_size, channels) for e in entries]
-    progress = dict(total=len(jobs), desc=f"decoding {len(jobs):,} images into the cache", unit="img", file=sys.stderr,
-                    disable=len(jobs) < PARALLEL_ABOVE)
+    progress = dict(
+        total=len(jobs),
+        desc=f"decoding {len(jobs):,} images into the cache",
+        unit="img",
+        file=sys.stderr,
+        disable=len(jobs) < PARALLEL_ABOVE,
+    )
     if len(jobs) < PARALLEL_ABOVE or (os.cpu_count() or 1) < 2:
         yield from tqdm(map(_decode_file, jobs), **progress)
         return
@@ -303,9 +318,16 @@ def build_cache(root: Path, entries: list[Entry], image_size: int, channels: int
         os.replace(tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)
-    manifest = {"version": CACHE_VERSION, "image_size": image_size, "channels": channels,
-                "paths": [e.path for e in kept], "splits": [e.split for e in kept], "labels": [e.label for e in kept],
-                "sha1": digests, "skipped": skipped}
+    manifest = {
+        "version": CACHE_VERSION,
+        "image_size": image_size,
+        "channels": channels,
+        "paths": [e.path for e in kept],
+        "splits": [e.split for e in kept],
+        "labels": [e.label for e in kept],
+        "sha1": digests,
+        "skipped": skipped,
+    }
     tmp_manifest = folder / f".{key}.json.tmp-{os.getpid()}"
     tmp_manifest.write_text(json.dumps(manifest))
     os.replace(tmp_manifest, manifest_path)  # last: a manifest means a complete cache
@@ -335,14 +357,27 @@ def channel_stats(images: DiskImages, rows: np.ndarray) -> tuple[tuple[float, ..
     squares = np.zeros(images.item_shape[0])
     count = 0
     for start in range(0, len(sample), 64):  # small batches: large images must not make a memory peak here
-        batch = images.subset(sample[start:start + 64])[:].numpy().astype(np.float32)
+        batch = images.subset(sample[start : start + 64])[:].numpy().astype(np.float32)
         total += batch.sum(axis=(0, 2, 3), dtype=np.float64)
         squares += (batch * batch).sum(axis=(0, 2, 3), dtype=np.float64)
         count += batch.shape[0] * batch.shape[2] * batch.shape[3]
     mean = total / max(count, 1) / 255.0
-    std = np.sqrt(np.maximum(squares / max(count, 1) / 255.0 ** 2 - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(squares / max(count, 1) / 255.0**2 - mean**2, 1e-12))
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
-__all__ = ["FolderError", "Entry", "layout", "files_under", "index", "decode", "DiskImages", "cached", "channel_stats",
-           "dominant_channels", "default_image_size", "SIZE_PRESETS", "CACHE_FOLDER"]
+__all__ = [
+    "FolderError",
+    "Entry",
+    "layout",
+    "files_under",
+    "index",
+    "decode",
+    "DiskImages",
+    "cached",
+    "channel_stats",
+    "dominant_channels",
+    "default_image_size",
+    "SIZE_PRESETS",
+    "CACHE_FOLDER",
+]

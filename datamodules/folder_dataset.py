@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from swwae_lightning.presets import PRESETS
 
 from . import folder
-from .registry import DatasetInfo
+from .datasets import DatasetInfo
 from .sources import ImageSplits
 
 PRESET_OF_SIZE = {28: PRESETS["mnist"], 32: PRESETS["cifar"], 96: PRESETS["stl10"]}
@@ -32,20 +32,24 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _check_classes(root: Path, split_folder: str, classes: list[str], labels: np.ndarray, files: Counter,
-                   wanted: int | None) -> None:
+def _check_classes(
+    root: Path, split_folder: str, classes: list[str], labels: np.ndarray, files: Counter, wanted: int | None
+) -> None:
     counts = np.bincount(labels, minlength=len(classes)) if len(labels) else np.zeros(len(classes), dtype=int)
     for c, name in enumerate(classes):
         if counts[c] == 0:
-            raise folder.FolderError(f"{root / split_folder / name} has no readable image "
-                                     f"({files[c]} file(s), none of which decodes)")
+            raise folder.FolderError(
+                f"{root / split_folder / name} has no readable image ({files[c]} file(s), none of which decodes)"
+            )
     if wanted is not None:
         per_class = wanted // len(classes)
         short = [(name, int(counts[c])) for c, name in enumerate(classes) if counts[c] < per_class]
         if short:
             name, have = short[0]
-            raise folder.FolderError(f"--labels {wanted} asks for {per_class} images of each of the {len(classes)} "
-                                     f"classes, but {root / split_folder / name} holds only {have} readable one(s)")
+            raise folder.FolderError(
+                f"--labels {wanted} asks for {per_class} images of each of the {len(classes)} "
+                f"classes, but {root / split_folder / name} holds only {have} readable one(s)"
+            )
 
 
 def describe(settings: dict) -> DatasetInfo:
@@ -54,7 +58,8 @@ def describe(settings: dict) -> DatasetInfo:
     kind, classes, entries, skipped_at_index = folder.index(root)
     labeled_split = "train" if kind == "academic" else "labeled"
     image_size = settings.get("image_size") or folder.default_image_size(
-        root, [e for e in entries if e.split == labeled_split])
+        root, [e for e in entries if e.split == labeled_split]
+    )
     channels = settings.get("channels") or folder.dominant_channels(root, entries)
     key = (root, image_size, channels, folder.cache_key(entries, image_size, channels))
     if key in _described:
@@ -65,9 +70,11 @@ def describe(settings: dict) -> DatasetInfo:
     skipped = tuple(map(tuple, skipped_at_index + [tuple(s) for s in manifest["skipped"]]))
     if skipped:
         reasons = Counter(reason.split(" (")[0] for _, reason in skipped)
-        _say(f"skipped {len(skipped):,} of {len(entries) + len(skipped_at_index):,} files "
-             f"({', '.join(f'{n:,} {r}' for r, n in reasons.most_common())}); each is listed with its reason in "
-             f"the run directory's skipped_files.txt")
+        _say(
+            f"skipped {len(skipped):,} of {len(entries) + len(skipped_at_index):,} files "
+            f"({', '.join(f'{n:,} {r}' for r, n in reasons.most_common())}); each is listed with its reason in "
+            f"the run directory's skipped_files.txt"
+        )
     rows = {split: np.flatnonzero(splits_of == split) for split in ("train", "test", "labeled", "unlabeled", "val")}
     files_per_class = Counter(e.label for e in entries if e.split == labeled_split)
     labels_wanted = settings.get("labels") if settings.get("mode", "semi") != "unsupervised" else None
@@ -78,8 +85,10 @@ def describe(settings: dict) -> DatasetInfo:
     train_digests = {manifest["sha1"][i] for s in training for i in rows[s]}
     leaked = sum(manifest["sha1"][i] in train_digests for i in rows["test"])
     if leaked:
-        _say(f"warning: {leaked:,} file(s) under {root / 'test'} have the same bytes as a training file: "
-             f"the test error is not measured on unseen images")
+        _say(
+            f"warning: {leaked:,} file(s) under {root / 'test'} have the same bytes as a training file: "
+            f"the test error is not measured on unseen images"
+        )
 
     images = folder.DiskImages(data_path, (channels, image_size, image_size), np.arange(len(splits_of)))
     paths = np.asarray([str(root / p) for p in manifest["paths"]], dtype=object)
@@ -89,15 +98,29 @@ def describe(settings: dict) -> DatasetInfo:
     mean, std = folder.channel_stats(images, stats_rows)
     empty = torch.zeros((0, channels, image_size, image_size), dtype=torch.uint8)
     splits = ImageSplits(
-        train_images=images.subset(train_rows), train_labels=torch.from_numpy(labels[train_rows]),
+        train_images=images.subset(train_rows),
+        train_labels=torch.from_numpy(labels[train_rows]),
         test_images=images.subset(rows["test"]) if len(rows["test"]) else empty,
         test_labels=torch.from_numpy(labels[rows["test"]]),
         extra_images=images.subset(rows["unlabeled"]) if len(rows["unlabeled"]) else None,
-        val_indices=val_indices, skipped=skipped,
-        paths={"train": tuple(paths[train_rows]), "test": tuple(paths[rows["test"]]),
-               "extra": tuple(paths[rows["unlabeled"]])})
-    info = DatasetInfo("folder", lambda data_dir, download, include_extra: splits, (channels, image_size, image_size),
-                       len(classes), mean, std, hflip=True, preset=PRESET_OF_SIZE.get(image_size, ""),
-                       class_names=tuple(classes))
+        val_indices=val_indices,
+        skipped=skipped,
+        paths={
+            "train": tuple(paths[train_rows]),
+            "test": tuple(paths[rows["test"]]),
+            "extra": tuple(paths[rows["unlabeled"]]),
+        },
+    )
+    info = DatasetInfo(
+        "folder",
+        lambda data_dir, download, include_extra: splits,
+        (channels, image_size, image_size),
+        len(classes),
+        mean,
+        std,
+        hflip=True,
+        preset=PRESET_OF_SIZE.get(image_size, ""),
+        class_names=tuple(classes),
+    )
     _described[key] = info
     return info

@@ -13,8 +13,11 @@ from torch import Tensor
 
 from swwae_lightning import settings as S
 
-S.declare(S.Setting("seed", 0, "seed of the split, the batch order, augmentation and initialization", "optimization",
-                    type=int))
+S.declare(
+    S.Setting(
+        "seed", 0, "seed of the split, the batch order, augmentation and initialization", "optimization", type=int
+    )
+)
 
 
 def seeded_generator(*parts: int) -> torch.Generator:
@@ -25,7 +28,9 @@ def seeded_generator(*parts: int) -> torch.Generator:
 def hold_out_validation(num_train: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     """Split the training split into (rest, validation) index sets, seeded."""
     if not 0 <= val_size < num_train:
-        raise ValueError(f"val_size={val_size} must be in [0, {num_train}) for a training split of {num_train} examples")
+        raise ValueError(
+            f"val_size={val_size} must be in [0, {num_train}) for a training split of {num_train} examples"
+        )
     perm = torch.randperm(num_train, generator=seeded_generator(seed, 0x7A1))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -38,7 +43,9 @@ def check_label_count(num_labels: int, num_classes: int) -> None:
         )
 
 
-def balanced_labeled_indices(labels: Tensor, candidates: Tensor, num_labels: int, num_classes: int, seed: int) -> Tensor:
+def balanced_labeled_indices(
+    labels: Tensor, candidates: Tensor, num_labels: int, num_classes: int, seed: int
+) -> Tensor:
     """num_labels indices from ``candidates``, num_labels / num_classes of each class, seeded."""
     check_label_count(num_labels, num_classes)
     per_class = num_labels // num_classes
@@ -55,7 +62,7 @@ def balanced_labeled_indices(labels: Tensor, candidates: Tensor, num_labels: int
     return torch.cat(chosen).sort().values
 
 
-class EpochPlan:
+class EpochSampler:
     """One shuffled pass over ``num_examples`` per epoch, sharded over ranks.
 
     Rank r takes every world_size-th example of the epoch's permutation, so shards
@@ -64,8 +71,16 @@ class EpochPlan:
     batches), which DDP needs to keep its collectives in step.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, epoch: int = 0):
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        epoch: int = 0,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
         if num_examples < world_size:
@@ -87,18 +102,26 @@ class EpochPlan:
         return list(torch.tensor_split(order[self.rank :: self.world_size], len(self)))
 
 
-class CyclingPlan:
+class CyclingSampler:
     """``num_batches`` batches drawn from a stream of reshuffled passes over a small set.
 
     Used for the labeled set: it is much smaller than the unlabeled pool, so one
     unlabeled epoch cycles through it many times. Each cycle is a fresh
     permutation seeded by (seed, epoch, cycle), sharded over ranks like
-    EpochPlan, so the order differs from one cycle to the next on every rank
+    EpochSampler, so the order differs from one cycle to the next on every rank
     (unlike re-iterating a DataLoader whose DistributedSampler epoch is fixed).
     """
 
-    def __init__(self, num_examples: int, batch_size: int, num_batches: int, seed: int, rank: int = 0,
-                 world_size: int = 1, epoch: int = 0):
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
         if num_examples < world_size:

@@ -20,46 +20,22 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 
 from swwae_lightning import settings as S
+from swwae_lightning.objectives import VIEWS
 
 from . import augment
-from .loader import InMemoryBatches, ResumableLoader
-from .registry import DATASETS, dataset_info
-from .sampling import (CyclingPlan, EpochPlan, balanced_labeled_indices, check_label_count, hold_out_validation,
-                       seeded_generator)
+from .batches import InMemoryBatches, ResumableLoader
+from .data_settings import FOLDER_ONLY
+from .datasets import dataset_info
+from .sampling import (
+    CyclingSampler,
+    EpochSampler,
+    balanced_labeled_indices,
+    check_label_count,
+    hold_out_validation,
+    seeded_generator,
+)
 from .sources import ImageSplits
 from .strong_augment import strong_augment
-
-MODES = ("semi", "supervised", "unsupervised")
-VIEW_KINDS = ("strong", "second")  # extra views of the unlabeled batch, drawn only when an objective asks
-
-S.declare(
-    S.Setting("dataset", "mnist", "dataset", "data", type=str, choices=lambda: sorted(DATASETS)),
-    S.Setting("data_dir", "data", "where datasets are looked for (and downloaded to)", "data", type=str,
-              affects_result=False),
-    S.Setting("labels", 100, "labeled examples, balanced over classes; 'all' with --mode supervised", "data",
-              type=S.labels_value),
-    S.Setting("mode", "semi", "semi: NLL on labeled + unlabeled terms on all; supervised; unsupervised", "data",
-              type=str, choices=lambda: MODES),
-    S.Setting("batch_size", 128, "labeled examples per step (per process)", "data", type=int, check=S.at_least(1)),
-    S.Setting("unlabeled_batch_size", 128, "unlabeled examples per step (per process)", "data", type=int,
-              check=S.at_least(1)),
-    S.Setting("val_size", 5000, "training examples held out for validation", "data", type=int, check=S.at_least(0)),
-    S.Setting("fold", None, "predefined labeled fold of datasets that have them (STL-10: 0-9)", "data", type=int),
-    S.Setting("include_extra", False, "add SVHN 'extra' / STL-10 'unlabeled' to the unlabeled pool", "data",
-              flag="switch"),
-    S.Setting("augment", True, "random shifts (and flips where label-preserving)", "data", flag="switch"),
-    S.Setting("download", True, "let torchvision download a dataset that is not found locally", "data",
-              flag="switch", affects_result=False),
-    S.Setting("num_workers", 0, "loader worker processes (data is in memory: 0 is usually fastest)", "data",
-              type=int, check=S.at_least(0), affects_result=False),
-    S.Setting("image_size", None, "--dataset folder: the side of the square the network sees (shorter side "
-              "resized, centre cropped); default: the preset size (28, 32, 96) nearest the images' own", "data",
-              type=int, check=S.at_least(8), owner="dataset=folder"),
-    S.Setting("channels", None, "--dataset folder: 1 (grayscale) or 3 (RGB); default: what most images are", "data",
-              type=int, check=lambda v: None if v in (None, 1, 3) else "must be 1 or 3", owner="dataset=folder"),
-)
-FOLDER_ONLY = ("image_size", "channels")
-
 
 SKIPPED_FILE = "skipped_files.txt"  # in the run directory: a folder's unreadable files, a tab, the reason
 
@@ -81,14 +57,15 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if given and dataset != "folder":
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
         self.info = dataset_info(values)
-        unknown = sorted(set(views) - set(VIEW_KINDS))
+        unknown = sorted(set(views) - set(VIEWS))
         if unknown:
-            raise ValueError(f"views {unknown} are not among {VIEW_KINDS}")
+            raise ValueError(f"views {unknown} are not among {VIEWS}")
         if fold is not None and not self.info.folds:
             raise ValueError(f"fold={fold} applies only to datasets with predefined folds, not {dataset!r}")
         if fold is not None and not 0 <= fold < self.info.folds:
-            raise ValueError(f"fold={fold} must be in 0..{self.info.folds - 1} ({dataset} has {self.info.folds} "
-                             f"predefined folds)")
+            raise ValueError(
+                f"fold={fold} must be in 0..{self.info.folds - 1} ({dataset} has {self.info.folds} predefined folds)"
+            )
         if mode == "semi" and labels is None and fold is None and dataset != "folder":  # a folder: all of labeled/
             raise ValueError("mode='semi' needs labels=N (how many labeled examples) or, for stl10, a fold")
         if labels is not None:
@@ -98,7 +75,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.val_size, self.seed, self.mode = values["val_size"], values["seed"], mode
         self.augment, self.num_workers = values["augment"], values["num_workers"]
         self.fold, self.include_extra, self.download = fold, values["include_extra"], values["download"]
-        self.views = tuple(v for v in VIEW_KINDS if v in views)
+        self.views = tuple(v for v in VIEWS if v in views)
         self.max_shift = round(self.info.image_shape[1] / 14)  # 2 px on 28/32 px images, 7 on STL-10's 96
         self.splits: ImageSplits | None = None
         self.labeled_indices: torch.Tensor | None = None
@@ -120,7 +97,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if self.fold is not None:
             fold = self.splits.folds[self.fold]
             if self.labels is not None and self.labels != len(fold):
-                raise ValueError(f"labels={self.labels} conflicts with stl10 fold {self.fold}, which has {len(fold)} labels")
+                raise ValueError(
+                    f"labels={self.labels} conflicts with stl10 fold {self.fold}, which has {len(fold)} labels"
+                )
             outside = torch.ones(len(train_labels), dtype=torch.bool)
             outside[fold] = False
             _, val = hold_out_validation(int(outside.sum()), self.val_size, self.seed)
@@ -140,7 +119,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         elif self.labels is None:  # supervised with every label
             self.labeled_indices = rest
         else:
-            self.labeled_indices = balanced_labeled_indices(train_labels, rest, self.labels, self.info.num_classes, self.seed)
+            self.labeled_indices = balanced_labeled_indices(
+                train_labels, rest, self.labels, self.info.num_classes, self.seed
+            )
 
     def unlabeled_pool(self) -> torch.Tensor:
         """Training indices that are neither validation nor labeled (their labels are never read)."""
@@ -167,8 +148,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     def preprocessing(self) -> dict:
         """What the model must be shown the same way in every later use: it travels in every checkpoint."""
         channels, size, _ = self.info.image_shape
-        return {"image_size": size, "channels": channels, "class_names": list(self.info.class_names),
-                "mean": list(self.info.mean), "std": list(self.info.std)}
+        return {
+            "image_size": size,
+            "channels": channels,
+            "class_names": list(self.info.class_names),
+            "mean": list(self.info.mean),
+            "std": list(self.info.std),
+        }
 
     def files_fingerprint(self) -> str | None:
         """A folder dataset's readable files, in row order, as one hash: the split's indices point into them."""
@@ -178,8 +164,12 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         return hashlib.sha1(listing.encode()).hexdigest()
 
     def state_dict(self) -> dict:
-        state = {"labeled_indices": self.labeled_indices.tolist(), "val_indices": self.val_indices.tolist(),
-                 "dataset": self.dataset, "preprocessing": self.preprocessing()}
+        state = {
+            "labeled_indices": self.labeled_indices.tolist(),
+            "val_indices": self.val_indices.tolist(),
+            "dataset": self.dataset,
+            "preprocessing": self.preprocessing(),
+        }
         if self.files_fingerprint():
             state["files"] = self.files_fingerprint()
         return state
@@ -188,9 +178,11 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         """A resumed split is only right over the files it was drawn from: refuse, in one line, if they changed."""
         saved, now = state.get("files"), self.files_fingerprint()
         if saved and now and saved != now:
-            raise ValueError(f"the files under {self.data_dir} changed since this run started (readable training "
-                             f"files now: {len(self.splits.paths['train']):,}): a resume needs the files it was "
-                             f"started with; start a new run instead")
+            raise ValueError(
+                f"the files under {self.data_dir} changed since this run started (readable training "
+                f"files now: {len(self.splits.paths['train']):,}): a resume needs the files it was "
+                f"started with; start a new run instead"
+            )
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("dataset", self.dataset) != self.dataset:
@@ -206,17 +198,27 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if self.dataset != "folder":
             return
         names = tuple(saved["class_names"]) if class_names else self.info.class_names
-        self.info = dataclasses.replace(self.info, mean=tuple(saved["mean"]), std=tuple(saved["std"]), class_names=names)
+        self.info = dataclasses.replace(
+            self.info, mean=tuple(saved["mean"]), std=tuple(saved["std"]), class_names=names
+        )
 
     def write_run_files(self, run_dir: Path) -> None:
         """The exact split (for the run directory and a paper's appendix), the preprocessing the model is
         trained with and, for a folder, the skipped files."""
         counts = torch.bincount(self.splits.train_labels[self.labeled_indices], minlength=self.info.num_classes)
-        (run_dir / "split.json").write_text(json.dumps({
-            "dataset": self.dataset, "seed": self.seed, "mode": self.mode,
-            "labeled_per_class": counts.tolist(), "labeled_indices": self.labeled_indices.tolist(),
-            "val_indices": self.val_indices.tolist(), "unlabeled_pool_size": len(self.unlabeled_images()),
-        }))
+        (run_dir / "split.json").write_text(
+            json.dumps(
+                {
+                    "dataset": self.dataset,
+                    "seed": self.seed,
+                    "mode": self.mode,
+                    "labeled_per_class": counts.tolist(),
+                    "labeled_indices": self.labeled_indices.tolist(),
+                    "val_indices": self.val_indices.tolist(),
+                    "unlabeled_pool_size": len(self.unlabeled_images()),
+                }
+            )
+        )
         (run_dir / "preprocessing.json").write_text(json.dumps(self.preprocessing(), indent=2, ensure_ascii=False))
         if self.splits.skipped:
             (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\t{why}\n" for p, why in self.splits.skipped))
@@ -236,14 +238,18 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         epoch = self._epoch()
         streams = {}
-        labeled = InMemoryBatches(self.splits.train_images[self.labeled_indices], self.splits.train_labels[self.labeled_indices])
+        labeled = InMemoryBatches(
+            self.splits.train_images[self.labeled_indices], self.splits.train_labels[self.labeled_indices]
+        )
         if self.mode == "supervised":
-            plan = EpochPlan(len(labeled), self.batch_size, self.seed, rank, world, epoch=epoch)
+            plan = EpochSampler(len(labeled), self.batch_size, self.seed, rank, world, epoch=epoch)
             return {"labeled": self._stream(labeled, plan)}
         unlabeled = InMemoryBatches(self.unlabeled_images())
-        unlabeled_plan = EpochPlan(len(unlabeled), self.unlabeled_batch_size, self.seed, rank, world, epoch=epoch)
+        unlabeled_plan = EpochSampler(len(unlabeled), self.unlabeled_batch_size, self.seed, rank, world, epoch=epoch)
         if self.mode == "semi":
-            labeled_plan = CyclingPlan(len(labeled), self.batch_size, len(unlabeled_plan), self.seed, rank, world, epoch=epoch)
+            labeled_plan = CyclingSampler(
+                len(labeled), self.batch_size, len(unlabeled_plan), self.seed, rank, world, epoch=epoch
+            )
             streams["labeled"] = self._stream(labeled, labeled_plan)
         streams["unlabeled"] = self._stream(unlabeled, unlabeled_plan)
         return streams
@@ -254,11 +260,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> ResumableLoader:
         rank, world = self._rank_world()
-        plan = EpochPlan(len(images), self.batch_size * 2, self.seed, rank, world, shuffle=False)
+        plan = EpochSampler(len(images), self.batch_size * 2, self.seed, rank, world, shuffle=False)
         return ResumableLoader(InMemoryBatches(images, labels), plan, self.num_workers)
 
     def val_dataloader(self) -> ResumableLoader:
-        return self._eval_loader(_take(self.splits.train_images, self.val_indices), self.splits.train_labels[self.val_indices])
+        return self._eval_loader(
+            _take(self.splits.train_images, self.val_indices), self.splits.train_labels[self.val_indices]
+        )
 
     def test_dataloader(self) -> ResumableLoader:
         return self._eval_loader(self.splits.test_images, self.splits.test_labels)
@@ -276,14 +284,17 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         images = augment.random_translate(images, self.max_shift, generator)
         if self.info.hflip:
             images = augment.random_hflip(images, generator)
-        return augment.standardize(strong_augment(images.float() / 255, generator, hflip=False),
-                                   self.info.mean, self.info.std)
+        return augment.standardize(
+            strong_augment(images.float() / 255, generator, hflip=False), self.info.mean, self.info.std
+        )
 
     def _views(self, images: torch.Tensor, step: int, rank: int) -> dict[str, torch.Tensor]:
         """The extra views of the unlabeled batch, from their own generator: the default path draws as before."""
         generator = seeded_generator(self.seed, step, rank, 0x5EC)
-        return {name: self._strong(images, generator) if name == "strong" else self._prepare(images, generator)
-                for name in self.views}
+        return {
+            name: self._strong(images, generator) if name == "strong" else self._prepare(images, generator)
+            for name in self.views
+        }
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not isinstance(batch, dict):  # validation / test: (x, y)
@@ -325,7 +336,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         progress = {}
         if "unlabeled" in streams:
             progress["unlabeled_seen"] = (batch_idx + 1) / len(streams["unlabeled"])
-        if "labeled" in streams and isinstance(streams["labeled"].sampler, CyclingPlan):
+        if "labeled" in streams and isinstance(streams["labeled"].sampler, CyclingSampler):
             plan = streams["labeled"].sampler
             progress["labeled_cycles"] = plan.cycles_per_epoch * (batch_idx + 1) / len(plan)
         return progress

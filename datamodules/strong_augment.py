@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def affine_matrices(degrees: Tensor, shear: Tensor, scale: Tensor, translate_x: Tensor, translate_y: Tensor,
-                    height: int, width: int) -> Tensor:
+def affine_matrices(
+    degrees: Tensor, shear: Tensor, scale: Tensor, translate_x: Tensor, translate_y: Tensor, height: int, width: int
+) -> Tensor:
     """Per-image (B, 2, 3) ``theta``, as ``F.affine_grid`` takes it, from explicit parameters of shape (B,).
 
     The forward map, in pixels about the image centre (x right, y down), is
@@ -42,24 +43,42 @@ def affine_matrices(degrees: Tensor, shear: Tensor, scale: Tensor, translate_x: 
     # ... then D^-1 M D with D = diag(W/2, H/2), to normalized units.
     m01, m10 = m01 * (height / width), m10 * (width / height)
     tx, ty = 2 * translate_x, 2 * translate_y  # the translation in normalized units
-    return torch.stack([
-        torch.stack([m00, m01, -(m00 * tx + m01 * ty)], dim=-1),
-        torch.stack([m10, m11, -(m10 * tx + m11 * ty)], dim=-1),
-    ], dim=1)
+    return torch.stack(
+        [
+            torch.stack([m00, m01, -(m00 * tx + m01 * ty)], dim=-1),
+            torch.stack([m10, m11, -(m10 * tx + m11 * ty)], dim=-1),
+        ],
+        dim=1,
+    )
 
 
-def _draw_affine(generator: torch.Generator, b: int, h: int, w: int, max_degrees: float, max_shear: float,
-                 scale: tuple[float, float], max_translate: float) -> Tensor:
+def _draw_affine(
+    generator: torch.Generator,
+    b: int,
+    h: int,
+    w: int,
+    max_degrees: float,
+    max_shear: float,
+    scale: tuple[float, float],
+    max_translate: float,
+) -> Tensor:
     """Per-image (B, 2, 3) theta from 5 x B uniforms (float64 on the CPU: tiny, and the identity is exact)."""
     u = torch.rand((5, b), generator=generator, dtype=torch.float64)
     spread = 2 * u - 1  # U(-1, 1)
-    return affine_matrices(spread[0] * max_degrees, spread[1] * max_shear, scale[0] + (scale[1] - scale[0]) * u[2],
-                           spread[3] * max_translate, spread[4] * max_translate, h, w)
+    return affine_matrices(
+        spread[0] * max_degrees,
+        spread[1] * max_shear,
+        scale[0] + (scale[1] - scale[0]) * u[2],
+        spread[3] * max_translate,
+        spread[4] * max_translate,
+        h,
+        w,
+    )
 
 
 _TAPS = torch.exp(-0.5 * torch.arange(-2.0, 3.0, dtype=torch.float64) ** 2)
 _TAPS = _TAPS / _TAPS.sum()  # a Gaussian of std one lattice cell, radius 2
-_TAPS_GAIN = float((_TAPS ** 2).sum())  # the std of unit white noise after the 2-D smoothing
+_TAPS_GAIN = float((_TAPS**2).sum())  # the std of unit white noise after the 2-D smoothing
 
 
 @functools.lru_cache(maxsize=32)
@@ -67,7 +86,7 @@ def _smoothing(cells: int) -> Tensor:
     """(cells, cells + 4): 'valid' Gaussian smoothing along one axis, as a matrix."""
     smooth = torch.zeros(cells, cells + 4, dtype=torch.float64)
     for i in range(cells):
-        smooth[i, i:i + 5] = _TAPS
+        smooth[i, i : i + 5] = _TAPS
     return smooth
 
 
@@ -147,8 +166,14 @@ def _identity_theta(b: int) -> Tensor:
     return torch.eye(2, 3, dtype=torch.float64).expand(b, 2, 3)
 
 
-def random_affine(images: Tensor, generator: torch.Generator, max_degrees: float = 30.0, max_shear: float = 0.3,
-                  scale: tuple[float, float] = (0.8, 1.2), max_translate: float = 0.125) -> Tensor:
+def random_affine(
+    images: Tensor,
+    generator: torch.Generator,
+    max_degrees: float = 30.0,
+    max_shear: float = 0.3,
+    scale: tuple[float, float] = (0.8, 1.2),
+    max_translate: float = 0.125,
+) -> Tensor:
     """Per image a random rotation, x-shear, isotropic scale and translation (a fraction of the size).
 
     Bilinear, zeros outside; the identity with every magnitude 0 and ``scale=(1, 1)``.
@@ -187,8 +212,9 @@ def random_cutout(images: Tensor, generator: torch.Generator, size_fraction: flo
     return torch.addcmul(images, images, square, value=-1)  # x - x * 1 = 0 exactly; cheaper than a bool mask
 
 
-def random_brightness_contrast(images: Tensor, generator: torch.Generator, max_brightness: float = 0.3,
-                               max_contrast: float = 0.3) -> Tensor:
+def random_brightness_contrast(
+    images: Tensor, generator: torch.Generator, max_brightness: float = 0.3, max_contrast: float = 0.3
+) -> Tensor:
     """Per image a contrast factor in 1 +- max_contrast about the image mean, plus a brightness in +- max_brightness.
 
     Clamped to [0, 1]; exactly the identity with both magnitudes 0.

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from datamodules.registry import get_dataset
-from swwae_lightning.orchestration.checkpoints import load_checkpoint
-from swwae_lightning.orchestration.training import result_settings
+from datamodules.datasets import DATASETS
+from swwae_lightning import settings as S
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.orchestration.checkpoints import load_checkpoint
+from swwae_lightning.orchestration.training import result_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -56,8 +57,9 @@ def load_network(path: str | Path) -> tuple[StackedWhatWhere, dict]:
 
 def load_test_images(config: dict, limit: int | None = None) -> tuple[Tensor, tuple, tuple]:
     """The first ``limit`` images of the official test split as float [0, 1], and the dataset's mean and std."""
-    info = get_dataset(config.get("dataset", "mnist"))
-    splits = info.load(Path(config.get("data_dir", "data")), download=config.get("download", True), include_extra=False)
+    config = {**S.defaults(["data"]), **config}  # a config written before a data setting existed
+    info = DATASETS[config["dataset"]]
+    splits = info.load(Path(config["data_dir"]), download=config["download"], include_extra=False)
     images = splits.test_images[:limit] if limit else splits.test_images
     return images.float() / 255, info.mean, info.std
 
@@ -69,9 +71,14 @@ def training_settings(models: list[tuple[str, dict]]) -> list[str]:
     change after the report is written, the checkpoint's record of the run does not.
     """
     names = list(dict.fromkeys(name for _, config in models for name in result_settings(config)))
-    lines = ["## Training settings", "", "Each trained model's settings that can change a result, as its checkpoint "
-             "records them.", "", "| setting | " + " | ".join(label for label, _ in models) + " |",
-             "| --- |" + " --- |" * len(models)]
+    lines = [
+        "## Training settings",
+        "",
+        "Each trained model's settings that can change a result, as its checkpoint records them.",
+        "",
+        "| setting | " + " | ".join(label for label, _ in models) + " |",
+        "| --- |" + " --- |" * len(models),
+    ]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{config.get(name, '—')}" for _, config in models) + " |")
     return lines + [""]

@@ -28,8 +28,15 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.augment import standardize  # noqa: E402
-from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
-                                run_and_report, train_or_reuse, training_settings)
+from experiments.common import (  # noqa: E402
+    CONFIGS,
+    load_network,
+    load_test_images,
+    parse_study_args,
+    run_and_report,
+    train_or_reuse,
+    training_settings,
+)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.pooling import Pooling  # noqa: E402
 
@@ -41,7 +48,7 @@ def shift_images(images: Tensor, dy: int, dx: int) -> Tensor:
     h, w = images.shape[-2:]
     padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
     top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top:top + h, left:left + w]
+    return padded[..., top : top + h, left : left + w]
 
 
 def absolute_positions(pooling: Pooling, where: Tensor, k: int) -> Tensor:
@@ -79,8 +86,15 @@ def relative_change(x: Tensor, reference: Tensor) -> float:
 
 
 @torch.no_grad()
-def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tuple,
-                   shifts: list[int], axis: str, batch_size: int = 500) -> dict:
+def shift_response(
+    net: StackedWhatWhere,
+    images01: Tensor,
+    mean: tuple,
+    std: tuple,
+    shifts: list[int],
+    axis: str,
+    batch_size: int = 500,
+) -> dict:
     """For each shift along ``axis``: relative change of the top what, and each pooling layer's mean where position."""
     net.eval()
     index = AXES[axis]
@@ -94,8 +108,15 @@ def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tu
         for chunk in images01.split(batch_size):
             out = net(standardize(shift_images(chunk, dy, dx), mean, std))
             tops.append(out.whats[-1])
-            positions.append(torch.stack([mean_where_position(net.pooling, what, where, k, stride)[:, index] for what, where, k, stride
-                                          in zip(out.whats, out.wheres, pool_sizes, strides)], dim=1))
+            positions.append(
+                torch.stack(
+                    [
+                        mean_where_position(net.pooling, what, where, k, stride)[:, index]
+                        for what, where, k, stride in zip(out.whats, out.wheres, pool_sizes, strides)
+                    ],
+                    dim=1,
+                )
+            )
         return torch.cat(tops), torch.cat(positions)
 
     base_top, _ = encode(0)
@@ -109,9 +130,13 @@ def shift_response(net: StackedWhatWhere, images01: Tensor, mean: tuple, std: tu
     fits = [linear_fit(shifts, layer) for layer in by_layer]
     zero = shifts.index(0) if 0 in shifts else None
     return {
-        "axis": axis, "shifts": list(shifts), "what_change": what_change, "summed_what_change": summed_change,
+        "axis": axis,
+        "shifts": list(shifts),
+        "what_change": what_change,
+        "summed_what_change": summed_change,
         "displacement": [(layer - (layer[zero] if zero is not None else layer.mean())).tolist() for layer in by_layer],
-        "slope": [f[0] for f in fits], "r2": [f[2] for f in fits],
+        "slope": [f[0] for f in fits],
+        "r2": [f[2] for f in fits],
     }
 
 
@@ -132,7 +157,8 @@ def markdown(results: list[dict], num_images: int) -> str:
         "# Equivariance: shifting the input moves the where, not the what",
         "",
         f"{num_images:,} MNIST test digits shifted by whole pixels. *what change*: mean over images of "
-        "‖what(s) − what(0)‖ / ‖what(0)‖ for the top pooling layer (0 = invariant); *summed*: the same for the top what "
+        "‖what(s) − what(0)‖ / ‖what(0)‖ for the top pooling layer (0 = invariant); *summed*: the same for the "
+        "top what "
         "summed over positions (one number per channel: what is there, wherever it is). *where*: the what-weighted "
         "mean absolute switch position of each pooling layer in input pixels, fitted linearly against the shift: "
         "slope 1 = it moves exactly with the input, R² 1 = it moves smoothly.",
@@ -143,19 +169,29 @@ def markdown(results: list[dict], num_images: int) -> str:
     ]
     for r in results:
         for resp in r["responses"]:
-            lines.append(f"| {r['label']} | {resp['axis']} | {_change_at(resp, 1):.3f} | {_change_at(resp, largest):.3f} | "
-                         f"{_change_at(resp, largest, 'summed_what_change'):.3f} | "
-                         f"{resp['slope'][-1]:.3f} | "
-                         f"{resp['r2'][-1]:.3f} | {resp['slope'][0]:.3f} | {resp['r2'][0]:.3f} |")
-    lines += ["", "Per shift (top pooling layer):", "",
-              "| model | shift axis | shift (px) | what change | summed what change | where displacement (px) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+            lines.append(
+                f"| {r['label']} | {resp['axis']} | {_change_at(resp, 1):.3f} | {_change_at(resp, largest):.3f} | "
+                f"{_change_at(resp, largest, 'summed_what_change'):.3f} | "
+                f"{resp['slope'][-1]:.3f} | "
+                f"{resp['r2'][-1]:.3f} | {resp['slope'][0]:.3f} | {resp['r2'][0]:.3f} |"
+            )
+    lines += [
+        "",
+        "Per shift (top pooling layer):",
+        "",
+        "| model | shift axis | shift (px) | what change | summed what change | where displacement (px) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         for resp in r["responses"]:
-            for s, c, cs, d in zip(resp["shifts"], resp["what_change"], resp["summed_what_change"], resp["displacement"][-1]):
+            for s, c, cs, d in zip(
+                resp["shifts"], resp["what_change"], resp["summed_what_change"], resp["displacement"][-1]
+            ):
                 lines.append(f"| {r['label']} | {resp['axis']} | {s:+d} | {c:.3f} | {cs:.3f} | {d:+.3f} |")
     sources = ", ".join(f"{r['label']}: {r['source']}" for r in results)
-    return "\n".join(lines + ["", f"Models: {sources}.", "", *training_settings([(r["label"], r["config"]) for r in results])])
+    return "\n".join(
+        lines + ["", f"Models: {sources}.", "", *training_settings([(r["label"], r["config"]) for r in results])]
+    )
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -171,24 +207,39 @@ def plot(results: list[dict], path: Path) -> None:
         for color, r in zip(colors, results):
             resp = next(x for x in r["responses"] if x["axis"] == axis)
             axes[0, col].plot(resp["shifts"], resp["what_change"], "o-", color=color, label=f"{r['label']}: top what")
-            axes[0, col].plot(resp["shifts"], resp["summed_what_change"], "s:", color=color,
-                              label=f"{r['label']}: top what summed over positions")
+            axes[0, col].plot(
+                resp["shifts"],
+                resp["summed_what_change"],
+                "s:",
+                color=color,
+                label=f"{r['label']}: top what summed over positions",
+            )
             for layer, displacement in enumerate(resp["displacement"]):
                 top = layer == len(resp["displacement"]) - 1
-                axes[1, col].plot(resp["shifts"], displacement, "o-" if top else "s:", color=color, alpha=1 if top else 0.6,
-                                  label=f"{r['label']}, layer {layer + 1}: slope {resp['slope'][layer]:.2f}, "
-                                        f"R² {resp['r2'][layer]:.2f}")
+                axes[1, col].plot(
+                    resp["shifts"],
+                    displacement,
+                    "o-" if top else "s:",
+                    color=color,
+                    alpha=1 if top else 0.6,
+                    label=f"{r['label']}, layer {layer + 1}: slope {resp['slope'][layer]:.2f}, "
+                    f"R² {resp['r2'][layer]:.2f}",
+                )
         shifts = results[0]["responses"][0]["shifts"]
         axes[1, col].plot(shifts, shifts, "--", color="gray", label="moves with the input (slope 1)")
         axes[0, col].set(title=f"{axis} shift: top what", xlabel="shift (px)", ylabel="‖Δwhat‖ / ‖what‖")
-        axes[1, col].set(title=f"{axis} shift: mean where position", xlabel="shift (px)", ylabel="displacement (input px)")
+        axes[1, col].set(
+            title=f"{axis} shift: mean where position", xlabel="shift (px)", ylabel="displacement (input px)"
+        )
         for ax in axes[:, col]:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
 
 
-def run_study(models: list[tuple[str, str]], out_dir: str | Path, max_shift: int = 3, num_images: int = 1000) -> list[dict]:
+def run_study(
+    models: list[tuple[str, str]], out_dir: str | Path, max_shift: int = 3, num_images: int = 1000
+) -> list[dict]:
     """``models``: (name, run directory or checkpoint). Writes equivariance.md and .png."""
     shifts = list(range(-max_shift, max_shift + 1))
     results, count = [], 0
@@ -199,8 +250,11 @@ def run_study(models: list[tuple[str, str]], out_dir: str | Path, max_shift: int
         responses = [shift_response(net, images01, mean, std, shifts, axis) for axis in AXES]
         results.append({"label": model_label(net, name), "source": str(source), "config": cfg, "responses": responses})
         for resp in responses:
-            print(f"{name} {resp['axis']}: what change at +{max_shift} {resp['what_change'][-1]:.3f}, "
-                  f"top where slope {resp['slope'][-1]:.3f} (R² {resp['r2'][-1]:.3f})", flush=True)
+            print(
+                f"{name} {resp['axis']}: what change at +{max_shift} {resp['what_change'][-1]:.3f}, "
+                f"top where slope {resp['slope'][-1]:.3f} (R² {resp['r2'][-1]:.3f})",
+                flush=True,
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "equivariance.md").write_text(markdown(results, count))
@@ -209,10 +263,19 @@ def run_study(models: list[tuple[str, str]], out_dir: str | Path, max_shift: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
-                                     epilog="Other options (e.g. --max-epochs 1 --limit-train-batches 50) go to train.py.")
-    parser.add_argument("--checkpoint", nargs="+", metavar="RUN_DIR", help="evaluate these runs (or .ckpt files) instead of training")
-    parser.add_argument("--config", default=str(CONFIGS / "equivariance-soft.yaml"), help="config of the soft model; the hard one adds --pooling hard")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,
+        epilog="Other options (e.g. --max-epochs 1 --limit-train-batches 50) go to train.py.",
+    )
+    parser.add_argument(
+        "--checkpoint", nargs="+", metavar="RUN_DIR", help="evaluate these runs (or .ckpt files) instead of training"
+    )
+    parser.add_argument(
+        "--config",
+        default=str(CONFIGS / "equivariance-soft.yaml"),
+        help="config of the soft model; the hard one adds --pooling hard",
+    )
     parser.add_argument("--runs-root", default="runs", help="trained runs go to RUNS_ROOT/equivariance-{soft,hard}")
     parser.add_argument("--out", default="reports", help="where equivariance.md and .png go")
     parser.add_argument("--max-shift", type=int, default=3, help="shifts -N..N pixels (default 3)")
@@ -233,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         run_study(models, args.out, args.max_shift, args.num_test)
 
     return run_and_report(study, args.out, "equivariance")
+
 
 if __name__ == "__main__":
     sys.exit(main())

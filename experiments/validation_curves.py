@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from swwae_lightning.orchestration import report
 from swwae_lightning import settings as S
+from swwae_lightning.orchestration import report
 
 
 def read_run(run_dir: Path) -> dict:
@@ -34,9 +34,13 @@ def read_run(run_dir: Path) -> dict:
         for row in csv.DictReader(f):
             if row.get("val/error"):  # a resumed run may repeat an epoch: its last value counts
                 by_epoch[int(row["epoch"])] = float(row["val/error"])
-    return {"run": run_dir.name, "config": {**S.defaults(), **run.config},
-            "compared": dict(report.setting_values(run, S.bookkeeping())),
-            "finished": (run_dir / "results.json").is_file(), "val_error": [by_epoch[e] for e in sorted(by_epoch)]}
+    return {
+        "run": run_dir.name,
+        "config": {**S.defaults(), **run.config},
+        "compared": dict(report.setting_values(run, S.bookkeeping())),
+        "finished": (run_dir / "results.json").is_file(),
+        "val_error": [by_epoch[e] for e in sorted(by_epoch)],
+    }
 
 
 def differing_settings(runs: list[dict]) -> list[str]:
@@ -48,14 +52,26 @@ def differing_settings(runs: list[dict]) -> list[str]:
 def summarize(run_dirs: list[Path]) -> dict:
     runs = [read_run(Path(d)) for d in run_dirs]
     differ = differing_settings(runs)
-    return {"differing_settings": differ, "runs": [
-        {"run": r["run"], "settings": {n: r["config"].get(n) for n in differ}, "finished": r["finished"],
-         "max_epochs": r["config"].get("max_epochs"), "val_error": r["val_error"]} for r in runs]}
+    return {
+        "differing_settings": differ,
+        "runs": [
+            {
+                "run": r["run"],
+                "settings": {n: r["config"].get(n) for n in differ},
+                "finished": r["finished"],
+                "max_epochs": r["config"].get("max_epochs"),
+                "val_error": r["val_error"],
+            }
+            for r in runs
+        ],
+    }
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| run | settings that differ | epochs | validation error % after each epoch | last |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| run | settings that differ | epochs | validation error % after each epoch | last |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in summary["runs"]:
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "—"
         epochs = f"{len(r['val_error'])} of {r['max_epochs']}" + ("" if r["finished"] else ", stopped")

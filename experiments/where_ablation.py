@@ -32,8 +32,15 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from callbacks.reconstructions import unpooling as unpooling_mode  # noqa: E402
 from datamodules.augment import destandardize, standardize  # noqa: E402
-from experiments.common import (CONFIGS, load_network, load_test_images, parse_study_args,  # noqa: E402
-                                run_and_report, train_or_reuse, training_settings)
+from experiments.common import (  # noqa: E402
+    CONFIGS,
+    load_network,
+    load_test_images,
+    parse_study_args,
+    run_and_report,
+    train_or_reuse,
+    training_settings,
+)
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 
 POOL_SIZES = (2, 4, 7)
@@ -72,8 +79,10 @@ def findings(rows: list[dict], copy_key: str = "copy") -> dict[str, bool]:
     """The paper's two claims, checked on the measured rows against the ``copy_key`` column."""
     rows = sorted(rows, key=lambda r: r["pool_size"])
     gaps = [r[copy_key] - r["where"] for r in rows]
-    return {"where_better_everywhere": all(r["where"] < r[copy_key] for r in rows),
-            "gap_grows_with_pool_size": all(b > a for a, b in zip(gaps, gaps[1:]))}
+    return {
+        "where_better_everywhere": all(r["where"] < r[copy_key] for r in rows),
+        "gap_grows_with_pool_size": all(b > a for a, b in zip(gaps, gaps[1:])),
+    }
 
 
 def markdown(rows: list[dict], num_images: int, train_args: list[str], configs: list[tuple[str, dict]]) -> str:
@@ -89,21 +98,26 @@ def markdown(rows: list[dict], num_images: int, train_args: list[str], configs: 
         "for [0, 1] pixels).",
         "",
         "| pool size X | architecture | MSE where | MSE copy, same net | copy / where |"
-        + (" MSE copy, own net | own net / where |" if trained_copy else "") + " run |",
+        + (" MSE copy, own net | own net / where |" if trained_copy else "")
+        + " run |",
         "| --- | --- | --- | --- | --- |" + (" --- | --- |" if trained_copy else "") + " --- |",
     ]
     for r in sorted(rows, key=lambda r: r["pool_size"]):
         own = f" {r['copy_trained']:.4f} | {r['copy_trained'] / r['where']:.2f} |" if trained_copy else ""
-        lines.append(f"| {r['pool_size']} | `{r['arch']}` | {r['where']:.4f} | {r['copy']:.4f} | "
-                     f"{r['copy'] / r['where']:.2f} |{own} {r['run_dir']} |")
+        lines.append(
+            f"| {r['pool_size']} | `{r['arch']}` | {r['where']:.4f} | {r['copy']:.4f} | "
+            f"{r['copy'] / r['where']:.2f} |{own} {r['run_dir']} |"
+        )
     yes = {True: "yes", False: "**no**"}
     lines.append("")
     for key, name in (("copy", "copy, same net"), ("copy_trained", "copy, own net")):
         if key == "copy_trained" and not trained_copy:
             continue
         found = findings(rows, key)
-        lines += [f"- where beats *{name}* at every pool size: {yes[found['where_better_everywhere']]}; "
-                  f"the gap grows with the pool size: {yes[found['gap_grows_with_pool_size']]}"]
+        lines += [
+            f"- where beats *{name}* at every pool size: {yes[found['where_better_everywhere']]}; "
+            f"the gap grows with the pool size: {yes[found['gap_grows_with_pool_size']]}"
+        ]
     lines += [
         "",
         "The same-net copy error mixes two things: the missing switches, and a decoder trained on one value per "
@@ -124,22 +138,37 @@ def plot_grid(samples: list[dict], path: Path) -> None:
     from torchvision.utils import make_grid
 
     num_rows = sum(n in samples[0] for n in ROW_NAMES)
-    fig = Figure(figsize=(1.1 * samples[0]["input"].shape[0] + 1.5, (1.15 * num_rows + 0.4) * len(samples)), layout="constrained")
+    fig = Figure(
+        figsize=(1.1 * samples[0]["input"].shape[0] + 1.5, (1.15 * num_rows + 0.4) * len(samples)), layout="constrained"
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(samples), 1, squeeze=False)[:, 0]
     for ax, s in zip(axes, samples):
         names = [n for n in ("input", "where", "copy", "copy_trained") if n in s]
         grid = make_grid(torch.cat([s[n] for n in names]), nrow=len(s["input"]), pad_value=1.0)
         ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        ax.set_title(f"pool {s['pool_size']}x{s['pool_size']}: MSE " + ", ".join(f"{ROW_NAMES[n]} {s['mse'][n]:.4f}" for n in names[1:]))
-        ax.set_yticks([(i + 0.5) * grid.shape[1] / len(names) for i in range(len(names))], [ROW_NAMES[n].replace(", ", "\n") for n in names])
+        ax.set_title(
+            f"pool {s['pool_size']}x{s['pool_size']}: MSE "
+            + ", ".join(f"{ROW_NAMES[n]} {s['mse'][n]:.4f}" for n in names[1:])
+        )
+        ax.set_yticks(
+            [(i + 0.5) * grid.shape[1] / len(names) for i in range(len(names))],
+            [ROW_NAMES[n].replace(", ", "\n") for n in names],
+        )
         ax.set_xticks([])
     fig.savefig(path, dpi=110)
 
 
-def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Path, out_dir: str | Path,
-                 train_args: list[str] | None = None, num_test: int | None = None, num_show: int = 8,
-                 train_copy: bool = False) -> list[dict]:
+def run_ablation(
+    pool_sizes: list[int],
+    config: str | Path,
+    runs_root: str | Path,
+    out_dir: str | Path,
+    train_args: list[str] | None = None,
+    num_test: int | None = None,
+    num_show: int = 8,
+    train_copy: bool = False,
+) -> list[dict]:
     """Train one auto-encoder per pool size (or reuse it), measure both unpoolings, write the table and grid.
 
     With ``train_copy`` a second auto-encoder per pool size is trained with copy-unpooling.
@@ -153,8 +182,12 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
         configs.append((run_dir.name, cfg))
         images01, mean, std = load_test_images(cfg, num_test)
         images = standardize(images01, mean, std)
-        row = {"pool_size": pool_size, "arch": net.arch, "run_dir": str(run_dir),
-               **{mode: reconstruction_mse(net, images, mode) for mode in UNPOOLINGS}}
+        row = {
+            "pool_size": pool_size,
+            "arch": net.arch,
+            "run_dir": str(run_dir),
+            **{mode: reconstruction_mse(net, images, mode) for mode in UNPOOLINGS},
+        }
         shown = images[:num_show]
         recon = reconstructions(net, shown)
         if train_copy:
@@ -163,8 +196,13 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
             row["copy_trained"] = reconstruction_mse(copy_net, images, "copy")
             recon["copy_trained"] = reconstructions(copy_net, shown)["copy"]
         rows.append(row)
-        samples.append({"pool_size": pool_size, "mse": row,
-                        **{k: destandardize(v, mean, std) for k, v in (("input", shown), *recon.items())}})
+        samples.append(
+            {
+                "pool_size": pool_size,
+                "mse": row,
+                **{k: destandardize(v, mean, std) for k, v in (("input", shown), *recon.items())},
+            }
+        )
         print(f"pool {pool_size}: MSE " + ", ".join(f"{ROW_NAMES[k]} {row[k]:.4f}" for k in recon), flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,20 +212,38 @@ def run_ablation(pool_sizes: list[int], config: str | Path, runs_root: str | Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
-                                     epilog="Other options (e.g. --max-epochs 1 --limit-train-batches 20) go to train.py.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,
+        epilog="Other options (e.g. --max-epochs 1 --limit-train-batches 20) go to train.py.",
+    )
     parser.add_argument("--pool-sizes", nargs="+", type=int, default=list(POOL_SIZES), help="default: 2 4 7")
     parser.add_argument("--config", default=str(CONFIGS / "where-ablation.yaml"), help="base config of every run")
     parser.add_argument("--runs-root", default="runs", help="run directories go to RUNS_ROOT/where-ablation-mpX")
     parser.add_argument("--out", default="reports", help="where where_ablation.md and .png go")
     parser.add_argument("--num-test", type=int, default=None, help="test images measured (default: all 10,000)")
     parser.add_argument("--num-show", type=int, default=8, help="images in the picture")
-    parser.add_argument("--train-copy", action="store_true",
-                        help="also train a copy-unpooling network per pool size (the paper's model without the where)")
+    parser.add_argument(
+        "--train-copy",
+        action="store_true",
+        help="also train a copy-unpooling network per pool size (the paper's model without the where)",
+    )
     args, train_args = parse_study_args(parser, argv)
-    return run_and_report(lambda: run_ablation(args.pool_sizes, args.config, args.runs_root, args.out, train_args,
-                                               args.num_test, args.num_show, args.train_copy),
-                          args.out, "where_ablation")
+    return run_and_report(
+        lambda: run_ablation(
+            args.pool_sizes,
+            args.config,
+            args.runs_root,
+            args.out,
+            train_args,
+            args.num_test,
+            args.num_show,
+            args.train_copy,
+        ),
+        args.out,
+        "where_ablation",
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

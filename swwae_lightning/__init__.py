@@ -17,5 +17,21 @@ from .objectives import TERMS, LossParts, LossTerm, Objective, StepContext, is_b
 from .pooling import POOLINGS, Pooling, make_pooling
 from .settings import Setting, declare
 
-__all__ = ["settings", "Setting", "declare", "parse_arch", "StackedWhatWhere", "SWWAEOutput", "POOLINGS", "Pooling",
-           "make_pooling", "TERMS", "LossTerm", "LossParts", "Objective", "StepContext", "is_baseline", "SWWAEModule"]
+__all__ = [
+    "settings",
+    "Setting",
+    "declare",
+    "parse_arch",
+    "StackedWhatWhere",
+    "SWWAEOutput",
+    "POOLINGS",
+    "Pooling",
+    "make_pooling",
+    "TERMS",
+    "LossTerm",
+    "LossParts",
+    "Objective",
+    "StepContext",
+    "is_baseline",
+    "SWWAEModule",
+]

@@ -97,7 +97,9 @@ def parse_arch(arch: str) -> list[LayerSpec]:
     previous = None
     for spec in specs:
         if isinstance(spec, (Conv, Pool)) and seen_linear:
-            raise ValueError(f"architecture {arch!r}: {spec} comes after an FC layer; convolutions and poolings come first")
+            raise ValueError(
+                f"architecture {arch!r}: {spec} comes after an FC layer; convolutions and poolings come first"
+            )
         if isinstance(spec, Pool) and not isinstance(previous, Conv):
             raise ValueError(f"architecture {arch!r}: pooling MP{spec.size} must follow a convolution")
         seen_linear = seen_linear or isinstance(spec, Linear)

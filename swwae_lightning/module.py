@@ -24,25 +24,42 @@ from .schedules import SCHEDULES
 S.declare(
     S.Setting("lr", 3e-3, "Adam (peak) learning rate", "optimization", type=float, check=S.greater_than(0)),
     S.Setting("weight_decay", 0.0, "Adam weight decay", "optimization", type=float, check=S.at_least(0)),
-    S.Setting("schedule", "onecycle", "learning-rate schedule, stepped every batch", "optimization", type=str,
-              choices=lambda: tuple(SCHEDULES)),
-    S.Setting("freeze_encoder", False, "train only the classifier head (and decoder): a linear probe",
-              "optimization", flag="switch"),
+    S.Setting(
+        "schedule",
+        "onecycle",
+        "learning-rate schedule, stepped every batch",
+        "optimization",
+        type=str,
+        choices=lambda: tuple(SCHEDULES),
+    ),
+    S.Setting(
+        "freeze_encoder",
+        False,
+        "train only the classifier head (and decoder): a linear probe",
+        "optimization",
+        flag="switch",
+    ),
 )
 OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
 
 # Under DDP Lightning advises sync_dist=True for epoch-level values. The accuracies are computed by
 # torchmetrics, already reduced over every rank, and the pictures' numbers exist on rank 0 only: the
 # advice is a line the user cannot act on.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'")
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'"
+)
 # Lightning's own batch flattening still builds torch's deprecated LeafSpec: a warning about
 # Lightning's code, printed at the first validation of every run.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 # On one-channel images the first conv's weight gradient, shape (C, 1, k, k), can come back with
 # channels-last strides: the same memory order as DDP's bucket, so its "may impair performance"
 # warning is about nothing. Other shapes still warn.
-warnings.filterwarnings("ignore", message=r"(?s)Grad strides do not match bucket view strides.*"
-                        r"grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]", category=UserWarning)
+warnings.filterwarnings(
+    "ignore",
+    message=r"(?s)Grad strides do not match bucket view strides.*"
+    r"grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]",
+    category=UserWarning,
+)
 
 
 def module_settings() -> list[str]:
@@ -64,8 +81,9 @@ class SWWAEModule(pl.LightningModule):
     def __init__(self, arch: str, in_channels: int, image_size: int, num_classes: int, **settings):
         super().__init__()
         values = S.complete(settings, module_settings(), "SWWAEModule")
-        self.save_hyperparameters({"arch": arch, "in_channels": in_channels, "image_size": image_size,
-                                   "num_classes": num_classes, **values})
+        self.save_hyperparameters(
+            {"arch": arch, "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, **values}
+        )
         names = S.names_in(["what-where"])
         self.net = StackedWhatWhere(arch, in_channels, image_size, num_classes, **{k: values[k] for k in names})
         self.objective = Objective(**{k: values[k] for k in S.names_in(["objectives"])})
@@ -76,13 +94,19 @@ class SWWAEModule(pl.LightningModule):
         if self.objective.needs_teacher:  # a submodule, so every checkpoint holds it
             self.teacher = ema_teacher(self.net, values["ema_decay"])
         elif values["eval_teacher"]:
-            raise ValueError("--eval-teacher evaluates the EMA teacher, which only a term that needs it keeps "
-                             "(--lambda-consistency > 0)")
+            raise ValueError(
+                "--eval-teacher evaluates the EMA teacher, which only a term that needs it keeps "
+                "(--lambda-consistency > 0)"
+            )
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.val_term_metrics = torch.nn.ModuleDict({
-            f"{term}_{metric}": MeanMetric() for term in self.objective.computed
-            for metric in self.objective.terms[term].validation_metrics})
+        self.val_term_metrics = torch.nn.ModuleDict(
+            {
+                f"{term}_{metric}": MeanMetric()
+                for term in self.objective.computed
+                for metric in self.objective.terms[term].validation_metrics
+            }
+        )
         self.nan_guard = NonFiniteGuard()
         self._rng_states_to_restore: dict | None = None
 
@@ -127,7 +151,9 @@ class SWWAEModule(pl.LightningModule):
             self.log_dict(parts, batch_size=size)
             datamodule = getattr(self.trainer, "datamodule", None)
             if hasattr(datamodule, "stream_progress"):
-                self.log_dict({f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size)
+                self.log_dict(
+                    {f"data/{k}": v for k, v in datamodule.stream_progress(batch_idx).items()}, batch_size=size
+                )
         return loss.total
 
     def _writes_logs_this_step(self, batch_idx: int) -> bool:
@@ -140,8 +166,11 @@ class SWWAEModule(pl.LightningModule):
         """
         trainer = self.trainer
         every = trainer.log_every_n_steps
-        return (bool(trainer.fast_dev_run) or batch_idx + 1 >= trainer.num_training_batches
-                or (every > 0 and (trainer.global_step + 1) % every == 0))
+        return (
+            bool(trainer.fast_dev_run)
+            or batch_idx + 1 >= trainer.num_training_batches
+            or (every > 0 and (trainer.global_step + 1) % every == 0)
+        )
 
     @property
     def evaluated_net(self) -> StackedWhatWhere:
@@ -158,8 +187,12 @@ class SWWAEModule(pl.LightningModule):
         else:
             out = net(x)
             logits = out.logits
-            self.log(f"{stage}/rec", torch.nn.functional.mse_loss(out.reconstruction.float(), x),
-                     sync_dist=True, batch_size=len(x))
+            self.log(
+                f"{stage}/rec",
+                torch.nn.functional.mse_loss(out.reconstruction.float(), x),
+                sync_dist=True,
+                batch_size=len(x),
+            )
         accuracy.update(logits, y)
         if stage == "val":
             for term in self.objective.computed:

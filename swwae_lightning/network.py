@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import pooling as P
 from . import settings as S
-from .arch import BatchNorm, Conv, Dropout, Linear, LayerSpec, check_input_size, parse_arch, stages
+from .arch import BatchNorm, Conv, Dropout, LayerSpec, Linear, check_input_size, parse_arch, stages
 
 
 @dataclass
@@ -40,10 +40,17 @@ class SWWAEOutput:
 
 
 DECODER_TOPS = ("what", "label")
-S.declare(S.Setting(
-    "decoder_top", "what", "where the decoder starts: the top what, or the class layer (one-hot label for labeled "
-    "rows, the classifier's softmax for unlabeled rows) decoded through layers mirroring the classifier",
-    "what-where", type=str, choices=lambda: DECODER_TOPS))
+S.declare(
+    S.Setting(
+        "decoder_top",
+        "what",
+        "where the decoder starts: the top what, or the class layer (one-hot label for labeled "
+        "rows, the classifier's softmax for unlabeled rows) decoded through layers mirroring the classifier",
+        "what-where",
+        type=str,
+        choices=lambda: DECODER_TOPS,
+    )
+)
 
 
 class ImageOutputConv2d(nn.Conv2d):
@@ -61,10 +68,14 @@ class ImageOutputConv2d(nn.Conv2d):
         if x.device.type != "cpu":
             return super().forward(x)
         layout = torch.channels_last
-        return self._conv_forward(x.contiguous(memory_format=layout), self.weight.contiguous(memory_format=layout), self.bias)
+        return self._conv_forward(
+            x.contiguous(memory_format=layout), self.weight.contiguous(memory_format=layout), self.bias
+        )
 
 
-def _conv_block(cin: int, cout: int, kernel: int, batch_norm: bool, relu: bool, image_output: bool = False) -> nn.Sequential:
+def _conv_block(
+    cin: int, cout: int, kernel: int, batch_norm: bool, relu: bool, image_output: bool = False
+) -> nn.Sequential:
     conv = ImageOutputConv2d if image_output else nn.Conv2d
     layers: list[nn.Module] = [conv(cin, cout, kernel, padding="same", bias=not batch_norm)]
     if batch_norm:
@@ -89,8 +100,11 @@ class WhatWhereStage(nn.Module):
         blocks = []
         for i in reversed(range(len(convs))):
             last = is_bottom and i == 0
-            blocks.append(_conv_block(widths[i + 1], widths[i], convs[i].kernel, batch_norm and not last, relu=not last,
-                                      image_output=last))
+            blocks.append(
+                _conv_block(
+                    widths[i + 1], widths[i], convs[i].kernel, batch_norm and not last, relu=not last, image_output=last
+                )
+            )
         self.decoder = nn.Sequential(*blocks)
         self.out_channels = widths[-1]
 
@@ -115,8 +129,14 @@ class StackedWhatWhere(nn.Module):
     run time (the where ablation reconstructs the same weights with ``unpool = "copy"``).
     """
 
-    def __init__(self, arch: str | list[LayerSpec], in_channels: int, image_size: int | tuple[int, int],
-                 num_classes: int, **settings):
+    def __init__(
+        self,
+        arch: str | list[LayerSpec],
+        in_channels: int,
+        image_size: int | tuple[int, int],
+        num_classes: int,
+        **settings,
+    ):
         super().__init__()
         options = S.complete(settings, S.names_in(["what-where"]), "StackedWhatWhere")
         specs = parse_arch(arch) if isinstance(arch, str) else list(arch)
@@ -151,8 +171,13 @@ class StackedWhatWhere(nn.Module):
             # The classifier mirrored: classes -> its hidden widths in reverse -> the top what's size.
             # ReLU throughout, as the top what it reconstructs is a pooled ReLU map.
             widths = [num_classes] + widths[::-1]
-            self.top_decoder = nn.Sequential(*[m for i in range(len(widths) - 1)
-                                               for m in (nn.Linear(widths[i], widths[i + 1]), nn.ReLU(inplace=True))])
+            self.top_decoder = nn.Sequential(
+                *[
+                    m
+                    for i in range(len(widths) - 1)
+                    for m in (nn.Linear(widths[i], widths[i + 1]), nn.ReLU(inplace=True))
+                ]
+            )
         self.input_shape = (in_channels, height, width)
         self.num_classes = num_classes
 
@@ -198,7 +223,7 @@ class StackedWhatWhere(nn.Module):
             return top_what
         top = F.softmax(logits.float(), dim=1).to(logits.dtype)
         if labels is not None and labels.numel() > 0:
-            top = torch.cat([F.one_hot(labels, self.num_classes).to(top.dtype), top[labels.shape[0]:]])
+            top = torch.cat([F.one_hot(labels, self.num_classes).to(top.dtype), top[labels.shape[0] :]])
         return self.top_decoder(top).view(-1, *self.top_shape)
 
     def decode(self, top: Tensor, wheres: list[Tensor | None]) -> list[Tensor]:
@@ -218,8 +243,15 @@ class StackedWhatWhere(nn.Module):
         reconstruction = decoded.pop()
         decoder_states = decoded[::-1]  # decoder_states[i] reconstructs states[i]
         whats = [s for s, w in zip(states, wheres) if w is not None]
-        return SWWAEOutput(logits, reconstruction, states, decoder_states, whats, [w for w in wheres if w is not None],
-                           top_is_copy=self.decoder_top == "what")
+        return SWWAEOutput(
+            logits,
+            reconstruction,
+            states,
+            decoder_states,
+            whats,
+            [w for w in wheres if w is not None],
+            top_is_copy=self.decoder_top == "what",
+        )
 
     def pool_sizes(self) -> list[int]:
         return [s.pool_size for s in self.stages if s.pool_size is not None]

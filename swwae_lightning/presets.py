@@ -22,6 +22,8 @@ if __name__ == "__main__":
     for name, arch in PRESETS.items():
         channels, size = shapes[name]
         net = StackedWhatWhere(arch, channels, size, 10)
-        encoder = sum(p.numel() for s in net.stages for p in s.encoder.parameters()) + sum(p.numel() for p in net.head.parameters())
+        encoder = sum(p.numel() for s in net.stages for p in s.encoder.parameters()) + sum(
+            p.numel() for p in net.head.parameters()
+        )
         total = sum(p.numel() for p in net.parameters())
         print(f"| {name} | {channels}x{size}x{size} | `{arch}` | {encoder:,} | {total:,} |")

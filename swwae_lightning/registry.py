@@ -1,4 +1,5 @@
-"""Named, registered components (poolings, loss terms): a new one is a class plus ``@REGISTRY.register``."""
+"""Named, registered components (poolings, loss terms, datasets): a new one is ``REGISTRY.register(item)``,
+as a class decorator for a class."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ class Registry(Generic[T]):
         self.kind, self._items, self._on_register = kind, {}, on_register
 
     def register(self, item: T) -> T:
-        """Class decorator: registers ``item`` under its ``name`` attribute."""
+        """Registers ``item`` under its ``name`` attribute (again is fine for an equal item); returns it."""
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.kind} needs a non-empty class attribute 'name'")
-        if name in self._items and self._items[name] is not item:
+        if name in self._items and self._items[name] != item:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = item
         if self._on_register:

@@ -77,9 +77,11 @@ def greater_than(bound: float) -> Check:
 
 def within(low: float, high: float, closed_low: bool = False, closed_high: bool = False) -> Check:
     """Inside (low, high), with either end closed on request."""
+
     def check(v):
         ok = (v >= low if closed_low else v > low) and (v <= high if closed_high else v < high)
         return None if ok else f"must be in {'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+
     return check
 
 
@@ -92,6 +94,11 @@ def labels_value(value) -> int | None:
         return int(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a whole number or 'all'") from None
+
+
+def labels_text(labels: int | None, spec: str = "") -> str:
+    """How a label count is written in names and tables (``spec``: its format): None (every label) is 'all'."""
+    return "all" if labels is None else format(labels, spec)
 
 
 def batches_value(value) -> int | float:
@@ -130,8 +137,13 @@ def convert(setting: Setting, value, where: str, sep: str = " "):
         try:
             value = setting.type(value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-            raise ValueError(f"{said} is not a whole number" if setting.type is int else
-                             f"{said} is not a number" if setting.type is float else f"{where}{sep}{error}") from None
+            raise ValueError(
+                f"{said} is not a whole number"
+                if setting.type is int
+                else f"{said} is not a number"
+                if setting.type is float
+                else f"{where}{sep}{error}"
+            ) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where}{sep}{value} must be a finite number")
     allowed = setting.allowed()
@@ -160,7 +172,9 @@ def check_all(values: dict, style: str = "flag") -> dict:
         setting = SETTINGS.get(name)
         if setting is None or not _applies(setting, values):
             continue
-        out[name] = convert(setting, value, setting.option, " ") if style == "flag" else convert(setting, value, name, "=")
+        out[name] = (
+            convert(setting, value, setting.option, " ") if style == "flag" else convert(setting, value, name, "=")
+        )
     return out
 
 
@@ -221,6 +235,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 arguments.add_argument(f"--{s.name}", **{**kwargs, "help": argparse.SUPPRESS})
 
 
-__all__ = ["Setting", "SETTINGS", "declare", "defaults", "complete", "check_all", "convert", "add_arguments",
-           "at_least", "greater_than", "within", "labels_value", "batches_value", "tags_value",
-           "bookkeeping", "method_settings", "names_in"]
+__all__ = [
+    "Setting",
+    "SETTINGS",
+    "declare",
+    "defaults",
+    "complete",
+    "check_all",
+    "convert",
+    "add_arguments",
+    "at_least",
+    "greater_than",
+    "within",
+    "labels_value",
+    "labels_text",
+    "batches_value",
+    "tags_value",
+    "bookkeeping",
+    "method_settings",
+    "names_in",
+]

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from datamodules import registry
+from datamodules import datasets
 from datamodules.augment import normalize
 from datamodules.sources import ImageSplits, load_mnist
 
@@ -18,7 +18,7 @@ def mnist_splits(tmp_path_factory) -> ImageSplits:
 
 @pytest.fixture(scope="session")
 def mnist_batch(mnist_splits) -> torch.Tensor:
-    info = registry.get_dataset("mnist")
+    info = datasets.DATASETS["mnist"]
     return normalize(mnist_splits.train_images[:64], info.mean, info.std)
 
 
@@ -32,7 +32,7 @@ def make_tiny_splits(num_train: int = 400, num_test: int = 100, num_classes: int
         half = size // 2
         for c in range(num_classes):
             r, col = divmod(c, 2)
-            images[labels == c, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 180
+            images[labels == c, :, r * half : (r + 1) * half, col * half : (col + 1) * half] += 180
         return images, labels
 
     train_x, train_y = draw(num_train)
@@ -44,9 +44,17 @@ def make_tiny_splits(num_train: int = 400, num_test: int = 100, num_classes: int
 def tiny_dataset(monkeypatch) -> str:
     """Registers dataset 'tiny' (1x8x8, 4 classes) for DataModule tests; returns its name."""
     splits = make_tiny_splits()
-    info = registry.DatasetInfo("tiny", lambda data_dir, download, include_extra: splits, (1, 8, 8), 4,
-                                (0.3,), (0.3,), False, preset="4C3-MP2-FC16")
-    monkeypatch.setitem(registry.DATASETS, "tiny", info)
+    info = datasets.DatasetInfo(
+        "tiny",
+        lambda data_dir, download, include_extra: splits,
+        (1, 8, 8),
+        4,
+        (0.3,),
+        (0.3,),
+        False,
+        preset="4C3-MP2-FC16",
+    )
+    monkeypatch.setitem(datasets.DATASETS._items, "tiny", info)
     return "tiny"
 
 

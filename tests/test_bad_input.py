@@ -10,7 +10,20 @@ import torch
 import train
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--arch", "4C3-MP2-8C3-MP2", "--val-size", "50", "--batch-size", "16", "--unlabeled-batch-size", "32", "--logger", "csv", "--max-epochs", "1"]
+SMALL = [
+    "--arch",
+    "4C3-MP2-8C3-MP2",
+    "--val-size",
+    "50",
+    "--batch-size",
+    "16",
+    "--unlabeled-batch-size",
+    "32",
+    "--logger",
+    "csv",
+    "--max-epochs",
+    "1",
+]
 
 
 @pytest.fixture
@@ -53,8 +66,10 @@ CASES = {
     "resume an empty file": (["--resume", "{empty}"], "is empty (0 bytes)"),
     "resume a corrupt file": (["--resume", "{corrupt}"], "is unreadable"),
     "evaluate a corrupt file": (["--evaluate", "{corrupt}"], "is unreadable"),
-    "fine-tune from another architecture": (["--arch", "4C3-MP2-8C3-MP2", "--finetune-from", "{other}"],
-                                            "is from another architecture (shape mismatch"),
+    "fine-tune from another architecture": (
+        ["--arch", "4C3-MP2-8C3-MP2", "--finetune-from", "{other}"],
+        "is from another architecture (shape mismatch",
+    ),
     "unwritable run dir": (["--run-dir", "{file}/run"], "cannot write run directory"),
     "unknown config key": (["--config", "{typo_config}"], "unknown key 'lamda_rec'; did you mean 'lambda_rec'?"),
     "config value of the wrong type": (["--config", "{bad_value_config}"], "'lots' is not a whole number"),
@@ -63,10 +78,15 @@ CASES = {
     "infinite learning rate": (["--lr", "inf"], "--lr inf must be a finite number"),
     "non-finite value in a config file": (["--config", "{nan_config}"], "lr: nan must be a finite number"),
     "NaN reconstruction weight": (["--lambda-rec", "nan"], "--lambda-rec nan must be a finite number"),
-    "NaN reconstruction weight in a config file": (["--config", "{nan_rec_config}"],
-                                                   "lambda-rec: nan must be a finite number"),
+    "NaN reconstruction weight in a config file": (
+        ["--config", "{nan_rec_config}"],
+        "lambda-rec: nan must be a finite number",
+    ),
     "infinite learning rate in a config file": (["--config", "{inf_config}"], "lr: inf must be a finite number"),
-    "FixMatch threshold outside (0, 1)": (["--fixmatch-threshold", "1.5"], "--fixmatch-threshold 1.5 must be in (0, 1)"),
+    "FixMatch threshold outside (0, 1)": (
+        ["--fixmatch-threshold", "1.5"],
+        "--fixmatch-threshold 1.5 must be in (0, 1)",
+    ),
     "EMA decay of 1": (["--ema-decay", "1"], "--ema-decay 1.0 must be in [0, 1)"),
     "consistency warm-up past the end": (["--consistency-warmup", "1.5"], "--consistency-warmup 1.5 must be in [0, 1]"),
     "teacher evaluation without a teacher": (["--eval-teacher"], "--eval-teacher evaluates the EMA teacher"),
@@ -122,7 +142,8 @@ def test_a_slurm_requeue_may_reuse_its_run_directory(workdir, monkeypatch):
 
 def test_the_real_process_exits_non_zero_without_a_traceback(tmp_path):
     for args in (["--pooling", "average"], ["--arch", "32C5-XP2", "--data-dir", str(tmp_path)]):
-        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from benchmarks import throughput
-from datamodules import registry
-
+from datamodules import datasets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def bundled_mnist(monkeypatch, mnist_splits):
     """The benchmark's MNIST from the session's copy: loaded once for the whole test run."""
-    info = registry.DATASETS["mnist"]
-    monkeypatch.setitem(registry.DATASETS, "mnist", dataclasses.replace(info, load=lambda *a, **k: mnist_splits))
+    info = datasets.DATASETS["mnist"]
+    monkeypatch.setitem(datasets.DATASETS._items, "mnist", dataclasses.replace(info, load=lambda *a, **k: mnist_splits))
 
 
 @pytest.fixture
@@ -25,8 +24,10 @@ def mnist_folder(tmp_path, mnist_splits):
     """The first 5,300 training and 100 test images of MNIST as PNG files (the default job holds out 5,000)."""
     from PIL import Image
 
-    for split, images, labels, n in (("train", mnist_splits.train_images, mnist_splits.train_labels, 5300),
-                                     ("test", mnist_splits.test_images, mnist_splits.test_labels, 100)):
+    for split, images, labels, n in (
+        ("train", mnist_splits.train_images, mnist_splits.train_labels, 5300),
+        ("test", mnist_splits.test_images, mnist_splits.test_labels, 100),
+    ):
         for i in range(n):
             path = tmp_path / "mnist-png" / split / str(int(labels[i])) / f"{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +42,21 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
     assert "it/s" not in printed.out + printed.err and "lightning / plain" in printed.out  # tables, no progress bars
 
     assert [row["name"] for row in result["rows"]] == [
-        "plain", "lightning", "lightning + image callbacks", "encoder-only", "plain soft", "plain + fixmatch",
-        "plain + fixmatch + swwae", "plain + mean teacher", "plain + swap", "plain, label top", "loader", "loader + views",
-        "lightning, folder cache", "loader, folder cache"]
+        "plain",
+        "lightning",
+        "lightning + image callbacks",
+        "encoder-only",
+        "plain soft",
+        "plain + fixmatch",
+        "plain + fixmatch + swwae",
+        "plain + mean teacher",
+        "plain + swap",
+        "plain, label top",
+        "loader",
+        "loader + views",
+        "lightning, folder cache",
+        "loader, folder cache",
+    ]
     assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
     ratios = {r["name"]: r for r in result["ratios"]}
     assert set(throughput.TARGETS) <= set(ratios)
@@ -72,14 +85,20 @@ def test_plain_loop_and_lightning_reach_the_same_loss(bundled_mnist, tmp_path):
 
 def test_ratios_are_computed_from_the_rows_they_name():
     """Made-up rows with round numbers: each ratio must come out exactly, so a wrong formula fails here."""
+
     def row(name, ms, images=256, callback_seconds=()):
         return throughput.Row(name, "hard", images, ms / 1000, 0.0, callback_seconds=list(callback_seconds))
 
-    rows = {"plain": row("plain", 200), "lightning": row("lightning", 250),
-            "lightning + image callbacks": row("pictures", 250, callback_seconds=[0.5, 1.0, 2.0]),
-            "encoder-only": row("encoder-only", 50, images=128), "plain soft": row("soft", 300),
-            "loader": row("loader", 5), "loader + views": row("loader + views", 20),
-            "plain + fixmatch": row("fixmatch", 400)}
+    rows = {
+        "plain": row("plain", 200),
+        "lightning": row("lightning", 250),
+        "lightning + image callbacks": row("pictures", 250, callback_seconds=[0.5, 1.0, 2.0]),
+        "encoder-only": row("encoder-only", 50, images=128),
+        "plain soft": row("soft", 300),
+        "loader": row("loader", 5),
+        "loader + views": row("loader + views", 20),
+        "plain + fixmatch": row("fixmatch", 400),
+    }
     ratios = {r.name: r.value for r in throughput.compute_ratios(rows, epoch_steps=100, guard_seconds=0.0005)}
     assert ratios["lightning / plain"] == pytest.approx(0.8)
     assert ratios["swwae / encoder-only per image"] == pytest.approx((0.25 / 256) / (0.05 / 128))
@@ -96,8 +115,9 @@ def test_ratios_are_computed_from_the_rows_they_name():
 def test_versions_runs_both_trees_benchmarks_in_turn_and_divides_old_by_new(tmp_path):
     from benchmarks import versions
 
-    result = versions.main(["HEAD", "--rounds", "2", "--json", str(tmp_path / "versions.json"), "--", "--quick",
-                             "--no-objectives"])
+    result = versions.main(
+        ["HEAD", "--rounds", "2", "--json", str(tmp_path / "versions.json"), "--", "--quick", "--no-objectives"]
+    )
     assert json.loads((tmp_path / "versions.json").read_text()) == result
     rounds = result["rounds_ms_per_step"]
     assert [len(rounds[name]) for name in ("old", "new")] == [2, 2]

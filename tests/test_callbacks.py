@@ -12,20 +12,18 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
-
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import OverviewLogger, ReconstructionLogger, SwitchMapLogger
 from callbacks.image_logging import evaluating, figure_to_tensor
 from callbacks.reconstructions import reconstruct, reconstruction_sheet
 from callbacks.sheet import Sheet, cell_scale
-from callbacks.switch_maps import (Backdrop, ink_shares, live_windows, mean_switch_offset, pooling_layers,
-                                   switch_density, switch_histogram)
-from datamodules import registry
-
+from callbacks.switch_maps import Backdrop, ink_shares
+from callbacks.switch_stats import live_windows, mean_switch_offset, pooling_layers, switch_density, switch_histogram
+from datamodules import datasets
 from swwae_lightning import pooling as P
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
@@ -60,18 +58,28 @@ class TinyImages(pl.LightningDataModule):
 
 def tiny_module(pooling="hard", arch="4C3-MP2-8C3-MP2"):
     torch.manual_seed(0)
-    return SWWAEModule(arch, in_channels=1, image_size=SIDE, num_classes=10, pooling=pooling, beta=10.0,
-                       schedule="constant")
+    return SWWAEModule(
+        arch, in_channels=1, image_size=SIDE, num_classes=10, pooling=pooling, beta=10.0, schedule="constant"
+    )
 
 
 def tiny_trainer(tmp_path, callbacks, logger=False, **kwargs):
-    return pl.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=callbacks, default_root_dir=tmp_path,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def cell(picture, box):
     x, y, width, height = box
-    return picture[y:y + height, x:x + width]
+    return picture[y : y + height, x : x + width]
 
 
 def upscaled(image, scale):
@@ -118,7 +126,9 @@ def test_soft_switches_with_a_large_beta_match_hard_ones():
     _, hard_where = P.hard_pool(z, 3)
     _, soft_where = P.soft_pool(z, 3, beta=1e4)
     assert torch.allclose(switch_histogram(SOFT, soft_where, 3), switch_histogram(HARD, hard_where, 3), atol=1e-3)
-    assert torch.allclose(switch_density(SOFT, soft_where, 3, (6, 6)), switch_density(HARD, hard_where, 3, (6, 6)), atol=1e-3)
+    assert torch.allclose(
+        switch_density(SOFT, soft_where, 3, (6, 6)), switch_density(HARD, hard_where, 3, (6, 6)), atol=1e-3
+    )
 
 
 def test_soft_switch_mass_is_splatted_and_preserved():
@@ -201,7 +211,7 @@ def test_live_windows_spread_the_histogram_and_sit_near_the_strokes_on_real_mnis
     assert layer.histogram.max() / layer.histogram.sum() < 0.6
     assert layer.histogram.sum() == layer.live.sum() and 0.05 < layer.live_share < 0.6
 
-    info = registry.get_dataset("mnist")
+    info = datasets.DATASETS["mnist"]
     backdrop = Backdrop.of((mnist_batch * info.std[0] + info.mean[0]).clamp(0, 1))
     ink = ink_shares(layer, backdrop)
     assert ink["near"] > 2 * ink["near_area"]  # live switches crowd within a pixel of the strokes
@@ -236,14 +246,20 @@ def test_sheet_pastes_images_pixel_exact_and_pastes_cached_text_the_same():
 @pytest.mark.parametrize("pooling", ["hard", "soft"])
 def test_pictures_are_large_labelled_and_show_the_where_matters(tmp_path, pooling):
     images_dir = tmp_path / "images"
-    callbacks = [ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=images_dir), SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=images_dir),
-                 OverviewLogger(every_n_epochs=1, num_images=3, out_dir=images_dir)]
+    callbacks = [
+        ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=images_dir),
+        SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=images_dir),
+        OverviewLogger(every_n_epochs=1, num_images=3, out_dir=images_dir),
+    ]
     module, data = tiny_module(pooling), TinyImages()
     trainer = tiny_trainer(tmp_path, callbacks)
     trainer.validate(module, datamodule=data, verbose=False)
     assert sorted(p.name for p in images_dir.iterdir()) == [
-        "overview_epoch000.png", "reconstructions_epoch000.png", "switches_layer1_epoch000.png",
-        "switches_layer2_epoch000.png"]
+        "overview_epoch000.png",
+        "reconstructions_epoch000.png",
+        "switches_layer1_epoch000.png",
+        "switches_layer2_epoch000.png",
+    ]
 
     # Reconstructions: each cell at least 3x the input, nearest neighbour; four rows of three.
     reconstructions = np.asarray(Image.open(images_dir / "reconstructions_epoch000.png").convert("RGB"))
@@ -255,8 +271,9 @@ def test_pictures_are_large_labelled_and_show_the_where_matters(tmp_path, poolin
     for column in range(3):
         shown = cell(reconstructions, boxes[f"rec/0/{column}"])
         assert np.array_equal(shown, upscaled(data.to_display(data.images[column]), scale))
-        assert not np.array_equal(cell(reconstructions, boxes[f"rec/1/{column}"]),
-                                  cell(reconstructions, boxes[f"rec/2/{column}"]))  # with the where vs copy
+        assert not np.array_equal(
+            cell(reconstructions, boxes[f"rec/1/{column}"]), cell(reconstructions, boxes[f"rec/2/{column}"])
+        )  # with the where vs copy
     assert trainer.callback_metrics["images/rec_mse_where"] != trainer.callback_metrics["images/rec_mse_copy"]
 
     # The live share the pictures show, against windows counted here from the network's own maps.
@@ -294,8 +311,12 @@ def test_drawing_leaves_train_mode_and_weights_as_they_were(tmp_path):
     module = tiny_module(arch="4C3-MP2-8C3-MP2-BN")  # batch norm: a train-mode forward would move its statistics
     before = {name: t.clone() for name, t in module.state_dict().items()}
     record = RecordModeAndWeights()
-    callbacks = [PutInTrainMode(), ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path),
-                 SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path), record]
+    callbacks = [
+        PutInTrainMode(),
+        ReconstructionLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path),
+        SwitchMapLogger(every_n_epochs=1, num_images=3, out_dir=tmp_path),
+        record,
+    ]
     tiny_trainer(tmp_path, callbacks, limit_val_batches=1).validate(module, datamodule=TinyImages(), verbose=False)
 
     assert (tmp_path / "reconstructions_epoch000.png").exists()
@@ -326,7 +347,9 @@ def test_copy_unpooling_is_undone_when_its_forward_fails(tmp_path, monkeypatch):
         return forward(x)
 
     monkeypatch.setattr(module.net, "forward", forward_failing_on_copy)
-    trainer = tiny_trainer(tmp_path, [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path)], limit_val_batches=1)
+    trainer = tiny_trainer(
+        tmp_path, [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path)], limit_val_batches=1
+    )
     with pytest.raises(RuntimeError, match="copy forward failed"):
         trainer.validate(module, datamodule=TinyImages(), verbose=False)
     assert module.net.unpool == "where"
@@ -345,16 +368,28 @@ def test_pictures_only_every_n_epochs_never_in_the_sanity_check(tmp_path, monkey
 
     monkeypatch.setattr(ReconstructionLogger, "draw", recording_draw)
     images_dir = tmp_path / "images"
-    callbacks = [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=images_dir),
-                 SwitchMapLogger(every_n_epochs=2, num_images=2, out_dir=images_dir)]
-    trainer = tiny_trainer(tmp_path, callbacks, logger=RunCSVLogger(tmp_path), max_epochs=2,
-                           limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=1)
+    callbacks = [
+        ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=images_dir),
+        SwitchMapLogger(every_n_epochs=2, num_images=2, out_dir=images_dir),
+    ]
+    trainer = tiny_trainer(
+        tmp_path,
+        callbacks,
+        logger=RunCSVLogger(tmp_path),
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+    )
     trainer.fit(tiny_module(), datamodule=TinyImages())
 
     assert drawn == [(False, 0, torch.device("cpu"), torch.float32), (False, 1, torch.device("cpu"), torch.float32)]
     assert sorted(p.name for p in images_dir.iterdir()) == [
-        "reconstructions_epoch000.png", "reconstructions_epoch001.png",
-        "switches_layer1_epoch001.png", "switches_layer2_epoch001.png"]
+        "reconstructions_epoch000.png",
+        "reconstructions_epoch001.png",
+        "switches_layer1_epoch001.png",
+        "switches_layer2_epoch001.png",
+    ]
     with open(tmp_path / "metrics.csv") as f:
         logged = [row for row in csv.DictReader(f) if row.get("images/rec_mse_where")]
     assert [row["epoch"] for row in logged] == ["0", "1"]
@@ -362,8 +397,10 @@ def test_pictures_only_every_n_epochs_never_in_the_sanity_check(tmp_path, monkey
 
 def test_nothing_is_drawn_off_global_rank_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(pl.Trainer, "is_global_zero", property(lambda self: False))
-    callbacks = [ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images"),
-                 SwitchMapLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images")]
+    callbacks = [
+        ReconstructionLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images"),
+        SwitchMapLogger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images"),
+    ]
     trainer = tiny_trainer(tmp_path, callbacks, limit_val_batches=1)
     trainer.validate(tiny_module(), datamodule=TinyImages(), verbose=False)
     assert not (tmp_path / "images").exists()
@@ -373,8 +410,9 @@ def test_nothing_is_drawn_off_global_rank_zero(tmp_path, monkeypatch):
 def test_preview_images_follow_the_module_dtype(tmp_path):
     """The previews come as float32; a float64 module must get float64 (a GPU module, its device)."""
     module = tiny_module().double()
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0,
-                              datamodule=TinyImages(), loggers=[])
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0, datamodule=TinyImages(), loggers=[]
+    )
     for callback in (SwitchMapLogger, OverviewLogger):
         callback(every_n_epochs=1, num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
     assert (tmp_path / "switches_layer2_epoch000.png").exists() and (tmp_path / "overview_epoch000.png").exists()
@@ -392,13 +430,18 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
-    loggers = [WandbLogger(offline=True, save_dir=str(tmp_path), project="swwae-test"),
-               TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="")]
-    callbacks = [logger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images")
-                 for logger in (ReconstructionLogger, SwitchMapLogger, OverviewLogger)]
+    loggers = [
+        WandbLogger(offline=True, save_dir=str(tmp_path), project="swwae-test"),
+        TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version=""),
+    ]
+    callbacks = [
+        logger(every_n_epochs=1, num_images=2, out_dir=tmp_path / "images")
+        for logger in (ReconstructionLogger, SwitchMapLogger, OverviewLogger)
+    ]
     try:
         tiny_trainer(tmp_path, callbacks, logger=loggers, limit_val_batches=1).validate(
-            tiny_module(), datamodule=TinyImages(), verbose=False)
+            tiny_module(), datamodule=TinyImages(), verbose=False
+        )
     finally:
         wandb.finish()
 
@@ -406,18 +449,27 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
     for name in ("reconstructions", "switches_layer1", "switches_layer2", "overview"):
         assert any(m.startswith(name) for m in media), (name, media)
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
-    assert set(events.Tags()["images"]) == {"images/reconstructions", "images/switches_layer1", "images/switches_layer2",
-                                            "images/overview"}
+    assert set(events.Tags()["images"]) == {
+        "images/reconstructions",
+        "images/switches_layer1",
+        "images/switches_layer2",
+        "images/overview",
+    }
 
 
 def test_every_picture_draws_a_label_topped_decoder_too(tmp_path):
     """With decoder_top="label" the decoder starts from the classifier's softmax (no labels at validation)."""
     torch.manual_seed(0)
-    module = SWWAEModule("4C3-MP2-8C3-MP2-FC16", in_channels=1, image_size=SIDE, num_classes=10, decoder_top="label",
-                         schedule="constant")
-    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0,
-                              datamodule=TinyImages(), loggers=[])
+    module = SWWAEModule(
+        "4C3-MP2-8C3-MP2-FC16", in_channels=1, image_size=SIDE, num_classes=10, decoder_top="label", schedule="constant"
+    )
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, current_epoch=0, global_step=0, datamodule=TinyImages(), loggers=[]
+    )
     for callback in (ReconstructionLogger, SwitchMapLogger, OverviewLogger):
         callback(every_n_epochs=1, num_images=2, out_dir=tmp_path).on_validation_epoch_end(trainer, module)
-    assert {p.name for p in tmp_path.iterdir()} >= {"reconstructions_epoch000.png", "switches_layer1_epoch000.png",
-                                                     "overview_epoch000.png"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "reconstructions_epoch000.png",
+        "switches_layer1_epoch000.png",
+        "overview_epoch000.png",
+    }

@@ -12,8 +12,24 @@ import torch
 
 import train
 
-TINY = ["--arch", "4C3-MP2-8C3-MP2", "--labels", "40", "--val-size", "50", "--batch-size", "16",
-        "--unlabeled-batch-size", "32", "--logger", "csv", "--num-images", "4", "--lr", "0.01"]
+TINY = [
+    "--arch",
+    "4C3-MP2-8C3-MP2",
+    "--labels",
+    "40",
+    "--val-size",
+    "50",
+    "--batch-size",
+    "16",
+    "--unlabeled-batch-size",
+    "32",
+    "--logger",
+    "csv",
+    "--num-images",
+    "4",
+    "--lr",
+    "0.01",
+]
 
 
 def run(tmp_path, dataset, *args, run_dir="run"):
@@ -32,10 +48,27 @@ def encoder_weights(module_or_state):
 def test_each_mode_writes_the_whole_run_directory(tmp_path, tiny_dataset, mode, labels):
     assert run(tmp_path, tiny_dataset, "--mode", mode, "--labels", labels, "--max-epochs", "2") == 0
     run_dir = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "results.json", "split.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "results.json",
+        "split.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
         assert (run_dir / name).is_file(), name
     results = json.loads((run_dir / "results.json").read_text())
-    for key in ("dataset", "labels", "mode", "test_error", "test_accuracy", "epochs", "global_step", "train_seconds", "best_checkpoint"):
+    for key in (
+        "dataset",
+        "labels",
+        "mode",
+        "test_error",
+        "test_accuracy",
+        "epochs",
+        "global_step",
+        "train_seconds",
+        "best_checkpoint",
+    ):
         assert key in results
     assert results["mode"] == mode and results["epochs"] == 2
     # chance is 0.75; an unsupervised run trains no classifier
@@ -59,22 +92,26 @@ class InterruptAfterFirstEpoch(pl.Callback):
 
 @pytest.fixture
 def interrupt_after_first_epoch(monkeypatch):
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
-    original = training.image_callbacks
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: original(cfg, run_dir) + [InterruptAfterFirstEpoch()])
+    original = trainer_module.image_callbacks
+    monkeypatch.setattr(
+        trainer_module, "image_callbacks", lambda cfg, run_dir: original(cfg, run_dir) + [InterruptAfterFirstEpoch()]
+    )
 
 
-def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(tmp_path, tiny_dataset, interrupt_after_first_epoch, monkeypatch, capsys):
+def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(
+    tmp_path, tiny_dataset, interrupt_after_first_epoch, monkeypatch, capsys
+):
     with pytest.raises(SystemExit):  # Lightning exits 1 after a graceful Ctrl-C shutdown
         run(tmp_path, tiny_dataset, "--max-epochs", "2")
     run_dir = tmp_path / "run"
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     split = json.loads((run_dir / "split.json").read_text())
     assert not (run_dir / "results.json").exists()
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [])
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
     # The training time so far travels in the checkpoint; made large here so that the resumed
     # run's results can only reach it by adding it up.
     assert 0 < first["callbacks"]["RunRecord"]["train_seconds"] < 1000
@@ -108,10 +145,23 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
         return checkpoint
 
     monkeypatch.setattr(training, "load_finetune_weights", spy)
-    assert run(tmp_path, tiny_dataset, "--finetune-from", str(source), "--freeze-encoder", "--max-epochs", "1",
-               run_dir="probe") == 0
+    assert (
+        run(
+            tmp_path,
+            tiny_dataset,
+            "--finetune-from",
+            str(source),
+            "--freeze-encoder",
+            "--max-epochs",
+            "1",
+            run_dir="probe",
+        )
+        == 0
+    )
     assert all(torch.equal(loaded[k], pretrained[k]) for k in pretrained)
-    after = encoder_weights(torch.load(tmp_path / "probe" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    after = encoder_weights(
+        torch.load(tmp_path / "probe" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    )
     assert all(torch.equal(after[k], pretrained[k]) for k in pretrained)  # conv weights and BN buffers
 
 
@@ -126,8 +176,22 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):
 def test_resume_last_without_run_dir_continues_the_run_whose_last_ckpt_is_newest(tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("b", "a"):  # b is created first and sorts last by name: neither order may decide
-        assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0",
-                   run_dir=f"runs/{name}") == 0
+        assert (
+            run(
+                tmp_path,
+                tiny_dataset,
+                "--max-epochs",
+                "1",
+                "--recon-every",
+                "0",
+                "--switch-every",
+                "0",
+                "--overview-every",
+                "0",
+                run_dir=f"runs/{name}",
+            )
+            == 0
+        )
     last = {name: tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("a", "b")}
 
     def epochs(name):
@@ -184,13 +248,15 @@ def test_resume_continues_the_same_wandb_run(tmp_path, tiny_dataset, interrupt_a
 
     wandb.finish()  # the interrupted process would have exited here
     run_id = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [])
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run")]) == 0
     offline_runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     # offline-run-<time>-<id>, with "-1" added when both start within the same second
-    assert len(offline_runs) == 2 and all(re.fullmatch(rf"offline-run-\d+_\d+-{run_id}(-\d+)?", p.name) for p in offline_runs)
+    assert len(offline_runs) == 2 and all(
+        re.fullmatch(rf"offline-run-\d+_\d+-{run_id}(-\d+)?", p.name) for p in offline_runs
+    )
 
 
 def test_fast_dev_run_is_a_smoke_check_that_still_reports(tmp_path, tiny_dataset):
@@ -206,8 +272,26 @@ def test_training_metrics_are_written_every_log_every_steps_and_only_then(tmp_pa
 
     calls = []
     original = SWWAEModule.log
-    monkeypatch.setattr(SWWAEModule, "log", lambda self, name, *a, **k: (calls.append(name), original(self, name, *a, **k))[1])
-    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--log-every", "2", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0") == 0
+    monkeypatch.setattr(
+        SWWAEModule, "log", lambda self, name, *a, **k: (calls.append(name), original(self, name, *a, **k))[1]
+    )
+    assert (
+        run(
+            tmp_path,
+            tiny_dataset,
+            "--max-epochs",
+            "1",
+            "--log-every",
+            "2",
+            "--recon-every",
+            "0",
+            "--switch-every",
+            "0",
+            "--overview-every",
+            "0",
+        )
+        == 0
+    )
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     steps = [int(r["step"]) for r in rows]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from datamodules.loader import InMemoryBatches, ResumableLoader
-from datamodules.sampling import CyclingPlan, EpochPlan
+from datamodules.batches import InMemoryBatches, ResumableLoader
+from datamodules.sampling import CyclingSampler, EpochSampler
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
 
@@ -40,24 +40,30 @@ def test_split_survives_a_state_dict_round_trip_into_a_module_with_another_seed(
     assert torch.equal(other.val_indices, dm.val_indices)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (42, r"labels=42 must be a positive multiple of the 4 classes"),
-    (400, r"labels=400 asks for 100 examples of class 0, but the training split \(after validation\) holds only"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (42, r"labels=42 must be a positive multiple of the 4 classes"),
+        (400, r"labels=400 asks for 100 examples of class 0, but the training split \(after validation\) holds only"),
+    ],
+)
 def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message):
     with pytest.raises(ValueError, match=message):
         make_dm(tiny_dataset, labels=labels)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(dataset="imagenet"), r"dataset='imagenet' is not one of \['cifar10'"),
-    (dict(mode="weak"), r"mode='weak' is not one of"),
-    (dict(batch_size=0), r"batch_size=0 must be >= 1"),
-    (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
-    (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
-    (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
-    (dict(labels=None), r"mode='semi' needs labels=N"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dataset="imagenet"), r"dataset='imagenet' is not one of \['cifar10'"),
+        (dict(mode="weak"), r"mode='weak' is not one of"),
+        (dict(batch_size=0), r"batch_size=0 must be >= 1"),
+        (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
+        (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
+        (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
+        (dict(labels=None), r"mode='semi' needs labels=N"),
+    ],
+)
 def test_bad_settings_raise_the_promised_message(tiny_dataset, kwargs, message):
     kwargs.setdefault("dataset", tiny_dataset)
     with pytest.raises(ValueError, match=message):
@@ -75,7 +81,7 @@ def test_training_batches_interleave_labeled_and_unlabeled(tiny_dataset):
 
 
 def test_one_epoch_shows_every_unlabeled_example_exactly_once():
-    plan = EpochPlan(310, 32, seed=0)
+    plan = EpochSampler(310, 32, seed=0)
     seen = torch.cat(plan.batches())
     assert sorted(seen.tolist()) == list(range(310))
     plan.set_epoch(1)
@@ -85,7 +91,7 @@ def test_one_epoch_shows_every_unlabeled_example_exactly_once():
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_labeled_set_cycles_with_a_new_order_each_cycle_on_every_rank(world_size):
     for rank in range(world_size):
-        plan = CyclingPlan(40, 16, num_batches=10, seed=0, rank=rank, world_size=world_size)
+        plan = CyclingSampler(40, 16, num_batches=10, seed=0, rank=rank, world_size=world_size)
         stream = torch.cat(plan.batches())
         per_rank = 40 // world_size
         cycles = stream[: 3 * per_rank].view(3, per_rank)
@@ -96,12 +102,12 @@ def test_labeled_set_cycles_with_a_new_order_each_cycle_on_every_rank(world_size
 
 
 def test_two_ranks_get_disjoint_shards_and_the_same_number_of_steps():
-    plans = [EpochPlan(301, 32, seed=0, rank=r, world_size=2) for r in range(2)]
+    plans = [EpochSampler(301, 32, seed=0, rank=r, world_size=2) for r in range(2)]
     shards = [torch.cat(p.batches()) for p in plans]
     assert len(plans[0].batches()) == len(plans[1].batches()) == len(plans[0])
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
     assert sorted(torch.cat(shards).tolist()) == list(range(301))
-    labeled = [CyclingPlan(40, 8, num_batches=len(plans[0]), seed=0, rank=r, world_size=2) for r in range(2)]
+    labeled = [CyclingSampler(40, 8, num_batches=len(plans[0]), seed=0, rank=r, world_size=2) for r in range(2)]
     first_cycle = [set(torch.cat(p.batches())[:20].tolist()) for p in labeled]
     assert not first_cycle[0] & first_cycle[1]
 
@@ -115,15 +121,15 @@ def test_modes_choose_the_streams(tiny_dataset):
 
 def test_loader_resumes_mid_epoch_without_replaying_or_skipping():
     data = InMemoryBatches(torch.arange(100).view(100, 1, 1, 1))
-    full = [b.flatten().tolist() for b in ResumableLoader(data, EpochPlan(100, 10, seed=3))]
-    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3))
+    full = [b.flatten().tolist() for b in ResumableLoader(data, EpochSampler(100, 10, seed=3))]
+    loader = ResumableLoader(data, EpochSampler(100, 10, seed=3))
     it = iter(loader)
     first = [next(it).flatten().tolist() for _ in range(4)]
     for _ in first:
         loader.mark_consumed()
     state = loader.state_dict()
     assert state == {"epoch": 0, "batches_consumed": 4}
-    resumed = ResumableLoader(data, EpochPlan(100, 10, seed=3))
+    resumed = ResumableLoader(data, EpochSampler(100, 10, seed=3))
     resumed.load_state_dict(state)
     rest = [b.flatten().tolist() for b in resumed]
     assert first + rest == full
@@ -132,7 +138,7 @@ def test_loader_resumes_mid_epoch_without_replaying_or_skipping():
 
 def test_state_does_not_count_batches_the_consumer_prefetched_but_has_not_used():
     data = InMemoryBatches(torch.arange(100).view(100, 1, 1, 1))
-    loader = ResumableLoader(data, EpochPlan(100, 10, seed=3))
+    loader = ResumableLoader(data, EpochSampler(100, 10, seed=3))
     it = iter(loader)
     for _ in range(5):  # fetched five, used four: the fifth is the one a training loop holds ahead
         next(it)

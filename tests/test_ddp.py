@@ -12,12 +12,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_process_ddp_run_of_train_py(tmp_path, capsys):
-    args = ["--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--val-size", "500", "--batch-size", "32",
-            "--unlabeled-batch-size", "32", "--limit-train-batches", "6", "--limit-val-batches", "2",
-            "--max-epochs", "1", "--logger", "csv", "--num-images", "4", "--accelerator", "cpu", "--devices", "2",
-            "--strategy", "ddp"]
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    args = [
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--val-size",
+        "500",
+        "--batch-size",
+        "32",
+        "--unlabeled-batch-size",
+        "32",
+        "--limit-train-batches",
+        "6",
+        "--limit-val-batches",
+        "2",
+        "--max-epochs",
+        "1",
+        "--logger",
+        "csv",
+        "--num-images",
+        "4",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     steps = re.findall(r"\[rank (\d)\] finished training at global step (\d+)", output)
@@ -30,13 +55,30 @@ def test_two_process_ddp_run_of_train_py(tmp_path, capsys):
     assert len(runs) == 1  # both processes wrote into one run directory
     run_dir = runs[0]
     pictures = sorted(p.name for p in (run_dir / "images").iterdir())
-    assert pictures == ["overview_epoch000.png", "reconstructions_epoch000.png", "switches_layer1_epoch000.png",
-                        "switches_layer2_epoch000.png"]
+    assert pictures == [
+        "overview_epoch000.png",
+        "reconstructions_epoch000.png",
+        "switches_layer1_epoch000.png",
+        "switches_layer2_epoch000.png",
+    ]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["global_step"] == 6 and results["hardware"].startswith("2 process")
 
     # The DDP test error is reduced over both ranks' shards: it equals a one-process evaluation.
-    assert train.main(["--evaluate", results["best_checkpoint"], "--data-dir", str(tmp_path / "data"),
-                       "--accelerator", "cpu", "--devices", "1"]) == 0
+    assert (
+        train.main(
+            [
+                "--evaluate",
+                results["best_checkpoint"],
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--accelerator",
+                "cpu",
+                "--devices",
+                "1",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((run_dir / "checkpoints" / "results.json").read_text())
     assert abs(evaluated["test_error"] - results["test_error"]) < 1e-6

@@ -6,9 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from test_experiments import fake_run
+
 from swwae_lightning import settings
 from swwae_lightning.orchestration import docs, report
-from test_experiments import fake_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,12 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
     page.write_text("# A\n\n<!-- table: reports/table -->\nstale\n<!-- /table -->\n\nText.\n")
     assert docs.main(["--update", "--root", str(tmp_path)]) == 0
     text = page.read_text()
-    assert "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 " \
-           "| -4.00 ± 1.41 (2) |" in text and text.endswith("<!-- /table -->\n\nText.\n")
+    assert (
+        "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 "
+        "| -4.00 ± 1.41 (2) |"
+        in text
+        and text.endswith("<!-- /table -->\n\nText.\n")
+    )
     assert docs.main(["--check", "--root", str(tmp_path)]) == 0
     page.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
     assert docs.main(["--check", "--root", str(tmp_path)]) == 1
@@ -34,18 +39,50 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
 
 def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict:
     """What benchmarks/throughput.py --json writes, cut down to what the README shows."""
+
     def row(name, ms, images=256, callback_seconds=()):
-        return {"name": name, "pooling": "hard", "ms_per_step": ms, "images_per_second": images / ms * 1000,
-                "peak_mib": 210.4, "callback_seconds": list(callback_seconds)}
-    return {"settings": {"dataset": "cifar10", "arch": "8C3-MP2-FC16", "batch_size": 16, "unlabeled_batch_size": 16,
-                         "precision": precision, "compile": False, "channels_last": False, "rounds": 2, "steps": 5},
-            "device": "CPU (2 cores)", "data": "random uint8 (not found on disk)",
-            "rows": [row("plain", plain_ms), row("lightning", 250.0, callback_seconds=[0.5, 0.7, 0.9])],
-            "ratios": [{"name": "lightning / plain", "value": plain_ms / 250.0, "verdict": "MISS",
-                        "target": {"at_least": True, "bound": 0.95}},
-                       {"name": "soft / hard per step", "value": None, "verdict": "", "target": None}],
-            "flops": {"gflop_per_step": 4.0, "matmul_size": 2048, "matmul_dtype": "float32", "matmul_gflops": 80.0,
-                      "plain_gflops": 20.0, "lightning_gflops": 16.0}}
+        return {
+            "name": name,
+            "pooling": "hard",
+            "ms_per_step": ms,
+            "images_per_second": images / ms * 1000,
+            "peak_mib": 210.4,
+            "callback_seconds": list(callback_seconds),
+        }
+
+    return {
+        "settings": {
+            "dataset": "cifar10",
+            "arch": "8C3-MP2-FC16",
+            "batch_size": 16,
+            "unlabeled_batch_size": 16,
+            "precision": precision,
+            "compile": False,
+            "channels_last": False,
+            "rounds": 2,
+            "steps": 5,
+        },
+        "device": "CPU (2 cores)",
+        "data": "random uint8 (not found on disk)",
+        "rows": [row("plain", plain_ms), row("lightning", 250.0, callback_seconds=[0.5, 0.7, 0.9])],
+        "ratios": [
+            {
+                "name": "lightning / plain",
+                "value": plain_ms / 250.0,
+                "verdict": "MISS",
+                "target": {"at_least": True, "bound": 0.95},
+            },
+            {"name": "soft / hard per step", "value": None, "verdict": "", "target": None},
+        ],
+        "flops": {
+            "gflop_per_step": 4.0,
+            "matmul_size": 2048,
+            "matmul_dtype": "float32",
+            "matmul_gflops": 80.0,
+            "plain_gflops": 20.0,
+            "lightning_gflops": 16.0,
+        },
+    }
 
 
 def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(tmp_path):
@@ -62,8 +99,10 @@ def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(t
     assert "soft / hard" not in text  # a ratio this run could not measure is left out, not shown as n/a
     assert "plain 20.0 GFLOP/s (25 %), lightning 16.0 GFLOP/s (20 %) of the 80.0 GFLOP/s" in text
     readme.write_text(text.replace("| 0.800 |", "| 0.950 |"))  # a ratio edited by hand
-    assert docs.check_page(readme, tmp_path) == [f"{readme}: the benchmark of reports/cpu.json differs from what its "
-                                                 "committed files give; regenerate it with --update"]
+    assert docs.check_page(readme, tmp_path) == [
+        f"{readme}: the benchmark of reports/cpu.json differs from what its "
+        "committed files give; regenerate it with --update"
+    ]
 
 
 def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
@@ -74,9 +113,11 @@ def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark: fp32.json bf16.json -->\n<!-- /benchmark -->\n")
     docs.update_page(readme, tmp_path)
-    assert readme.read_text() == ("<!-- benchmark: fp32.json bf16.json -->\n| row, ms/step | 32-true | bf16-mixed |\n"
-                                  "| --- | --- | --- |\n| plain | 200.00 | 150.00 |\n| lightning | 250.00 | 250.00 |\n"
-                                  "| plain soft | — | 300.00 |\n<!-- /benchmark -->\n")
+    assert readme.read_text() == (
+        "<!-- benchmark: fp32.json bf16.json -->\n| row, ms/step | 32-true | bf16-mixed |\n"
+        "| --- | --- | --- |\n| plain | 200.00 | 150.00 |\n| lightning | 250.00 | 250.00 |\n"
+        "| plain soft | — | 300.00 |\n<!-- /benchmark -->\n"
+    )
 
 
 def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
@@ -90,15 +131,21 @@ def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
 
 
 def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
-    result = {"old": "abc123", "rounds": 3, "best_ms_per_step": {"old": {"plain": 300.0}, "new": {"plain": 250.0}},
-              "old_over_new": {"plain": 1.2}}
+    result = {
+        "old": "abc123",
+        "rounds": 3,
+        "best_ms_per_step": {"old": {"plain": 300.0}, "new": {"plain": 250.0}},
+        "old_over_new": {"plain": 1.2},
+    }
     (tmp_path / "versions.json").write_text(json.dumps(result))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- versions: versions.json -->\n<!-- /versions -->\n")
     docs.update_page(readme, tmp_path)
-    assert readme.read_text() == ("<!-- versions: versions.json -->\n"
-                                  "| row, ms/step (best of 3 rounds) | abc123 | this version | old / new |\n"
-                                  "| --- | --- | --- | --- |\n| plain | 300.0 | 250.0 | 1.200 |\n<!-- /versions -->\n")
+    assert readme.read_text() == (
+        "<!-- versions: versions.json -->\n"
+        "| row, ms/step (best of 3 rounds) | abc123 | this version | old / new |\n"
+        "| --- | --- | --- | --- |\n| plain | 300.0 | 250.0 | 1.200 |\n<!-- /versions -->\n"
+    )
 
 
 def test_a_scatter_sentence_is_computed_from_the_rounds_of_its_jsons(tmp_path):
@@ -109,8 +156,10 @@ def test_a_scatter_sentence_is_computed_from_the_rounds_of_its_jsons(tmp_path):
     page.write_text("<!-- scatter: cpu.json -->\nrounds vary 5 to 25 %\n<!-- /scatter -->\n")
     assert docs.check_page(page, tmp_path) != []  # typed, not computed
     docs.update_page(page, tmp_path)
-    assert page.read_text() == ("<!-- scatter: cpu.json -->\nFrom round to round a row's ms per step varied by 5 to "
-                                "40 % (slowest round over fastest, 2 rows).\n<!-- /scatter -->\n")
+    assert page.read_text() == (
+        "<!-- scatter: cpu.json -->\nFrom round to round a row's ms per step varied by 5 to "
+        "40 % (slowest round over fastest, 2 rows).\n<!-- /scatter -->\n"
+    )
 
 
 def test_every_marked_block_of_the_readme_and_docs_matches_its_committed_files_and_the_cli_page_is_current():
@@ -122,8 +171,9 @@ def test_a_changed_setting_makes_the_cli_page_stale(monkeypatch):
     docs.cli_reference()  # every setting declared
     lr = settings.SETTINGS["lr"]
     monkeypatch.setitem(settings.SETTINGS, "lr", dataclasses.replace(lr, default=0.1))
-    assert docs.check() == [f"{docs.REPO / docs.CLI_REFERENCE}: not what the declared settings give; "
-                            "regenerate it with --update"]
+    assert docs.check() == [
+        f"{docs.REPO / docs.CLI_REFERENCE}: not what the declared settings give; regenerate it with --update"
+    ]
 
 
 def test_the_cli_page_lists_every_flag_with_its_default():
@@ -140,8 +190,16 @@ def test_every_page_under_docs_is_linked_from_the_readme():
 
 
 def test_every_committed_benchmark_json_is_shown_in_a_page():
-    shown = {source for page in docs.pages() for match in docs.BLOCK.finditer(page.read_text())
-             if match["kind"] in ("benchmark", "versions") for source in match["sources"].split()}
-    committed = {str(path.relative_to(REPO)) for pattern in ("throughput*.json", "versions*.json")
-                 for path in (REPO / "reports").rglob(pattern)}
+    shown = {
+        source
+        for page in docs.pages()
+        for match in docs.BLOCK.finditer(page.read_text())
+        if match["kind"] in ("benchmark", "versions")
+        for source in match["sources"].split()
+    }
+    committed = {
+        str(path.relative_to(REPO))
+        for pattern in ("throughput*.json", "versions*.json")
+        for path in (REPO / "reports").rglob(pattern)
+    }
     assert committed and committed <= shown

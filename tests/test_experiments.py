@@ -11,9 +11,9 @@ import yaml
 
 import train
 from experiments import equivariance, validation_curves, where_ablation
-from swwae_lightning.orchestration import training, report
 from swwae_lightning import pooling as P
 from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.orchestration import report, training
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -22,15 +22,23 @@ def test_every_experiment_of_the_issue_has_a_config():
     names = {p.stem for p in CONFIGS}
     for labels in (100, 600, 1000, 3000):
         assert {f"mnist-{labels}", f"mnist-{labels}-baseline"} <= names
-    assert {"svhn-1000", "svhn-1000-baseline", "stl10-fold0", "cifar10-supervised", "cifar100-supervised",
-            "where-ablation", "equivariance-soft"} <= names
+    assert {
+        "svhn-1000",
+        "svhn-1000-baseline",
+        "stl10-fold0",
+        "cifar10-supervised",
+        "cifar100-supervised",
+        "where-ablation",
+        "equivariance-soft",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_resolves_through_train_py_and_builds_its_network(path):
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
-    assert path.read_text().startswith("#") and any(f"python train.py --config configs/{path.name}" in line
-                                                     or "python -m experiments." in line for line in header)
+    assert path.read_text().startswith("#") and any(
+        f"python train.py --config configs/{path.name}" in line or "python -m experiments." in line for line in header
+    )
     assert any("Time here" in line for line in header), "each config says how long it takes on this machine"
     cfg = train.resolve_config(["--config", str(path)])
     module = training.build_module(cfg)
@@ -47,10 +55,16 @@ def test_every_objectives_config_trains_a_fast_dev_run(path, tmp_path):
     if cfg["dataset"] == "fashion-mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     run_dir = tmp_path / "run"
-    assert train.main(["--config", str(path), "--fast-dev-run", "--logger", "none", "--no-download",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            ["--config", str(path), "--fast-dev-run", "--logger", "none", "--no-download", "--run-dir", str(run_dir)]
+        )
+        == 0
+    )
     results = json.loads((run_dir / "results.json").read_text())
-    assert {k: results[k] for k in cfg if k.startswith("lambda_")} == {k: v for k, v in cfg.items() if k.startswith("lambda_")}
+    assert {k: results[k] for k in cfg if k.startswith("lambda_")} == {
+        k: v for k, v in cfg.items() if k.startswith("lambda_")
+    }
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-baseline")], ids=lambda p: p.stem)
@@ -64,19 +78,43 @@ def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
     swwae = train.resolve_config(["--config", str(partner)])
     assert base["lambda_rec"] == base["lambda_mid"] == 0 and swwae["lambda_rec"] > 0
     different = {k for k in base if base[k] != swwae[k]}
-    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every", "overview_every", "wandb_group"}, different
+    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every", "overview_every", "wandb_group"}, (
+        different
+    )
 
 
 # ----------------------------------------------------------------------------- report
-def fake_run(directory: Path, seed: int, test_error: float, lambda_rec: float = 1.0, minutes: float = 10.0,
-             mode: str | None = None, **config_extra) -> Path:
+def fake_run(
+    directory: Path,
+    seed: int,
+    test_error: float,
+    lambda_rec: float = 1.0,
+    minutes: float = 10.0,
+    mode: str | None = None,
+    **config_extra,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)  # sweep --jobs N makes the run directory first, for train.log
-    results = {"dataset": "mnist", "labels": 100, "mode": mode or ("semi" if lambda_rec else "supervised"),
-               "arch": "16C5-BN-MP2-32C3-MP2-FC128-D0.3", "pooling": "hard", "unpool": "where",
-               "lambda_rec": lambda_rec, "lambda_mid": 0.1 if lambda_rec else 0.0, "seed": seed,
-               "test_error": test_error, "test_accuracy": 1 - test_error, "hardware": "1 process(es) on 2-core CPU",
-               "epochs": 6, "global_step": 2574, "train_seconds": 60 * minutes, "run_dir": str(directory)}
-    config = {k: results[k] for k in ("dataset", "labels", "mode", "pooling", "unpool", "lambda_rec", "lambda_mid", "seed")}
+    results = {
+        "dataset": "mnist",
+        "labels": 100,
+        "mode": mode or ("semi" if lambda_rec else "supervised"),
+        "arch": "16C5-BN-MP2-32C3-MP2-FC128-D0.3",
+        "pooling": "hard",
+        "unpool": "where",
+        "lambda_rec": lambda_rec,
+        "lambda_mid": 0.1 if lambda_rec else 0.0,
+        "seed": seed,
+        "test_error": test_error,
+        "test_accuracy": 1 - test_error,
+        "hardware": "1 process(es) on 2-core CPU",
+        "epochs": 6,
+        "global_step": 2574,
+        "train_seconds": 60 * minutes,
+        "run_dir": str(directory),
+    }
+    config = {
+        k: results[k] for k in ("dataset", "labels", "mode", "pooling", "unpool", "lambda_rec", "lambda_mid", "seed")
+    }
     config.update(arch=None, max_epochs=6, run_dir=str(directory), logger="wandb", **config_extra)
     (directory / "results.json").write_text(json.dumps(results))
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
@@ -151,10 +189,24 @@ def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch,
 
     monkeypatch.setattr(report.subprocess, "run", fake_train)
     config = str(CONFIGS[0].with_name("mnist-100.yaml"))
-    argv = ["--sweep", config, "--seeds", "0", "1", "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"),
-            "--", "--logger", "csv"]
+    argv = [
+        "--sweep",
+        config,
+        "--seeds",
+        "0",
+        "1",
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "rep"),
+        "--",
+        "--logger",
+        "csv",
+    ]
     assert report.main(argv) == 0
-    assert [c[c.index("--run-dir") + 1] for c in calls] == [str(tmp_path / "runs" / f"mnist-100-seed{s}") for s in (0, 1)]
+    assert [c[c.index("--run-dir") + 1] for c in calls] == [
+        str(tmp_path / "runs" / f"mnist-100-seed{s}") for s in (0, 1)
+    ]
     assert all(c[-2:] == ["--logger", "csv"] for c in calls)  # options after -- go to train.py
     assert "12.00 ± 2.83" in (tmp_path / "rep" / "results.md").read_text()
     assert report.main(argv) == 0 and len(calls) == 2  # finished seeds are kept, not retrained
@@ -168,15 +220,21 @@ def write_plan(path: Path, **plan) -> Path:
 
 
 def test_plan_configs_apply_common_then_each_variants_settings_to_the_base(tmp_path):
-    plan = write_plan(tmp_path / "plan.yaml", base="configs/mnist-100.yaml", common={"recon_every": 0},
-                      variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}})
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        base="configs/mnist-100.yaml",
+        common={"recon_every": 0},
+        variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}},
+    )
     base = yaml.safe_load(CONFIGS[0].with_name("mnist-100.yaml").read_text())
     configs = report.plan_configs(plan, tmp_path / "runs")
     assert configs == [tmp_path / "runs" / "configs" / f"{v}.yaml" for v in ("swwae", "baseline")]
     swwae, baseline = (yaml.safe_load(c.read_text()) for c in configs)
     assert swwae == {**base, "recon_every": 0}
     assert baseline == {**base, "recon_every": 0, "lambda_rec": 0.0, "lambda_mid": 0.0}
-    assert base["lambda_rec"] == 1.0 and baseline["labels"] == base["labels"] == 100 and baseline["arch"] == base["arch"]
+    assert (
+        base["lambda_rec"] == 1.0 and baseline["labels"] == base["labels"] == 100 and baseline["arch"] == base["arch"]
+    )
 
 
 def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_run_dirs(tmp_path, monkeypatch):
@@ -193,14 +251,33 @@ def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(report.subprocess, "run", fake_train)
-    plan = write_plan(tmp_path / "plan.yaml", base="configs/mnist-100.yaml", common={"recon_every": 0},
-                      variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}})
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        base="configs/mnist-100.yaml",
+        common={"recon_every": 0},
+        variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}},
+    )
     runs = tmp_path / "runs"
-    argv = ["--plan", str(plan), "--seeds", "0", "1", "--jobs", "2", "--runs-root", str(runs), "--out", str(tmp_path / "rep"),
-            "--", "--logger", "csv"]
+    argv = [
+        "--plan",
+        str(plan),
+        "--seeds",
+        "0",
+        "1",
+        "--jobs",
+        "2",
+        "--runs-root",
+        str(runs),
+        "--out",
+        str(tmp_path / "rep"),
+        "--",
+        "--logger",
+        "csv",
+    ]
     assert report.main(argv) == 0
     assert sorted(c[c.index("--run-dir") + 1] for c, _ in calls) == sorted(
-        str(runs / f"{v}-seed{s}") for v in ("swwae", "baseline") for s in (0, 1))
+        str(runs / f"{v}-seed{s}") for v in ("swwae", "baseline") for s in (0, 1)
+    )
     for command, _ in calls:
         variant = Path(command[command.index("--run-dir") + 1]).name.rsplit("-seed", 1)[0]
         assert command[command.index("--config") + 1] == str(runs / "configs" / f"{variant}.yaml")
@@ -211,16 +288,22 @@ def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_
     assert "12.00 ± 2.83" in rows[0] and "22.00 ± 2.83" in rows[1]
 
 
-@pytest.mark.parametrize("plan, wrong", [
-    (None, "nowhere.yaml"),
-    ({"base": "configs/mnist-100.yaml"}, "plan.yaml"),
-    ({"base": "configs/mnist-100.yaml", "variants": {"a/b": {}}}, "a/b"),
-    ({"base": "configs/no-such-config.yaml", "variants": {"swwae": {}}}, "no-such-config.yaml"),
-], ids=["missing-plan", "no-variants", "slash-in-variant", "missing-base"])
+@pytest.mark.parametrize(
+    "plan, wrong",
+    [
+        (None, "nowhere.yaml"),
+        ({"base": "configs/mnist-100.yaml"}, "plan.yaml"),
+        ({"base": "configs/mnist-100.yaml", "variants": {"a/b": {}}}, "a/b"),
+        ({"base": "configs/no-such-config.yaml", "variants": {"swwae": {}}}, "no-such-config.yaml"),
+    ],
+    ids=["missing-plan", "no-variants", "slash-in-variant", "missing-base"],
+)
 def test_report_plan_rejects_bad_plans_with_one_line_naming_the_wrong_value(tmp_path, monkeypatch, capsys, plan, wrong):
     monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: pytest.fail("nothing is trained from a bad plan"))
     path = tmp_path / "nowhere.yaml" if plan is None else write_plan(tmp_path / "plan.yaml", **plan)
-    assert report.main(["--plan", str(path), "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 2
+    assert (
+        report.main(["--plan", str(path), "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and wrong in err
 
@@ -248,27 +331,61 @@ def test_reconstruction_mse_with_and_without_the_where_on_a_hand_built_network()
     images[:, 0, 0, 1] = images[:, 0, 1, 2] = images[:, 0, 3, 0] = images[:, 0, 2, 3] = 1.0  # one pixel per window
     net = identity_network()
     assert where_ablation.reconstruction_mse(net, images, "where") == pytest.approx(0.0)
-    assert where_ablation.reconstruction_mse(net, images, "copy", batch_size=2) == pytest.approx(0.75)  # 3 of 4 pixels off by 1
+    assert where_ablation.reconstruction_mse(net, images, "copy", batch_size=2) == pytest.approx(
+        0.75
+    )  # 3 of 4 pixels off by 1
     assert net.unpool == "where"  # the network's own setting comes back
 
 
 def test_ablation_findings_check_both_claims():
-    rows = [{"pool_size": 2, "where": 0.1, "copy": 0.2}, {"pool_size": 7, "where": 0.2, "copy": 0.9},
-            {"pool_size": 4, "where": 0.15, "copy": 0.5}]
+    rows = [
+        {"pool_size": 2, "where": 0.1, "copy": 0.2},
+        {"pool_size": 7, "where": 0.2, "copy": 0.9},
+        {"pool_size": 4, "where": 0.15, "copy": 0.5},
+    ]
     assert where_ablation.findings(rows) == {"where_better_everywhere": True, "gap_grows_with_pool_size": True}
     rows[0]["copy"] = 0.05
     assert not where_ablation.findings(rows)["where_better_everywhere"]
     for row, copy_trained in zip(rows, (0.3, 0.25, 0.4)):  # pool sizes 2, 7, 4: the gap shrinks from 4 to 7
         row["copy_trained"] = copy_trained
-    assert where_ablation.findings(rows, "copy_trained") == {"where_better_everywhere": True, "gap_grows_with_pool_size": False}
+    assert where_ablation.findings(rows, "copy_trained") == {
+        "where_better_everywhere": True,
+        "gap_grows_with_pool_size": False,
+    }
 
 
 def test_ablation_and_equivariance_run_end_to_end_on_a_tiny_dataset(tmp_path, tiny_dataset):
-    tiny = ["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--val-size", "50", "--max-epochs", "1",
-            "--limit-train-batches", "2", "--unlabeled-batch-size", "32", "--logger", "none", "--recon-every", "0",
-            "--switch-every", "0", "--overview-every", "0"]
-    rows = where_ablation.run_ablation([2, 4], where_ablation.CONFIGS / "where-ablation.yaml", tmp_path / "runs",
-                                       tmp_path / "reports", tiny, num_show=3, train_copy=True)
+    tiny = [
+        "--dataset",
+        tiny_dataset,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--val-size",
+        "50",
+        "--max-epochs",
+        "1",
+        "--limit-train-batches",
+        "2",
+        "--unlabeled-batch-size",
+        "32",
+        "--logger",
+        "none",
+        "--recon-every",
+        "0",
+        "--switch-every",
+        "0",
+        "--overview-every",
+        "0",
+    ]
+    rows = where_ablation.run_ablation(
+        [2, 4],
+        where_ablation.CONFIGS / "where-ablation.yaml",
+        tmp_path / "runs",
+        tmp_path / "reports",
+        tiny,
+        num_show=3,
+        train_copy=True,
+    )
     assert [r["pool_size"] for r in rows] == [2, 4]
     assert all(r["where"] > 0 and r["copy"] > 0 and r["copy_trained"] > 0 for r in rows)
     assert (tmp_path / "runs" / "where-ablation-mp4-copy" / "results.json").is_file()
@@ -276,11 +393,15 @@ def test_ablation_and_equivariance_run_end_to_end_on_a_tiny_dataset(tmp_path, ti
     table = (tmp_path / "reports" / "where_ablation.md").read_text()
     assert "`16C5-32C3-MP4`" in table and "where beats *copy, own net* at every pool size" in table
     # How each model was trained, from its checkpoint: the copy network's unpool, the smoke limit, the arch.
-    assert "| setting | where-ablation-mp2 | where-ablation-mp2-copy | where-ablation-mp4 | where-ablation-mp4-copy |" in table
+    assert (
+        "| setting | where-ablation-mp2 | where-ablation-mp2-copy | where-ablation-mp4 | where-ablation-mp4-copy |"
+        in table
+    )
     assert "| unpool | where | copy | where | copy |" in table and "| limit_train_batches | 2 | 2 | 2 | 2 |" in table
     assert "| arch | 16C5-32C3-MP2 | 16C5-32C3-MP2 | 16C5-32C3-MP4 | 16C5-32C3-MP4 |" in table
-    results = equivariance.run_study([("mp2", tmp_path / "runs" / "where-ablation-mp2")], tmp_path / "reports",
-                                     max_shift=1, num_images=20)
+    results = equivariance.run_study(
+        [("mp2", tmp_path / "runs" / "where-ablation-mp2")], tmp_path / "reports", max_shift=1, num_images=20
+    )
     assert [r["axis"] for r in results[0]["responses"]] == ["horizontal", "vertical"]
     assert (tmp_path / "reports" / "equivariance.png").stat().st_size > 0
     report = (tmp_path / "reports" / "equivariance.md").read_text()
@@ -351,11 +472,25 @@ def test_validation_curves_list_each_runs_validation_error_and_the_settings_that
     b = logged_run(tmp_path / "b", {"lambda_consistency": 10.0, "max_epochs": 3}, {0: [0.3], 1: [0.5, 0.4]}, False)
     assert validation_curves.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "validation.json").read_text())
-    assert summary == {"differing_settings": ["lambda_consistency"], "runs": [  # run_dir is bookkeeping
-        {"run": "a", "settings": {"lambda_consistency": 1.0}, "finished": True, "max_epochs": 3,
-         "val_error": [0.2, 0.1, 0.05]},
-        {"run": "b", "settings": {"lambda_consistency": 10.0}, "finished": False, "max_epochs": 3,
-         "val_error": [0.3, 0.4]}]}
+    assert summary == {
+        "differing_settings": ["lambda_consistency"],
+        "runs": [  # run_dir is bookkeeping
+            {
+                "run": "a",
+                "settings": {"lambda_consistency": 1.0},
+                "finished": True,
+                "max_epochs": 3,
+                "val_error": [0.2, 0.1, 0.05],
+            },
+            {
+                "run": "b",
+                "settings": {"lambda_consistency": 10.0},
+                "finished": False,
+                "max_epochs": 3,
+                "val_error": [0.3, 0.4],
+            },
+        ],
+    }
     table = (tmp_path / "out" / "validation.md").read_text()
     assert "| a | lambda_consistency 1.0 | 3 of 3 | 20.00 / 10.00 / 5.00 | 5.00 |" in table
     assert "| b | lambda_consistency 10.0 | 2 of 3, stopped | 30.00 / 40.00 | 40.00 |" in table

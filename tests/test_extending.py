@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import swwae_lightning as swwae
-from datamodules import DATASETS, DatasetInfo, ImageSplits, register_dataset
+from datamodules import DATASETS, DatasetInfo, ImageSplits
 from swwae_lightning import POOLINGS, TERMS, LossTerm, Pooling, Setting, settings
 from swwae_lightning.orchestration import main, plugins
 from swwae_lightning.pooling import hard_positions, hard_unpool
@@ -25,8 +25,7 @@ def isolated_registries(monkeypatch):
     monkeypatch.setattr(POOLINGS, "_items", dict(POOLINGS._items))
     monkeypatch.setattr(TERMS, "_items", dict(TERMS._items))
     monkeypatch.setattr(settings, "SETTINGS", dict(settings.SETTINGS))
-    monkeypatch.setitem(DATASETS, "placeholder", None)  # monkeypatch restores the dict's items afterwards
-    del DATASETS["placeholder"]
+    monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
 
 
 # ---- a new pooling: the what is a power mean, the where the max's switch ----------------------------------
@@ -36,8 +35,16 @@ def register_power_pooling():
         """What: the power mean of the window's positive part (p=1: average, large p: max); where: the max's switch."""
 
         name = "power"
-        settings = (Setting("power", 3.0, "exponent of the power-mean what (>= 1)", "what-where", type=float,
-                            check=settings.at_least(1)),)
+        settings = (
+            Setting(
+                "power",
+                3.0,
+                "exponent of the power-mean what (>= 1)",
+                "what-where",
+                type=float,
+                check=settings.at_least(1),
+            ),
+        )
 
         def pool(self, z, k):
             _, where = F.max_pool2d(z, k, k, return_indices=True)
@@ -63,15 +70,25 @@ def load_blobs(data_dir, download, include_extra) -> ImageSplits:
         images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
         for c in range(4):
             row, col = divmod(c, 2)
-            images[labels == c, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 180
+            images[labels == c, :, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] += 180
         return images, labels
 
     return ImageSplits(*draw(400), *draw(100))
 
 
 def register_blobs():
-    register_dataset(DatasetInfo("blobs", load_blobs, image_shape=(1, 8, 8), num_classes=4, mean=(0.3,), std=(0.3,),
-                                 hflip=False, preset="8C3-MP2-FC32"))
+    DATASETS.register(
+        DatasetInfo(
+            "blobs",
+            load_blobs,
+            image_shape=(1, 8, 8),
+            num_classes=4,
+            mean=(0.3,),
+            std=(0.3,),
+            hflip=False,
+            preset="8C3-MP2-FC32",
+        )
+    )
 
 
 # ---- a new loss term: an L1 penalty on the top what --------------------------------------------------------
@@ -81,8 +98,14 @@ def register_sparsity():
         """Mean absolute value of the top what over every row: sparse codes."""
 
         name = "sparsity"
-        weight = Setting("lambda_sparsity", 0.0, "weight of the top-what L1 penalty", "objectives", type=float,
-                         check=settings.at_least(0))
+        weight = Setting(
+            "lambda_sparsity",
+            0.0,
+            "weight of the top-what L1 penalty",
+            "objectives",
+            type=float,
+            check=settings.at_least(0),
+        )
         needs = frozenset({"decoder"})
 
         def __call__(self, step):
@@ -94,11 +117,33 @@ def register_sparsity():
 def one_step(tmp_path, *args) -> dict:
     """train.py's main, one training step (plus one validation and one test batch); returns results.json."""
     run_dir = tmp_path / "run"
-    argv = ["--dataset", "blobs", "--labels", "40", "--val-size", "50", "--batch-size", "8", "--unlabeled-batch-size", "16",
-            "--logger", "csv", "--max-epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1",
-            "--run-dir", str(run_dir), *args]
+    argv = [
+        "--dataset",
+        "blobs",
+        "--labels",
+        "40",
+        "--val-size",
+        "50",
+        "--batch-size",
+        "8",
+        "--unlabeled-batch-size",
+        "16",
+        "--logger",
+        "csv",
+        "--max-epochs",
+        "1",
+        "--limit-train-batches",
+        "1",
+        "--limit-val-batches",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        *args,
+    ]
     assert main(argv) == 0
-    return json.loads((run_dir / "results.json").read_text()) | {"metrics": list(csv.DictReader(open(run_dir / "metrics.csv")))}
+    return json.loads((run_dir / "results.json").read_text()) | {
+        "metrics": list(csv.DictReader(open(run_dir / "metrics.csv")))
+    }
 
 
 def test_a_new_dataset_is_one_loader_and_one_registry_entry(tmp_path):
@@ -137,12 +182,31 @@ def test_the_readmes_notebook_example_trains_and_tests_without_train_py(mnist_sp
     from datamodules import SemiSupervisedDataModule
     from swwae_lightning import SWWAEModule
 
-    module = SWWAEModule("16C5-BN-MP2-32C3-MP2-FC128-D0.3", in_channels=1, image_size=28, num_classes=10,
-                         lambda_rec=1.0, lambda_fixmatch=1.0)
-    data = SemiSupervisedDataModule(dataset="mnist", labels=100, views=module.objective.views, download=False,
-                                    batch_size=32, unlabeled_batch_size=32)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=30, limit_val_batches=2, limit_test_batches=10,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module = SWWAEModule(
+        "16C5-BN-MP2-32C3-MP2-FC128-D0.3",
+        in_channels=1,
+        image_size=28,
+        num_classes=10,
+        lambda_rec=1.0,
+        lambda_fixmatch=1.0,
+    )
+    data = SemiSupervisedDataModule(
+        dataset="mnist",
+        labels=100,
+        views=module.objective.views,
+        download=False,
+        batch_size=32,
+        unlabeled_batch_size=32,
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=30,
+        limit_val_batches=2,
+        limit_test_batches=10,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     trainer.fit(module, datamodule=data)
     error = trainer.test(module, datamodule=data, verbose=False)[0]["test/error"]
     assert module.objective.views == ("strong",) and error < 0.6  # 30 steps: far better than chance (0.9)

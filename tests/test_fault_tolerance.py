@@ -13,16 +13,36 @@ import pytorch_lightning as pl
 import torch
 
 import train
-from datamodules.loader import InMemoryBatches, ResumableLoader
-from datamodules.sampling import EpochPlan
-from swwae_lightning.orchestration import training
-from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from datamodules.batches import InMemoryBatches, ResumableLoader
+from datamodules.sampling import EpochSampler
 from swwae_lightning.module import SWWAEModule
+from swwae_lightning.orchestration import trainer as trainer_module
+from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16-D0.5", "--labels", "40", "--val-size", "50", "--batch-size", "16",
-        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0",
-        "--deterministic", "--max-epochs", "2"]
+TINY = [
+    "--arch",
+    "4C3-BN-MP2-8C3-MP2-FC16-D0.5",
+    "--labels",
+    "40",
+    "--val-size",
+    "50",
+    "--batch-size",
+    "16",
+    "--unlabeled-batch-size",
+    "32",
+    "--logger",
+    "csv",
+    "--recon-every",
+    "0",
+    "--switch-every",
+    "0",
+    "--overview-every",
+    "0",
+    "--deterministic",
+    "--max-epochs",
+    "2",
+]
 
 
 class StopAt(pl.Callback):
@@ -44,28 +64,46 @@ class StopAt(pl.Callback):
 def extra_callback(monkeypatch):
     """Adds a test callback to the Trainer that train.py builds."""
     added = []
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: list(added))
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: list(added))
     return added
 
 
 def run(tmp_path, dataset, run_dir, *args):
-    return train.main(["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY,
-                       "--run-dir", str(tmp_path / run_dir), *args])
+    return train.main(
+        ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY, "--run-dir", str(tmp_path / run_dir), *args]
+    )
 
 
 def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("options", [
-    ["--no-augment"],
-    [],  # augmentation on (the default)
-    # the EMA teacher, both extra views (strong and second) and every objective at once
-    ["--lambda-fixmatch", "1", "--fixmatch-threshold", "0.3", "--lambda-consistency", "1", "--ema-decay", "0.9",
-     "--lambda-swap", "0.5", "--decoder-top", "label"],
-], ids=["no-augment", "augment", "teacher-and-strong-views"])
-def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(tmp_path, tiny_dataset, extra_callback,
-                                                                                options):
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--no-augment"],
+        [],  # augmentation on (the default)
+        # the EMA teacher, both extra views (strong and second) and every objective at once
+        [
+            "--lambda-fixmatch",
+            "1",
+            "--fixmatch-threshold",
+            "0.3",
+            "--lambda-consistency",
+            "1",
+            "--ema-decay",
+            "0.9",
+            "--lambda-swap",
+            "0.5",
+            "--decoder-top",
+            "label",
+        ],
+    ],
+    ids=["no-augment", "augment", "teacher-and-strong-views"],
+)
+def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(
+    tmp_path, tiny_dataset, extra_callback, options
+):
     seen_full = []
     extra_callback[:] = [StopAt(seen=seen_full)]
     assert run(tmp_path, tiny_dataset, "full", *options) == 0
@@ -91,18 +129,20 @@ def test_two_ranks_resumed_mid_epoch_cover_the_epoch_exactly_once():
     data = InMemoryBatches(torch.arange(203).view(203, 1, 1, 1))
     seen = []
     for rank in range(2):
-        loader = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
+        loader = ResumableLoader(data, EpochSampler(203, 16, seed=1, rank=rank, world_size=2))
         it = iter(loader)
         seen += [next(it) for _ in range(3)]
         for _ in range(3):
             loader.mark_consumed()
-        resumed = ResumableLoader(data, EpochPlan(203, 16, seed=1, rank=rank, world_size=2))
+        resumed = ResumableLoader(data, EpochSampler(203, 16, seed=1, rank=rank, world_size=2))
         resumed.load_state_dict(loader.state_dict())
         seen += list(resumed)
     assert sorted(torch.cat(seen).flatten().tolist()) == list(range(203))
 
 
-def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset, monkeypatch, capsys):
+def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_dataset, monkeypatch, capsys
+):
     original = SWWAEModule.compute_loss
 
     def poisoned(self, batch):
@@ -116,8 +156,10 @@ def test_non_finite_loss_stops_naming_step_and_part_and_keeps_the_last_good_chec
     assert run(tmp_path, tiny_dataset, "nan") == 1
     err = capsys.readouterr().err
     assert "non-finite loss at global step 12 (epoch 1, batch 2): rec = [nan]" in err
-    assert (f"the last good checkpoint is untouched; resume with: python train.py --run-dir {tmp_path / 'nan'} "
-            "--resume last") in err
+    assert (
+        f"the last good checkpoint is untouched; resume with: python train.py --run-dir {tmp_path / 'nan'} "
+        "--resume last"
+    ) in err
     good = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.ckpt")
     assert good["epoch"] == 0 and good["global_step"] == 10
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
@@ -137,7 +179,10 @@ def test_a_non_finite_loss_before_any_checkpoint_says_that_none_was_saved(tmp_pa
     monkeypatch.setattr(SWWAEModule, "compute_loss", poisoned)
     assert run(tmp_path, tiny_dataset, "nan") == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: non-finite loss at global step 0 (epoch 0, batch 0): nll = [inf]; no checkpoint was saved before it"
+    assert (
+        err
+        == "error: non-finite loss at global step 0 (epoch 0, batch 0): nll = [inf]; no checkpoint was saved before it"
+    )
     assert not (tmp_path / "nan" / "checkpoints").exists()
 
 
@@ -178,10 +223,38 @@ def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path):
 
 def test_sigterm_mid_epoch_saves_last_and_resume_continues_from_that_step(tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
-            "--val-size", "500", "--limit-val-batches", "1", "--logger", "csv", "--recon-every", "0",
-            "--switch-every", "0", "--overview-every", "0", "--max-epochs", "1", "--batch-size", "128", "--unlabeled-batch-size", "128",
-            "--limit-train-batches", "2000", "--progress-every", "1", "--run-dir", str(run_dir)]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--val-size",
+        "500",
+        "--limit-val-batches",
+        "1",
+        "--logger",
+        "csv",
+        "--recon-every",
+        "0",
+        "--switch-every",
+        "0",
+        "--overview-every",
+        "0",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--unlabeled-batch-size",
+        "128",
+        "--limit-train-batches",
+        "2000",
+        "--progress-every",
+        "1",
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = ""
@@ -198,8 +271,14 @@ def test_sigterm_mid_epoch_saves_last_and_resume_continues_from_that_step(tmp_pa
     assert 10 <= saved["global_step"] < 400 and saved["epoch"] == 0  # mid-epoch: an epoch is 429 steps
     assert not (run_dir / "results.json").exists()
     # Resume, and stop 3 steps later (a shorter epoch re-plans the schedule, which is fine here).
-    resumed = subprocess.run(args[:2] + ["--resume", "last", "--run-dir", str(run_dir),
-                                          "--limit-train-batches", str(saved["global_step"] + 3)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        args[:2]
+        + ["--resume", "last", "--run-dir", str(run_dir), "--limit-train-batches", str(saved["global_step"] + 3)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == saved["global_step"] + 3

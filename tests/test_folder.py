@@ -32,7 +32,7 @@ def pattern(label: int, i: int, size: int = 8) -> np.ndarray:
     image = rng.integers(0, 60, (size, size), dtype=np.uint8)
     half = size // 2
     r, c = divmod(label, 2)
-    image[r * half:(r + 1) * half, c * half:(c + 1) * half] += 180
+    image[r * half : (r + 1) * half, c * half : (c + 1) * half] += 180
     return image
 
 
@@ -64,9 +64,28 @@ def practitioner_tree(root: Path, labeled: int = 20, unlabeled: int = 120, val: 
     return root
 
 
-SMALL = ["--dataset", "folder", "--image-size", "8", "--arch", "4C3-MP2-8C3-MP2-FC16", "--batch-size", "8",
-         "--unlabeled-batch-size", "16", "--logger", "csv", "--max-epochs", "1", "--recon-every", "0",
-         "--switch-every", "0", "--overview-every", "0"]
+SMALL = [
+    "--dataset",
+    "folder",
+    "--image-size",
+    "8",
+    "--arch",
+    "4C3-MP2-8C3-MP2-FC16",
+    "--batch-size",
+    "8",
+    "--unlabeled-batch-size",
+    "16",
+    "--logger",
+    "csv",
+    "--max-epochs",
+    "1",
+    "--recon-every",
+    "0",
+    "--switch-every",
+    "0",
+    "--overview-every",
+    "0",
+]
 
 
 def results(run_dir: Path) -> dict:
@@ -77,8 +96,10 @@ def results(run_dir: Path) -> dict:
 def test_the_academic_layout_draws_labels_from_train_and_the_rest_is_the_unlabeled_pool(tmp_path):
     tree = academic_tree(tmp_path / "tree")
     run_dir = tmp_path / "run"
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--run-dir", str(run_dir)])
+        == 0
+    )
     split = json.loads((run_dir / "split.json").read_text())
     assert split["labeled_per_class"] == [10, 10, 10, 10]
     assert split["unlabeled_pool_size"] == 4 * 60 - 40 - 40
@@ -93,7 +114,10 @@ def test_the_practitioners_layout_uses_its_val_folder_and_without_test_reports_v
     run_dir = tmp_path / "run"
     assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "all", "--run-dir", str(run_dir)]) == 0
     err = capsys.readouterr().err
-    assert f"{tree.resolve()} has no test/ folder (or no readable image in it): this run reports validation error only" in err
+    assert (
+        f"{tree.resolve()} has no test/ folder (or no readable image in it): this run reports validation error only"
+        in err
+    )
     split = json.loads((run_dir / "split.json").read_text())
     assert split["labeled_per_class"] == [20, 20, 20, 20] and len(split["val_indices"]) == 40  # val/ is validation
     assert split["unlabeled_pool_size"] == 120
@@ -133,11 +157,15 @@ def test_every_file_kind_decodes_to_the_expected_pixels():
     rgba.putalpha(128)
     assert np.array_equal(folder.decode(encoded(rgba, "PNG"), 8, 3), expected_rgb)  # alpha dropped
     palette = rgb.convert("P", palette=Image.ADAPTIVE, colors=256)
-    assert np.array_equal(folder.decode(encoded(palette, "PNG"), 8, 3), np.asarray(palette.convert("RGB")).transpose(2, 0, 1))
+    assert np.array_equal(
+        folder.decode(encoded(palette, "PNG"), 8, 3), np.asarray(palette.convert("RGB")).transpose(2, 0, 1)
+    )
     sixteen = Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 1023))  # 16-bit gray
     assert sixteen.mode.startswith("I;16")
-    assert np.array_equal(folder.decode(encoded(sixteen, "PNG"), 8, 1)[0],
-                          np.rint((np.arange(64).reshape(8, 8) * 1024 + 1023) * 255 / 65535).astype(np.uint8))
+    assert np.array_equal(
+        folder.decode(encoded(sixteen, "PNG"), 8, 1)[0],
+        np.rint((np.arange(64).reshape(8, 8) * 1024 + 1023) * 255 / 65535).astype(np.uint8),
+    )
     frames = [Image.fromarray(np.full((8, 8), v, dtype=np.uint8)) for v in (10, 200)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
@@ -148,7 +176,9 @@ def test_every_file_kind_decodes_to_the_expected_pixels():
     assert np.abs(rotated[0].astype(int) - np.rot90(np.asarray(gray), k=-1)).mean() < 4
     # grayscale as 3 channels and colour as 1, then the shorter side resized and the centre cropped
     assert np.array_equal(folder.decode(encoded(gray, "PNG"), 8, 3), np.repeat(expected_gray, 3, axis=0))
-    wide = Image.fromarray(np.concatenate([np.zeros((8, 4), np.uint8), np.asarray(gray), np.zeros((8, 4), np.uint8)], 1))
+    wide = Image.fromarray(
+        np.concatenate([np.zeros((8, 4), np.uint8), np.asarray(gray), np.zeros((8, 4), np.uint8)], 1)
+    )
     assert np.array_equal(folder.decode(encoded(wide, "PNG"), 8, 1), expected_gray)  # 16x8 -> centre 8x8
     assert folder.decode(encoded(gray, "PNG"), 4, 1).shape == (1, 4, 4)
 
@@ -173,9 +203,35 @@ def test_mixed_sizes_colour_jpegs_and_upper_case_extensions_train_at_the_chosen_
     assert info.image_shape == (3, 32, 32)  # colour images; 32 is the preset nearest their median shorter side
     assert info.class_names == ("green", "red") and info.preset  # a preset network for 32 px
     run_dir = tmp_path / "run"
-    assert train.main(["--dataset", "folder", "--data-dir", str(tree), "--labels", "10", "--val-size", "10",
-                       "--batch-size", "8", "--unlabeled-batch-size", "8", "--logger", "csv", "--max-epochs", "1",
-                       "--limit-train-batches", "2", "--arch", "4C3-MP2-8C3-MP2-FC16", "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tree),
+                "--labels",
+                "10",
+                "--val-size",
+                "10",
+                "--batch-size",
+                "8",
+                "--unlabeled-batch-size",
+                "8",
+                "--logger",
+                "csv",
+                "--max-epochs",
+                "1",
+                "--limit-train-batches",
+                "2",
+                "--arch",
+                "4C3-MP2-8C3-MP2-FC16",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_96_px_tree_gets_the_stl10_preset(tmp_path):
@@ -197,21 +253,26 @@ def test_bad_files_are_skipped_listed_with_their_reasons_and_training_goes_on(tm
     (tree / "train" / "café" / "notes.txt").write_text("not an image")
     (tree / "train" / "loose.png").write_bytes(good)  # not inside a class folder
     run_dir = tmp_path / "run"
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--run-dir", str(run_dir)])
+        == 0
+    )
     err = capsys.readouterr().err
     assert "skipped 4 of 324 files" in err and "skipped_files.txt" in err
     listed = dict(line.split("\t") for line in (run_dir / "skipped_files.txt").read_text().splitlines())
-    assert listed == {"train/dog/empty.png": "empty file (0 bytes)", "train/café/notes.txt": "not an image Pillow can decode",
-                      "train/loose.png": "not inside a class folder of train/",
-                      "train/dog/truncated.png": listed["train/dog/truncated.png"]}
+    assert listed == {
+        "train/dog/empty.png": "empty file (0 bytes)",
+        "train/café/notes.txt": "not an image Pillow can decode",
+        "train/loose.png": "not inside a class folder of train/",
+        "train/dog/truncated.png": listed["train/dog/truncated.png"],
+    }
     assert "truncated" in listed["train/dog/truncated.png"] or "broken" in listed["train/dog/truncated.png"].lower()
 
 
 def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_the_next(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
     tree = academic_tree(tmp_path / "tree")
 
@@ -220,13 +281,43 @@ def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_th
             if trainer.current_epoch == 0:
                 (tree / "train" / "chien" / "007.png").write_bytes(b"\x89PNG garbage")  # changed on disk
 
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [CorruptAfterFirstEpoch()])
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--max-epochs", "2",
-                       "--run-dir", str(tmp_path / "first")]) == 0  # the second epoch reads the cached pixels
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [CorruptAfterFirstEpoch()])
+    assert (
+        train.main(
+            [
+                *SMALL,
+                "--data-dir",
+                str(tree),
+                "--labels",
+                "40",
+                "--val-size",
+                "40",
+                "--max-epochs",
+                "2",
+                "--run-dir",
+                str(tmp_path / "first"),
+            ]
+        )
+        == 0
+    )  # the second epoch reads the cached pixels
     assert results(tmp_path / "first")["epochs"] == 2
     assert not (tmp_path / "first" / "skipped_files.txt").exists()
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(tmp_path / "second")]) == 0  # the next start decodes it again
+    assert (
+        train.main(
+            [
+                *SMALL,
+                "--data-dir",
+                str(tree),
+                "--labels",
+                "40",
+                "--val-size",
+                "40",
+                "--run-dir",
+                str(tmp_path / "second"),
+            ]
+        )
+        == 0
+    )  # the next start decodes it again
     listed = (tmp_path / "second" / "skipped_files.txt").read_text()
     assert listed.startswith("train/chien/007.png\t")
 
@@ -240,18 +331,29 @@ def test_test_images_that_repeat_training_files_are_counted_as_leakage(tmp_path,
 
 
 BAD = {
-    "no images": (lambda root: (root / "train" / "a").mkdir(parents=True) or (root / "train" / "b").mkdir(),
-                  "holds no files under train/"),
-    "one class": (lambda root: write_png(root / "train" / "only" / "0.png", pattern(0, 0)),
-                  "holds 1 class folder(s) ['only']: a classifier needs 2 or more"),
+    "no images": (
+        lambda root: (root / "train" / "a").mkdir(parents=True) or (root / "train" / "b").mkdir(),
+        "holds no files under train/",
+    ),
+    "one class": (
+        lambda root: write_png(root / "train" / "only" / "0.png", pattern(0, 0)),
+        "holds 1 class folder(s) ['only']: a classifier needs 2 or more",
+    ),
     "a class without a readable image": (
-        lambda root: [write_png(root / "train" / "good" / f"{i}.png", pattern(0, i)) for i in range(4)]
-        + [(root / "train" / "bad").mkdir(), (root / "train" / "bad" / "x.png").write_bytes(b"nope")],
-        "train/bad has no readable image (1 file(s), none of which decodes)"),
-    "fewer labeled images than --labels": (lambda root: academic_tree(root, train=5, test=1),
-                                           "--labels 40 asks for 10 images of each of the 4 classes, but"),
-    "neither layout": (lambda root: write_png(root / "pictures" / "0.png", pattern(0, 0)),
-                       "has neither train/<class>/ (the academic layout) nor labeled/<class>/"),
+        lambda root: (
+            [write_png(root / "train" / "good" / f"{i}.png", pattern(0, i)) for i in range(4)]
+            + [(root / "train" / "bad").mkdir(), (root / "train" / "bad" / "x.png").write_bytes(b"nope")]
+        ),
+        "train/bad has no readable image (1 file(s), none of which decodes)",
+    ),
+    "fewer labeled images than --labels": (
+        lambda root: academic_tree(root, train=5, test=1),
+        "--labels 40 asks for 10 images of each of the 4 classes, but",
+    ),
+    "neither layout": (
+        lambda root: write_png(root / "pictures" / "0.png", pattern(0, 0)),
+        "has neither train/<class>/ (the academic layout) nor labeled/<class>/",
+    ),
 }
 
 
@@ -289,7 +391,7 @@ def test_the_cache_is_reused_rebuilt_when_a_file_changes_and_built_once_by_two_p
     assert folder.cache_key(changed, 8, 1) != folder.cache_key(entries, 8, 1)
     assert folder.cached(tree, changed, 8, 1)[1] != data
 
-    script = textwrap.dedent(f'''
+    script = textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
@@ -305,7 +407,7 @@ def test_the_cache_is_reused_rebuilt_when_a_file_changes_and_built_once_by_two_p
         _, _, entries, _ = folder.index(tree)
         manifest, data = folder.cached(tree, entries, 6, 1)
         print(data, len(manifest["paths"]))
-    ''')
+    """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and outputs[0] == outputs[1] and outputs[0].endswith(" 48")
@@ -327,13 +429,23 @@ def test_disk_images_read_batches_exactly_and_views_read_nothing_until_indexed(t
 def test_a_folder_run_interrupted_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     from test_fault_tolerance import StopAt, final_state
 
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
     tree = academic_tree(tmp_path / "tree")
     added = []
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: list(added))
-    argv = [*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--max-epochs", "2",
-            "--deterministic"]
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: list(added))
+    argv = [
+        *SMALL,
+        "--data-dir",
+        str(tree),
+        "--labels",
+        "40",
+        "--val-size",
+        "40",
+        "--max-epochs",
+        "2",
+        "--deterministic",
+    ]
     seen_full, seen_split = [], []
     added[:] = [StopAt(seen=seen_full)]
     assert train.main([*argv, "--run-dir", str(tmp_path / "full")]) == 0
@@ -352,8 +464,9 @@ def test_two_ranks_get_disjoint_shards_of_both_folder_streams(tmp_path):
     tree = practitioner_tree(tmp_path / "tree")
     seen = {"labeled": [], "unlabeled": []}
     for rank in range(2):
-        datamodule = SemiSupervisedDataModule(dataset="folder", data_dir=str(tree), image_size=8, labels=80,
-                                              batch_size=8, unlabeled_batch_size=16)
+        datamodule = SemiSupervisedDataModule(
+            dataset="folder", data_dir=str(tree), image_size=8, labels=80, batch_size=8, unlabeled_batch_size=16
+        )
         datamodule.setup("fit")
         datamodule._rank_world = lambda rank=rank: (rank, 2)
         for name, stream in datamodule.train_streams().items():
@@ -368,13 +481,17 @@ def test_two_ranks_get_disjoint_shards_of_both_folder_streams(tmp_path):
 def test_a_resumed_run_keeps_its_preprocessing_and_refuses_another_image_size_in_one_line(tmp_path, capsys):
     tree = academic_tree(tmp_path / "tree")
     run_dir = tmp_path / "run"
-    assert train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main([*SMALL, "--data-dir", str(tree), "--labels", "40", "--val-size", "40", "--run-dir", str(run_dir)])
+        == 0
+    )
     capsys.readouterr()
     assert train.main(["--run-dir", str(run_dir), "--resume", "last", "--image-size", "16"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --image-size 16 differs from the checkpoint's 8: a resumed run keeps the preprocessing "
-                   "its model was trained with")
+    assert err == (
+        "error: --image-size 16 differs from the checkpoint's 8: a resumed run keeps the preprocessing "
+        "its model was trained with"
+    )
     (tree / "train" / "dog" / "000.png").unlink()  # the split's indices would now point at other files
     assert train.main(["--run-dir", str(run_dir), "--resume", "last"]) == 2
     assert "changed since this run started (readable training files now: 239)" in capsys.readouterr().err
@@ -384,8 +501,25 @@ def test_a_resumed_run_keeps_its_preprocessing_and_refuses_another_image_size_in
     for path in (other / "train").rglob("*.png"):
         write_png(path, np.asarray(Image.open(path)) // 2)  # darker: other statistics
     tuned = tmp_path / "tuned"
-    assert train.main([*SMALL[:2], "--data-dir", str(other), *SMALL[4:], "--labels", "40", "--val-size", "20",
-                       "--finetune-from", str(run_dir / "checkpoints" / "last.ckpt"), "--run-dir", str(tuned)]) == 0
+    assert (
+        train.main(
+            [
+                *SMALL[:2],
+                "--data-dir",
+                str(other),
+                *SMALL[4:],
+                "--labels",
+                "40",
+                "--val-size",
+                "20",
+                "--finetune-from",
+                str(run_dir / "checkpoints" / "last.ckpt"),
+                "--run-dir",
+                str(tuned),
+            ]
+        )
+        == 0
+    )
     first, second = (json.loads((d / "preprocessing.json").read_text()) for d in (run_dir, tuned))
     assert second == first and second["image_size"] == 8
 
@@ -402,7 +536,9 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     said = capsys.readouterr().out.strip().splitlines()[-1]
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     assert len(rows) == 40 and set(rows[0]) == {"path", "predicted", "probability", "top_3"}
-    assert (tmp_path / "test-predictions.unreadable.txt").read_text() == f"{tree / 'test' / 'dog' / 'broken.png'}\tempty file (0 bytes)\n"
+    assert (
+        tmp_path / "test-predictions.unreadable.txt"
+    ).read_text() == f"{tree / 'test' / 'dog' / 'broken.png'}\tempty file (0 bytes)\n"
     # exact: each row is the model's own softmax on that file, decoded and normalized as in training
     from datamodules import augment
     from swwae_lightning.module import SWWAEModule
@@ -430,9 +566,33 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
 
 def test_predict_on_a_built_in_datasets_checkpoint_needs_images(tmp_path, capsys, tiny_dataset):
     run_dir = tmp_path / "run"
-    assert train.main(["--dataset", tiny_dataset, "--labels", "40", "--val-size", "50", "--batch-size", "8",
-                       "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16", "--logger", "csv",
-                       "--max-epochs", "1", "--limit-train-batches", "2", "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                tiny_dataset,
+                "--labels",
+                "40",
+                "--val-size",
+                "50",
+                "--batch-size",
+                "8",
+                "--unlabeled-batch-size",
+                "16",
+                "--arch",
+                "4C3-MP2-8C3-MP2-FC16",
+                "--logger",
+                "csv",
+                "--max-epochs",
+                "1",
+                "--limit-train-batches",
+                "2",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     assert train.main(["--predict", str(run_dir / "checkpoints" / "last.ckpt")]) == 2
     assert "needs --images DIR" in capsys.readouterr().err
     images = tmp_path / "mine"
@@ -443,8 +603,11 @@ def test_predict_on_a_built_in_datasets_checkpoint_needs_images(tmp_path, capsys
     assert len(rows) == 3 and all(r["predicted"] in {"0", "1", "2", "3"} for r in rows)
 
 
-def test_the_exporter_writes_the_academic_layout_and_the_folder_dataset_reads_back_the_same_pixels(tmp_path, tiny_dataset):
+def test_the_exporter_writes_the_academic_layout_and_the_folder_dataset_reads_back_the_same_pixels(
+    tmp_path, tiny_dataset
+):
     from conftest import make_tiny_splits
+
     from datamodules.export_folder import class_folder, export
 
     assert class_folder("T-shirt/top") == "T-shirt or top"
@@ -492,12 +655,39 @@ class Seen(LossTerm):
 def test_a_two_process_ddp_run_of_a_folder_trains_each_rank_on_its_own_half_of_the_pool(tmp_path):
     tree = practitioner_tree(tmp_path / "tree", unlabeled=128)
     (tmp_path / "seen.py").write_text(SEEN_PLUGIN)
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *SMALL, "--data-dir", str(tree), "--labels", "all",
-                           "--no-augment", "--lambda-rec", "0", "--lambda-mid", "0", "--lambda-seen", "1",
-                           "--plugins", str(tmp_path / "seen.py"), "--accelerator", "cpu", "--devices", "2",
-                           "--strategy", "ddp", "--run-dir", str(tmp_path / "run")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "SEEN_DIR": str(tmp_path)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            *SMALL,
+            "--data-dir",
+            str(tree),
+            "--labels",
+            "all",
+            "--no-augment",
+            "--lambda-rec",
+            "0",
+            "--lambda-mid",
+            "0",
+            "--lambda-seen",
+            "1",
+            "--plugins",
+            str(tmp_path / "seen.py"),
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SEEN_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     seen = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 64  # 128 images, 16 a step, 4 steps on each rank

@@ -51,8 +51,11 @@ def imported_modules(source: str, module: str, is_package: bool) -> set[str]:
 def layer_violations(path: Path, source: str) -> list[str]:
     forbidden = FORBIDDEN.get(layer_of(path), ())
     imports = imported_modules(source, module_name(path), path.name == "__init__.py")
-    return sorted(f"{module_name(path)} imports {name}" for name in imports
-                  if any(name == f or name.startswith(f + ".") for f in forbidden))
+    return sorted(
+        f"{module_name(path)} imports {name}"
+        for name in imports
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
 
 
 def package_modules() -> list[Path]:
@@ -65,12 +68,15 @@ def test_no_module_imports_from_a_layer_above_its_own():
     assert [line for p in modules for line in layer_violations(p, p.read_text())] == []
 
 
-@pytest.mark.parametrize("path, source", [
-    ("swwae_lightning/module.py", "def f():\n    from datamodules.sampling import EpochSampler\n"),
-    ("swwae_lightning/pooling/soft.py", "from ..orchestration import plugins\n"),
-    ("datamodules/folder.py", "import callbacks\n"),
-    ("callbacks/sheet.py", "from swwae_lightning.orchestration.training import fit\n"),
-])
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        ("swwae_lightning/module.py", "def f():\n    from datamodules.sampling import EpochSampler\n"),
+        ("swwae_lightning/pooling/soft.py", "from ..orchestration import plugins\n"),
+        ("datamodules/folder.py", "import callbacks\n"),
+        ("callbacks/sheet.py", "from swwae_lightning.orchestration.training import fit\n"),
+    ],
+)
 def test_the_layer_rule_catches_an_import_from_above(path, source):
     assert layer_violations(REPO / path, source)
 
@@ -84,8 +90,9 @@ def test_the_report_and_the_documentation_checker_do_not_import_each_other():
     assert f"{ORCHESTRATION}.report" not in imports("docs") | imports("doc_tables")
 
 
-@pytest.mark.parametrize("order", list(itertools.permutations(
-    ["datamodules.semi_supervised", "callbacks", "swwae_lightning.module"])))
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(["datamodules.semi_supervised", "callbacks", "swwae_lightning.module"]))
+)
 def test_the_packages_import_in_any_order_in_a_fresh_interpreter(order):
     script = "import importlib\n" + "".join(f"importlib.import_module({name!r})\n" for name in order)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)

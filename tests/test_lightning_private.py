@@ -39,13 +39,17 @@ def test_a_resumed_run_appends_to_metrics_csv_keeping_its_columns(tmp_path):
 
 def test_an_offline_wandb_run_starts_without_the_anonymous_deprecation_warning(tmp_path):
     # W&B warns once per process and WANDB_SILENT hides it, so the run starts in a fresh, unsilenced process.
-    script = (f"from pathlib import Path\nfrom swwae_lightning import settings\nfrom swwae_lightning.orchestration import tracking\n"
-              f"config = dict(settings.defaults(), dataset='mnist', labels=100, mode='semi')\n"
-              f"logger = tracking.wandb_logger(Path({str(tmp_path)!r}), config, None)\n"
-              f"logger.experiment.finish()\n")
+    script = (
+        f"from pathlib import Path\nfrom swwae_lightning import settings\n"
+        f"from swwae_lightning.orchestration import tracking\n"
+        f"config = dict(settings.defaults(), dataset='mnist', labels=100, mode='semi')\n"
+        f"logger = tracking.wandb_logger(Path({str(tmp_path)!r}), config, None)\n"
+        f"logger.experiment.finish()\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "Tracking run with wandb" in result.stderr + result.stdout  # W&B spoke, so its warnings would show
     assert "anonymous" not in result.stderr + result.stdout

@@ -6,18 +6,39 @@ import pytorch_lightning as pl
 import torch
 
 import train
-from swwae_lightning.orchestration import training
-from swwae_lightning.orchestration.checkpoints import load_checkpoint
 from swwae_lightning.module import SWWAEModule
+from swwae_lightning.orchestration import trainer as trainer_module
+from swwae_lightning.orchestration.checkpoints import load_checkpoint
 
-TINY = ["--arch", "4C3-BN-MP2-8C3-MP2-FC16", "--labels", "40", "--val-size", "50", "--batch-size", "16",
-        "--unlabeled-batch-size", "32", "--logger", "csv", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0", "--max-epochs", "2"]
+TINY = [
+    "--arch",
+    "4C3-BN-MP2-8C3-MP2-FC16",
+    "--labels",
+    "40",
+    "--val-size",
+    "50",
+    "--batch-size",
+    "16",
+    "--unlabeled-batch-size",
+    "32",
+    "--logger",
+    "csv",
+    "--recon-every",
+    "0",
+    "--switch-every",
+    "0",
+    "--overview-every",
+    "0",
+    "--max-epochs",
+    "2",
+]
 STEPS_PER_EPOCH = 10  # (400 - 50 - 40) unlabeled images / 32
 
 
 def run(tmp_path, dataset, *args) -> int:
-    return train.main(["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY,
-                       "--run-dir", str(tmp_path / "run"), *args])
+    return train.main(
+        ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY, "--run-dir", str(tmp_path / "run"), *args]
+    )
 
 
 def poison_at(monkeypatch, global_step: int):
@@ -35,10 +56,14 @@ def poison_at(monkeypatch, global_step: int):
     return original
 
 
-@pytest.mark.parametrize("bad_step, log_every", [(0, 20), (4, 20), (9, 20), (13, 3)],
-                         ids=["first-step", "mid-epoch", "last-batch-of-an-epoch", "between-logging-steps"])
+@pytest.mark.parametrize(
+    "bad_step, log_every",
+    [(0, 20), (4, 20), (9, 20), (13, 3)],
+    ids=["first-step", "mid-epoch", "last-batch-of-an-epoch", "between-logging-steps"],
+)
 def test_a_nan_at_any_step_stops_the_run_naming_it_and_leaves_only_finite_resumable_checkpoints(
-        tmp_path, tiny_dataset, monkeypatch, capsys, bad_step, log_every):
+    tmp_path, tiny_dataset, monkeypatch, capsys, bad_step, log_every
+):
     original = poison_at(monkeypatch, bad_step)
     assert run(tmp_path, tiny_dataset, "--log-every", str(log_every)) == 1
     err = capsys.readouterr().err
@@ -72,7 +97,7 @@ class HostChecksPerStep(pl.Callback):
 
 def test_the_guard_reads_the_device_only_on_logging_steps(tmp_path, tiny_dataset, monkeypatch):
     counter = HostChecksPerStep()
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [counter])
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [counter])
     assert run(tmp_path, tiny_dataset, "--log-every", "4") == 0
     assert len(counter.per_step) == 2 * STEPS_PER_EPOCH
     for step, checks in counter.per_step:

@@ -20,22 +20,33 @@ def loss_of(net, x, labels=None, **weights):
 
 def test_parse_arch_reads_the_compact_and_the_paper_notation():
     assert parse_arch("32C5-32C3-MP2-64C3-MP2-FC128-BN-D0.5") == [
-        Conv(32, 5), Conv(32, 3), Pool(2), Conv(64, 3), Pool(2), Linear(128), BatchNorm(), Dropout(0.5)]
+        Conv(32, 5),
+        Conv(32, 3),
+        Pool(2),
+        Conv(64, 3),
+        Pool(2),
+        Linear(128),
+        BatchNorm(),
+        Dropout(0.5),
+    ]
     assert parse_arch("(16)5c-(32)3c-2p") == parse_arch("16C5-32C3-MP2")
 
 
-@pytest.mark.parametrize("arch, message", [
-    ("32C5-XP2", r"bad token 'XP2'.*grammar"),
-    ("32C5--MP2", r"bad token ''"),
-    ("", "empty architecture"),
-    ("MP2-32C3", "must follow a convolution"),
-    ("32C3-FC10-64C3", "comes after an FC layer"),
-    ("FC10", "has no convolution"),
-    ("32C3-MP1", "pool sizes >= 2"),
-    ("32C3-D1.5", "dropout in"),
-    ("0C3-MP2", "maps, kernels and units"),
-    ("32C3-BN-BN", "BN and Dp may each appear once"),
-])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("32C5-XP2", r"bad token 'XP2'.*grammar"),
+        ("32C5--MP2", r"bad token ''"),
+        ("", "empty architecture"),
+        ("MP2-32C3", "must follow a convolution"),
+        ("32C3-FC10-64C3", "comes after an FC layer"),
+        ("FC10", "has no convolution"),
+        ("32C3-MP1", "pool sizes >= 2"),
+        ("32C3-D1.5", "dropout in"),
+        ("0C3-MP2", "maps, kernels and units"),
+        ("32C3-BN-BN", "BN and Dp may each appear once"),
+    ],
+)
 def test_bad_architecture_strings_quote_the_problem(arch, message):
     with pytest.raises(ValueError, match=message):
         parse_arch(arch)
@@ -178,5 +189,7 @@ def test_image_output_conv_runs_channels_last_on_cpu_with_the_plain_convs_values
     grad = torch.randn_like(ref)
     out.backward(grad)
     ref.backward(grad)
-    assert torch.allclose(xs[0].grad, xs[1].grad, atol=1e-6) and torch.allclose(last.weight.grad, plain.weight.grad, atol=1e-5)
+    assert torch.allclose(xs[0].grad, xs[1].grad, atol=1e-6) and torch.allclose(
+        last.weight.grad, plain.weight.grad, atol=1e-5
+    )
     assert last.weight.is_contiguous()  # the stored weights keep their layout (checkpoints unchanged)

@@ -11,19 +11,35 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import train
 from swwae_lightning import settings as S
+from swwae_lightning.network import StackedWhatWhere
+from swwae_lightning.objectives import (
+    TERMS,
+    Consistency,
+    FixMatch,
+    Objective,
+    WhatWhereSwap,
+    confident_pseudo_labels,
+    views_needed,
+)
 from swwae_lightning.orchestration import plugins
 from swwae_lightning.orchestration.training import build_datamodule, build_module
-from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.objectives import (TERMS, Consistency, FixMatch, Objective, WhatWhereSwap, confident_pseudo_labels,
-                                        views_needed)
 
 plugins.declare_all_settings()
 
 
 def tiny_config(dataset: str, tmp_path, **overrides) -> dict:
-    return {**S.defaults(), "dataset": dataset, "data_dir": str(tmp_path / "data"), "labels": 40, "val_size": 50,
-            "batch_size": 8, "unlabeled_batch_size": 16, "arch": "4C3-BN-MP2-8C3-MP2-FC16", "download": False,
-            **overrides}
+    return {
+        **S.defaults(),
+        "dataset": dataset,
+        "data_dir": str(tmp_path / "data"),
+        "labels": 40,
+        "val_size": 50,
+        "batch_size": 8,
+        "unlabeled_batch_size": 16,
+        "arch": "4C3-BN-MP2-8C3-MP2-FC16",
+        "download": False,
+        **overrides,
+    }
 
 
 # ----------------------------------------------------------------------------- the label-topped decoder
@@ -44,7 +60,9 @@ def test_label_topped_decoder_starts_from_the_one_hot_label_or_the_softmax_and_m
 
 
 @pytest.mark.parametrize("top, reaches_classifier", [("label", True), ("what", False)])
-def test_the_reconstruction_of_an_unlabeled_row_trains_the_classifier_only_through_the_label_top(top, reaches_classifier):
+def test_the_reconstruction_of_an_unlabeled_row_trains_the_classifier_only_through_the_label_top(
+    top, reaches_classifier
+):
     torch.manual_seed(0)
     net = StackedWhatWhere("4C3-MP2-8C3-MP2-FC16", 1, 8, 3, decoder_top=top)
     x = torch.randn(3, 1, 8, 8)
@@ -96,8 +114,11 @@ def test_a_warming_term_adds_its_scaled_weight_and_no_gradient_at_the_first_step
     torch.manual_seed(0)
     net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3)
     teacher = torch.optim.swa_utils.AveragedModel(net)
-    batch = {"labeled": (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])), "unlabeled": torch.rand(6, 1, 8, 8),
-             "views": {"second": torch.rand(6, 1, 8, 8)}}
+    batch = {
+        "labeled": (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])),
+        "unlabeled": torch.rand(6, 1, 8, 8),
+        "views": {"second": torch.rand(6, 1, 8, 8)},
+    }
     objective = Objective(lambda_rec=0, lambda_mid=0, lambda_consistency=3.0, consistency_warmup=0.5)
     for progress, scale in ((0.0, 0.0), (0.25, 0.5), (0.75, 1.0)):
         parts = objective(net, batch, teacher, progress=progress)
@@ -133,18 +154,23 @@ def test_swap_is_zero_when_a_shift_stays_inside_the_window_and_positive_when_the
 
 
 # ----------------------------------------------------------------------------- views and passes
-@pytest.mark.parametrize("weights, views", [
-    ({}, ()),
-    ({"lambda_fixmatch": 1.0}, ("strong",)),
-    ({"lambda_consistency": 1.0}, ("second",)),
-    ({"lambda_swap": 1.0}, ("second",)),
-    ({"lambda_fixmatch": 1.0, "lambda_swap": 1.0}, ("strong", "second")),
-])
+@pytest.mark.parametrize(
+    "weights, views",
+    [
+        ({}, ()),
+        ({"lambda_fixmatch": 1.0}, ("strong",)),
+        ({"lambda_consistency": 1.0}, ("second",)),
+        ({"lambda_swap": 1.0}, ("second",)),
+        ({"lambda_fixmatch": 1.0, "lambda_swap": 1.0}, ("strong", "second")),
+    ],
+)
 def test_extra_views_are_asked_for_only_by_the_terms_that_need_them(weights, views):
     assert views_needed({**S.defaults(), **weights}) == views
 
 
-def test_the_datamodule_draws_extra_views_only_when_asked_and_leaves_the_other_batches_as_they_were(tiny_dataset, tmp_path):
+def test_the_datamodule_draws_extra_views_only_when_asked_and_leaves_the_other_batches_as_they_were(
+    tiny_dataset, tmp_path
+):
     plain = build_datamodule(tiny_config(tiny_dataset, tmp_path))
     with_views = build_datamodule(tiny_config(tiny_dataset, tmp_path, lambda_fixmatch=1.0, lambda_consistency=1.0))
     batches = []
@@ -189,8 +215,15 @@ def test_the_ema_teacher_equals_the_closed_form_average_after_k_steps(tiny_datas
     decay, k = 0.8, 5
     cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, ema_decay=decay, schedule="constant")
     module, datamodule, record = build_module(cfg), build_datamodule(cfg), RecordWeights()
-    pl.Trainer(max_steps=k, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0, callbacks=[record]).fit(module, datamodule=datamodule)
+    pl.Trainer(
+        max_steps=k,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[record],
+    ).fit(module, datamodule=datamodule)
     # Step t takes in the weights theta_t the previous steps made: theta_0 is copied, then each is averaged in.
     thetas = record.before_each_step
     assert len(thetas) == k
@@ -210,9 +243,17 @@ def test_the_module_gives_the_objective_the_share_of_steps_taken(tiny_dataset, t
     cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, consistency_warmup=0.5, schedule="constant")
     module, datamodule, seen = build_module(cfg), build_datamodule(cfg), []
     call = module.objective.__call__
-    module.objective = lambda *args, progress, **kwargs: seen.append(progress) or call(*args, progress=progress, **kwargs)
-    pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=datamodule)
+    module.objective = lambda *args, progress, **kwargs: (
+        seen.append(progress) or call(*args, progress=progress, **kwargs)
+    )
+    pl.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(module, datamodule=datamodule)
     assert seen == [0.0, 0.25, 0.5, 0.75]
     assert module._progress() == 1.0  # outside a fit (evaluation, the benchmark): full weights
 
@@ -220,10 +261,43 @@ def test_the_module_gives_the_objective_the_share_of_steps_taken(tiny_dataset, t
 # ----------------------------------------------------------------------------- through train.py
 def test_a_fixmatch_run_logs_the_mask_share_and_the_pseudo_labels_validation_accuracy(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
-    assert train.main(["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--labels", "40", "--val-size",
-                       "50", "--batch-size", "8", "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16",
-                       "--lambda-rec", "0", "--lambda-mid", "0", "--lambda-fixmatch", "1", "--fixmatch-threshold", "0.3",
-                       "--max-epochs", "2", "--log-every", "1", "--logger", "csv", "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                tiny_dataset,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--labels",
+                "40",
+                "--val-size",
+                "50",
+                "--batch-size",
+                "8",
+                "--unlabeled-batch-size",
+                "16",
+                "--arch",
+                "4C3-MP2-8C3-MP2-FC16",
+                "--lambda-rec",
+                "0",
+                "--lambda-mid",
+                "0",
+                "--lambda-fixmatch",
+                "1",
+                "--fixmatch-threshold",
+                "0.3",
+                "--max-epochs",
+                "2",
+                "--log-every",
+                "1",
+                "--logger",
+                "csv",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     masks = [float(r["train/fixmatch_mask"]) for r in rows if r.get("train/fixmatch_mask")]
     shares = [float(r["val/fixmatch_pseudo_share"]) for r in rows if r.get("val/fixmatch_pseudo_share")]
@@ -241,11 +315,18 @@ def test_every_registered_term_has_a_weight_flag_and_reports_under_its_name():
 
 @pytest.mark.parametrize("eval_teacher", [False, True])
 def test_eval_teacher_validates_and_tests_the_ema_weights_instead_of_the_students(tiny_dataset, tmp_path, eval_teacher):
-    cfg = tiny_config(tiny_dataset, tmp_path, lambda_consistency=1.0, ema_decay=0.5, eval_teacher=eval_teacher,
-                      schedule="constant")
+    cfg = tiny_config(
+        tiny_dataset, tmp_path, lambda_consistency=1.0, ema_decay=0.5, eval_teacher=eval_teacher, schedule="constant"
+    )
     module, datamodule = build_module(cfg), build_datamodule(cfg)
-    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     measured = module.teacher.module if eval_teacher else module.net
     other = module.net if eval_teacher else module.teacher.module
@@ -255,6 +336,7 @@ def test_eval_teacher_validates_and_tests_the_ema_weights_instead_of_the_student
     with torch.no_grad():
         expected = 1 - (measured.encode(x).argmax(1) == y).float().mean().item()
         assert not torch.equal(measured.encode(x), other.encode(x))  # the two networks answer differently
-    tested = trainer.test(module, dataloaders=DataLoader(TensorDataset(x, y), batch_size=len(x)),
-                          verbose=False)[0]["test/error"]
+    tested = trainer.test(module, dataloaders=DataLoader(TensorDataset(x, y), batch_size=len(x)), verbose=False)[0][
+        "test/error"
+    ]
     assert tested == pytest.approx(expected)

@@ -12,28 +12,53 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import test_extending
 import torch
 import yaml
 
-import test_extending
 import train
 from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, settings
-from swwae_lightning.orchestration import plugins
 from swwae_lightning.objectives import TermContractError
+from swwae_lightning.orchestration import plugins
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A user's file: the README's dataset and loss-term examples (tests/test_extending.py), registered on import.
-PLUGIN = "\n".join([
-    "import torch",
-    "from datamodules import DatasetInfo, ImageSplits, register_dataset",
-    "from swwae_lightning import TERMS, LossTerm, Setting, settings",
-    *(textwrap.dedent(inspect.getsource(f)) for f in (test_extending.load_blobs, test_extending.register_blobs,
-                                                       test_extending.register_sparsity)),
-    "register_blobs()", "register_sparsity()", ""])
+PLUGIN = "\n".join(
+    [
+        "import torch",
+        "from datamodules import DATASETS, DatasetInfo, ImageSplits",
+        "from swwae_lightning import TERMS, LossTerm, Setting, settings",
+        *(
+            textwrap.dedent(inspect.getsource(f))
+            for f in (test_extending.load_blobs, test_extending.register_blobs, test_extending.register_sparsity)
+        ),
+        "register_blobs()",
+        "register_sparsity()",
+        "",
+    ]
+)
 
-SMALL = ["--dataset", "blobs", "--labels", "40", "--val-size", "50", "--batch-size", "8", "--unlabeled-batch-size",
-         "16", "--logger", "csv", "--limit-train-batches", "2", "--limit-val-batches", "1", "--num-images", "4"]
+SMALL = [
+    "--dataset",
+    "blobs",
+    "--labels",
+    "40",
+    "--val-size",
+    "50",
+    "--batch-size",
+    "8",
+    "--unlabeled-batch-size",
+    "16",
+    "--logger",
+    "csv",
+    "--limit-train-batches",
+    "2",
+    "--limit-val-batches",
+    "1",
+    "--num-images",
+    "4",
+]
 
 
 @pytest.fixture
@@ -44,8 +69,14 @@ def plugin_file(tmp_path_factory) -> Path:
 
 
 def run_py(*args: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -54,31 +85,69 @@ def logged(run_dir: Path, key: str) -> list[float]:
 
 def test_a_plugin_file_trains_through_train_py_and_resume_reimports_it_from_config_yaml(plugin_file, tmp_path):
     run_dir = tmp_path / "run"
-    first = run_py(str(REPO / "train.py"), "--plugins", str(plugin_file), *SMALL, "--lambda-sparsity", "0.5",
-                   "--max-epochs", "1", "--log-every", "1", "--run-dir", str(run_dir), cwd=tmp_path)
+    first = run_py(
+        str(REPO / "train.py"),
+        "--plugins",
+        str(plugin_file),
+        *SMALL,
+        "--lambda-sparsity",
+        "0.5",
+        "--max-epochs",
+        "1",
+        "--log-every",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["plugins"] == [str(plugin_file)] and config["lambda_sparsity"] == 0.5
     assert logged(run_dir, "train/sparsity")
     # A new process, no --plugins: the run's config.yaml names the file, so lambda_sparsity is known again.
-    resumed = run_py(str(REPO / "train.py"), "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "2",
-                     cwd=tmp_path)
+    resumed = run_py(
+        str(REPO / "train.py"), "--run-dir", str(run_dir), "--resume", "last", "--max-epochs", "2", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == 2 and results["global_step"] == 4 and results["lambda_sparsity"] == 0.5
 
 
 def test_a_config_files_plugins_key_reaches_every_run_of_a_report_sweep_and_the_report_shows_its_pooling(
-        plugin_file, tmp_path):
+    plugin_file, tmp_path
+):
     configs = []
     for weight in (0.5, 1.0):
         config = tmp_path / f"sparse-{weight:g}.yaml"
-        config.write_text(yaml.safe_dump({"plugins": [str(plugin_file)], "lambda_sparsity": weight,
-                                          "lambda_rec": 0.0, "lambda_mid": 0.0, "pooling": "soft", "unpool": "copy"}))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "plugins": [str(plugin_file)],
+                    "lambda_sparsity": weight,
+                    "lambda_rec": 0.0,
+                    "lambda_mid": 0.0,
+                    "pooling": "soft",
+                    "unpool": "copy",
+                }
+            )
+        )
         configs.append(str(config))
     train_args = [*SMALL, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0"]
-    proc = run_py("-m", "swwae_lightning.orchestration.report", "--sweep", *configs, "--seeds", "0", "--runs-root",
-                  str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--", *train_args, cwd=REPO)
+    proc = run_py(
+        "-m",
+        "swwae_lightning.orchestration.report",
+        "--sweep",
+        *configs,
+        "--seeds",
+        "0",
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "report"),
+        "--",
+        *train_args,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "report" / "results.md").read_text()
     for weight in ("0.5", "1"):  # the term needs the decoder, so its row names the pooling and the unpooling
@@ -86,19 +155,40 @@ def test_a_config_files_plugins_key_reaches_every_run_of_a_report_sweep_and_the_
 
 
 def test_a_two_process_ddp_run_sees_the_plugin_on_both_ranks(plugin_file, tmp_path):
-    proc = run_py(str(REPO / "train.py"), "--plugins", str(plugin_file), *SMALL, "--lambda-sparsity", "0.5",
-                  "--max-epochs", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-                  "--run-dir", str(tmp_path / "run"), cwd=tmp_path, timeout=300)
+    proc = run_py(
+        str(REPO / "train.py"),
+        "--plugins",
+        str(plugin_file),
+        *SMALL,
+        "--lambda-sparsity",
+        "0.5",
+        "--max-epochs",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--run-dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    assert sorted(re.findall(r"\[rank (\d)\] finished training at global step (\d+)", output)) == [("0", "2"), ("1", "2")]
+    assert sorted(re.findall(r"\[rank (\d)\] finished training at global step (\d+)", output)) == [
+        ("0", "2"),
+        ("1", "2"),
+    ]
 
 
 def test_an_installed_package_registers_a_term_through_the_entry_point_group(tmp_path):
     """What pip leaves for a package that declares the entry point: the package and its dist-info."""
     site = tmp_path / "site"
     (site / "swwae_demo_term").mkdir(parents=True)
-    (site / "swwae_demo_term" / "__init__.py").write_text(textwrap.dedent('''
+    (site / "swwae_demo_term" / "__init__.py").write_text(
+        textwrap.dedent("""
         from swwae_lightning import TERMS, LossTerm, Setting
 
         @TERMS.register
@@ -108,7 +198,8 @@ def test_an_installed_package_registers_a_term_through_the_entry_point_group(tmp
 
             def __call__(self, step):
                 return step.logits("labeled").pow(2).mean()
-    '''))
+    """)
+    )
     info = site / "swwae_demo_term-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: swwae-demo-term\nVersion: 0.1\n")
@@ -120,8 +211,10 @@ def test_an_installed_package_registers_a_term_through_the_entry_point_group(tmp
 
 def test_a_plugin_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for spec, said in ((str(tmp_path / "nowhere.py"), "nowhere.py' does not exist"),
-                       ("no_such_plugin_module", "no module named 'no_such_plugin_module'")):
+    for spec, said in (
+        (str(tmp_path / "nowhere.py"), "nowhere.py' does not exist"),
+        ("no_such_plugin_module", "no module named 'no_such_plugin_module'"),
+    ):
         assert train.main(["--plugins", spec]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --plugins") and said in err and "\n" not in err, err
@@ -140,6 +233,7 @@ def register_peek(logits_for=()):
     @TERMS.register
     class Peek(LossTerm):
         """Reads the unlabeled logits, declared or not."""
+
         name = "peek"
         weight = settings.Setting("lambda_peek", 0.0, "weight of peek", "objectives", type=float)
         needs = frozenset({"unlabeled"})
@@ -162,8 +256,9 @@ def test_a_term_that_reads_logits_it_did_not_declare_gets_one_line_naming_the_te
     objective = Objective(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0)
     with pytest.raises(TermContractError) as caught:
         objective(net, peek_batch())
-    assert str(caught.value) == ("loss term 'peek' reads step.logits('unlabeled') but does not declare it: "
-                                 "add 'unlabeled' to its logits_for")
+    assert str(caught.value) == (
+        "loss term 'peek' reads step.logits('unlabeled') but does not declare it: add 'unlabeled' to its logits_for"
+    )
 
 
 def test_a_declared_read_works_and_undeclared_decoder_or_teacher_reads_are_named(isolated_terms):
@@ -173,9 +268,12 @@ def test_a_declared_read_works_and_undeclared_decoder_or_teacher_reads_are_named
     assert parts.terms["peek"] > 0
     step = Objective(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0).context(net, peek_batch())
     step.asking = TERMS["peek"]
-    with pytest.raises(TermContractError, match=r"loss term 'peek' reads step.output \(the decoder's pass\) but does "
-                                                r"not declare it: add 'decoder' to its needs"):
-        step.output
+    with pytest.raises(
+        TermContractError,
+        match=r"loss term 'peek' reads step.output \(the decoder's pass\) but does "
+        r"not declare it: add 'decoder' to its needs",
+    ):
+        _ = step.output
     with pytest.raises(TermContractError, match="add 'teacher' to its needs"):
         step.teacher_logits("unlabeled")
 
@@ -202,7 +300,8 @@ def test_every_built_in_term_declares_what_the_module_reads():
 
 # ----------------------------------------------------------------------------- a bug is not bad input
 def test_a_term_that_raises_inside_training_gives_its_traceback_exit_1_and_the_run_resumes(
-        isolated_terms, tiny_dataset, tmp_path, capsys):
+    isolated_terms, tiny_dataset, tmp_path, capsys
+):
     calls = {"n": 0, "fail_at": 3}  # the first step of the second epoch: the first epoch's last.ckpt exists
 
     @TERMS.register
@@ -217,15 +316,40 @@ def test_a_term_that_raises_inside_training_gives_its_traceback_exit_1_and_the_r
             return step.logits("labeled").pow(2).mean() * 0
 
     run_dir = tmp_path / "run"
-    argv = ["--dataset", tiny_dataset, "--labels", "40", "--val-size", "50", "--batch-size", "8",
-            "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16", "--logger", "csv", "--max-epochs", "2",
-            "--limit-train-batches", "2", "--limit-val-batches", "1", "--lambda-fragile", "1", "--run-dir", str(run_dir)]
+    argv = [
+        "--dataset",
+        tiny_dataset,
+        "--labels",
+        "40",
+        "--val-size",
+        "50",
+        "--batch-size",
+        "8",
+        "--unlabeled-batch-size",
+        "16",
+        "--arch",
+        "4C3-MP2-8C3-MP2-FC16",
+        "--logger",
+        "csv",
+        "--max-epochs",
+        "2",
+        "--limit-train-batches",
+        "2",
+        "--limit-val-batches",
+        "1",
+        "--lambda-fragile",
+        "1",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert train.main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and 'raise ValueError("a bug in the user\'s term")' in err
     last_line = err.strip().splitlines()[-1]
-    assert last_line == (f"error: training stopped by ValueError: a bug in the user's term; the last good checkpoint is "
-                         f"untouched; resume with: python train.py --run-dir {run_dir} --resume last")
+    assert last_line == (
+        f"error: training stopped by ValueError: a bug in the user's term; the last good checkpoint is "
+        f"untouched; resume with: python train.py --run-dir {run_dir} --resume last"
+    )
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 2  # the first epoch's, not overwritten by the failed step
     calls["fail_at"] = None

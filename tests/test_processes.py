@@ -45,15 +45,16 @@ import torch
 
 import train  # noqa: F401  (everything train.py's main imports, imported once for all children)
 from conftest import make_tiny_splits
-from datamodules import DatasetInfo, register_dataset
+from datamodules import DATASETS, DatasetInfo
 from swwae_lightning import settings
+from swwae_lightning.orchestration import trainer as trainer_module
 from swwae_lightning.orchestration import training
 from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO
 from swwae_lightning.orchestration.cli import build_parser
 
 build_parser()
 splits = make_tiny_splits()
-register_dataset(DatasetInfo("tiny", lambda data_dir, download, include_extra: splits, (1, 8, 8), 4, (0.3,), (0.3,),
+DATASETS.register(DatasetInfo("tiny", lambda data_dir, download, include_extra: splits, (1, 8, 8), 4, (0.3,), (0.3,),
                              False, preset="4C3-MP2-FC16"))
 
 
@@ -70,7 +71,7 @@ class Probe(pl.Callback):
                 time.sleep(0.01)  # signals are handled here
 
 
-training.image_callbacks = lambda cfg, run_dir: [Probe()]
+trainer_module.image_callbacks = lambda cfg, run_dir: [Probe()]
 GATE = None
 checked = training.prepare
 
@@ -96,7 +97,8 @@ def stalled_save(job):
         time.sleep(120)
 
     os.fsync = stall
-    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1 << 20)}, "hyper_parameters": {}}, job["path"])
+    checkpoint = {"state_dict": {"w": torch.zeros(1 << 20)}, "hyper_parameters": {}}
+    AtomicCheckpointIO().save_checkpoint(checkpoint, job["path"])
 
 
 def child(job, gate):
@@ -236,8 +238,15 @@ def launcher(tmp_path_factory):
     script.write_text(LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with open(logs / "launcher.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(script), str(REPO), str(TESTS)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(REPO), str(TESTS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
     ready = proc.stdout.readline()
     assert ready, (logs / "launcher.err").read_text()[-3000:]
     yield Launcher(proc, logs)
@@ -247,9 +256,33 @@ def launcher(tmp_path_factory):
 
 def tiny(tmp_path: Path, *extra: str) -> list[str]:
     """10 training steps per epoch on the tiny dataset."""
-    return ["--dataset", "tiny", "--data-dir", str(tmp_path / "data"), "--arch", "4C3-MP2-FC16", "--labels", "40",
-            "--val-size", "50", "--batch-size", "16", "--unlabeled-batch-size", "32", "--logger", "csv",
-            "--recon-every", "0", "--switch-every", "0", "--overview-every", "0", "--max-epochs", "1", *extra]
+    return [
+        "--dataset",
+        "tiny",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--arch",
+        "4C3-MP2-FC16",
+        "--labels",
+        "40",
+        "--val-size",
+        "50",
+        "--batch-size",
+        "16",
+        "--unlabeled-batch-size",
+        "32",
+        "--logger",
+        "csv",
+        "--recon-every",
+        "0",
+        "--switch-every",
+        "0",
+        "--overview-every",
+        "0",
+        "--max-epochs",
+        "1",
+        *extra,
+    ]
 
 
 def train_py(tmp_path: Path, argv: list[str], **env: str) -> dict:
@@ -260,11 +293,12 @@ def steps_trained(child: Child) -> list[int]:
     return [int(s) for s in re.findall(r"training step (\d+)", child.output())]
 
 
-def test_ctrl_c_prints_the_resume_command_and_resume_last_continues_from_that_step(launcher, tmp_path, tiny_dataset,
-                                                                                     capsys):
+def test_ctrl_c_prints_the_resume_command_and_resume_last_continues_from_that_step(
+    launcher, tmp_path, tiny_dataset, capsys
+):
     run_dir = tmp_path / "run"
     argv = tiny(tmp_path, "--run-dir", str(run_dir))
-    first, = launcher.start(train_py(tmp_path, argv, PROBE_PAUSE_AT="5"))
+    (first,) = launcher.start(train_py(tmp_path, argv, PROBE_PAUSE_AT="5"))
     first.wait_for("paused after global step 5")
     first.send(signal.SIGINT)  # what Ctrl-C in a terminal sends
     assert first.wait() == 1, first.output()[-3000:]  # Lightning's exit status after a graceful Ctrl-C
@@ -274,8 +308,15 @@ def test_ctrl_c_prints_the_resume_command_and_resume_last_continues_from_that_st
     assert load_checkpoint(command.group(1))["global_step"] == 5
     assert not (run_dir / "results.json").exists()
 
-    second, = launcher.start(train_py(tmp_path, ["--resume", "last", "--run-dir", str(run_dir)], PROBE_TRACE="1",
-                                      PROBE_PAUSE_AT="7", PROBE_RELEASE=str(tmp_path / "release")))
+    (second,) = launcher.start(
+        train_py(
+            tmp_path,
+            ["--resume", "last", "--run-dir", str(run_dir)],
+            PROBE_TRACE="1",
+            PROBE_PAUSE_AT="7",
+            PROBE_RELEASE=str(tmp_path / "release"),
+        )
+    )
     second.wait_for("paused after global step 7")
     # While the resumed run trains, nothing else may resume it (or start a new run in its directory).
     capsys.readouterr()
@@ -291,9 +332,17 @@ def test_ctrl_c_prints_the_resume_command_and_resume_last_continues_from_that_st
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 10
 
 
-SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-         "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-         "SLURM_NODELIST": "localhost"}
+SLURM = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODELIST": "localhost",
+}
 
 
 def test_slurm_sigusr1_saves_an_hpc_checkpoint_requeues_and_the_requeued_job_continues(launcher, tmp_path):
@@ -308,7 +357,7 @@ def test_slurm_sigusr1_saves_an_hpc_checkpoint_requeues_and_the_requeued_job_con
     run_dir = tmp_path / "run"
     argv = tiny(tmp_path, "--run-dir", str(run_dir))
 
-    job, = launcher.start(train_py(tmp_path, argv, PROBE_PAUSE_AT="5", **env))
+    (job,) = launcher.start(train_py(tmp_path, argv, PROBE_PAUSE_AT="5", **env))
     job.wait_for("paused after global step 5")
     job.send(signal.SIGUSR1)  # what `sbatch --signal=SIGUSR1@90` sends before the time limit
     deadline = time.monotonic() + TIMEOUT
@@ -322,22 +371,24 @@ def test_slurm_sigusr1_saves_an_hpc_checkpoint_requeues_and_the_requeued_job_con
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # the hpc checkpoint is the only saved state
 
     # The requeued job: the same command, in the same run directory, which the dead job's lock no longer holds.
-    requeued, = launcher.start(train_py(tmp_path, argv, PROBE_TRACE="1", SLURM_RESTART_COUNT="1", **env))
+    (requeued,) = launcher.start(train_py(tmp_path, argv, PROBE_TRACE="1", SLURM_RESTART_COUNT="1", **env))
     assert requeued.wait() == 0, requeued.output()[-3000:]
     assert steps_trained(requeued) == [5, 6, 7, 8, 9]  # continued, not restarted
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 10
 
 
 def test_a_sigkill_during_a_checkpoint_save_leaves_last_ckpt_loadable_and_the_next_start_removes_the_leftover(
-        launcher, tmp_path, tiny_dataset):
+    launcher, tmp_path, tiny_dataset
+):
     run_dir = tmp_path / "run"
     assert train.main(tiny(tmp_path, "--run-dir", str(run_dir))) == 0
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
 
     marker = tmp_path / "written"
-    saver, = launcher.start({"what": "stalled-save", "path": str(last), "marker": str(marker), "cwd": str(tmp_path),
-                             "env": {}})
+    (saver,) = launcher.start(
+        {"what": "stalled-save", "path": str(last), "marker": str(marker), "cwd": str(tmp_path), "env": {}}
+    )
     deadline = time.monotonic() + TIMEOUT
     while not marker.exists():  # the new checkpoint is written to the temporary file, not yet renamed
         assert time.monotonic() < deadline, saver.output()[-3000:]
@@ -362,8 +413,10 @@ def test_two_processes_started_together_on_one_new_run_dir_one_trains_and_the_ot
     seen = []
     for race in range(20):
         run_dir = tmp_path / f"race{race}"
-        jobs = [train_py(tmp_path, tiny(tmp_path, "--fast-dev-run", "--seed", str(seed), "--run-dir", str(run_dir)))
-                for seed in (1, 2)]
+        jobs = [
+            train_py(tmp_path, tiny(tmp_path, "--fast-dev-run", "--seed", str(seed), "--run-dir", str(run_dir)))
+            for seed in (1, 2)
+        ]
         children = launcher.start(*jobs)
         codes = [child.wait() for child in children]
         assert sorted(codes) == [0, 2], [child.output()[-2000:] for child in children]
@@ -421,12 +474,12 @@ class Steps(pl.Callback):
 def test_a_requeued_slurm_job_without_an_hpc_checkpoint_continues_from_last_ckpt(tmp_path, tiny_dataset, monkeypatch):
     """Requeued after a plain SIGTERM (preemption, or a node failure with --requeue; no --signal=SIGUSR1):
     Lightning finds no hpc checkpoint, but last.ckpt holds the state the job saved when it was stopped."""
-    from swwae_lightning.orchestration import training
+    from swwae_lightning.orchestration import trainer as trainer_module
 
     run_dir = tmp_path / "run"
     argv = tiny(tmp_path, "--run-dir", str(run_dir))
     probe = Steps(stop_after=3)
-    monkeypatch.setattr(training, "image_callbacks", lambda cfg, run_dir: [probe])
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [probe])
     with pytest.raises(SystemExit):
         train.main(argv)
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3

@@ -32,14 +32,15 @@ def pool_and_unpool(z: torch.Tensor, k: int, beta: float, seed: int = 1) -> list
     g = torch.Generator().manual_seed(seed)
     grad_what = torch.randn(what.shape, generator=g, dtype=z.dtype)
     grad_where = torch.randn(where.shape, generator=g, dtype=z.dtype)
-    grad_z, = torch.autograd.grad((what, where), z, (grad_what, grad_where))
+    (grad_z,) = torch.autograd.grad((what, where), z, (grad_what, grad_where))
     # Positions anywhere in the window; the unpool's position gradient jumps at integers, so
     # each path unpools the same positions rather than its own pooled (rounding-different) ones.
     what_in = torch.randn(what.shape, generator=g, dtype=z.dtype).requires_grad_()
     where_in = ((k - 1) * torch.rand(where.shape, generator=g, dtype=z.dtype)).requires_grad_()
     out = P.soft_unpool(what_in, where_in, k)
-    grad_what_in, grad_where_in = torch.autograd.grad(out, (what_in, where_in),
-                                                      torch.randn(out.shape, generator=g, dtype=z.dtype))
+    grad_what_in, grad_where_in = torch.autograd.grad(
+        out, (what_in, where_in), torch.randn(out.shape, generator=g, dtype=z.dtype)
+    )
     return [what, where, grad_z, out, grad_what_in, grad_where_in]
 
 
@@ -125,8 +126,10 @@ def test_a_kernel_that_cannot_be_built_leaves_the_tensor_path_and_one_line(monke
     finally:
         soft_kernel.kernel.cache_clear()  # the next test loads the real kernel from the cache again
     lines = [r.getMessage() for r in caplog.records if "soft pooling" in r.getMessage()]
-    assert lines == ["soft pooling: the CPU kernel could not be built (Ninja is required to load C++ extensions); "
-                     "using tensor operations"]
+    assert lines == [
+        "soft pooling: the CPU kernel could not be built (Ninja is required to load C++ extensions); "
+        "using tensor operations"
+    ]
 
 
 def test_kernel_applies_only_where_the_window_divides_the_map():

@@ -17,7 +17,7 @@ import scipy.io
 import torch
 import torchvision
 
-from datamodules import sources
+from datamodules import rgb_sources, sources
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,8 @@ def refuse_downloads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to download")
 
-    monkeypatch.setattr(sources, "download_url", refuse)
-    monkeypatch.setattr(sources, "download_and_extract_archive", refuse)
+    monkeypatch.setattr(rgb_sources, "download_url", refuse)
+    monkeypatch.setattr(rgb_sources, "download_and_extract_archive", refuse)
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", refuse)  # FashionMNIST inherits it
 
 
@@ -201,8 +201,12 @@ def test_fashion_mnist_prefers_data_dir_over_debian_package(tmp_path, monkeypatc
 def test_fashion_mnist_not_found_names_all_three_ways(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
     message = _not_found_message(sources.load_fashion_mnist, tmp_path)
-    hints = (str(tmp_path / "FashionMNIST" / "raw"), str(tmp_path / "no-debian-package"),
-             "apt-get install dataset-fashion-mnist", "--download")
+    hints = (
+        str(tmp_path / "FashionMNIST" / "raw"),
+        str(tmp_path / "no-debian-package"),
+        "apt-get install dataset-fashion-mnist",
+        "--download",
+    )
     assert all(hint in message for hint in hints), message
 
 
@@ -235,9 +239,9 @@ def test_svhn_reads_mat_files_with_extra_split(tmp_path):
     test = _write_svhn_split(root, "test", 2, seed=5)
     extra_images, _ = _write_svhn_split(root, "extra", 3, seed=9)
     assert 0 in train[1]  # stored as 10 in the file
-    with_extra = sources.load_svhn(tmp_path, download=False, include_extra=True)
+    with_extra = rgb_sources.load_svhn(tmp_path, download=False, include_extra=True)
     _assert_same(with_extra, _expected(train, test, extra_images))
-    _assert_same(sources.load_svhn(tmp_path, download=False), _expected(train, test))
+    _assert_same(rgb_sources.load_svhn(tmp_path, download=False), _expected(train, test))
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
@@ -253,7 +257,7 @@ def test_cifar10_reads_pickled_batches(tmp_path):
         _write_pickle(root / name, {"data": images.reshape(2, 3072), "labels": labels.tolist()})
     train_images, train_labels = zip(*batches[:5])
     train = (np.concatenate(train_images), np.concatenate(train_labels))
-    _assert_same(sources.load_cifar10(tmp_path, download=False), _expected(train, batches[5]))
+    _assert_same(rgb_sources.load_cifar10(tmp_path, download=False), _expected(train, batches[5]))
 
 
 def test_cifar100_reads_fine_labels_from_bytes_keyed_pickles(tmp_path):
@@ -262,9 +266,15 @@ def test_cifar100_reads_fine_labels_from_bytes_keyed_pickles(tmp_path):
     train = (_images(3, (3, 32, 32), 0), _labels(3, 100, 97))
     test = (_images(2, (3, 32, 32), 1), _labels(2, 100, 50))
     for name, (images, labels) in (("train", train), ("test", test)):
-        _write_pickle(root / name, {b"data": images.reshape(-1, 3072), b"fine_labels": labels.tolist(),
-                                    b"coarse_labels": (labels // 5).tolist()})
-    _assert_same(sources.load_cifar100(tmp_path, download=False), _expected(train, test))
+        _write_pickle(
+            root / name,
+            {
+                b"data": images.reshape(-1, 3072),
+                b"fine_labels": labels.tolist(),
+                b"coarse_labels": (labels // 5).tolist(),
+            },
+        )
+    _assert_same(rgb_sources.load_cifar100(tmp_path, download=False), _expected(train, test))
 
 
 def test_cifar10_download_is_read_back_from_where_torchvision_extracts_it(tmp_path, monkeypatch):
@@ -275,8 +285,8 @@ def test_cifar10_download_is_read_back_from_where_torchvision_extracts_it(tmp_pa
         for name in CIFAR10_FILES:
             _write_pickle(Path(download_root) / "cifar-10-batches-py" / name, batch)
 
-    monkeypatch.setattr(sources, "download_and_extract_archive", fake_download)
-    splits = sources.load_cifar10(tmp_path, download=True)
+    monkeypatch.setattr(rgb_sources, "download_and_extract_archive", fake_download)
+    splits = rgb_sources.load_cifar10(tmp_path, download=True)
     assert splits.train_labels.tolist() == [7] * 5 and splits.test_labels.tolist() == [7]
 
 
@@ -300,9 +310,10 @@ def test_stl10_reads_binaries_folds_and_unlabeled(tmp_path):
         (root / f"{split}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())
     _write_stl10_images(root / "unlabeled_X.bin", unlabeled)
     (root / "fold_indices.txt").write_text("".join(" ".join(map(str, fold)) + " \n" for fold in folds))
-    _assert_same(sources.load_stl10(tmp_path, download=False, include_extra=True),
-                 _expected(train, test, unlabeled, folds))
-    assert sources.load_stl10(tmp_path, download=False).extra_images is None
+    _assert_same(
+        rgb_sources.load_stl10(tmp_path, download=False, include_extra=True), _expected(train, test, unlabeled, folds)
+    )
+    assert rgb_sources.load_stl10(tmp_path, download=False).extra_images is None
 
 
 def test_stl10_rejects_partial_image_file(tmp_path):
@@ -313,7 +324,7 @@ def test_stl10_rejects_partial_image_file(tmp_path):
     path = root / "train_X.bin"
     path.write_bytes(b"\0" * 100)  # e.g. an interrupted copy
     with pytest.raises(ValueError, match=re.escape(f"{path}: 100 bytes, expected a positive multiple of 27648")):
-        sources.load_stl10(tmp_path, download=False)
+        rgb_sources.load_stl10(tmp_path, download=False)
 
 
 # --- missing files ----------------------------------------------------------------------------
@@ -322,12 +333,12 @@ def test_stl10_rejects_partial_image_file(tmp_path):
 @pytest.mark.parametrize(
     ("load", "include_extra", "missing_file"),
     [
-        (sources.load_svhn, False, "svhn/train_32x32.mat"),
-        (sources.load_svhn, True, "svhn/extra_32x32.mat"),
-        (sources.load_cifar10, False, "cifar-10-batches-py/data_batch_5"),
-        (sources.load_cifar100, False, "cifar-100-python/test"),
-        (sources.load_stl10, False, "stl10_binary/fold_indices.txt"),
-        (sources.load_stl10, True, "stl10_binary/unlabeled_X.bin"),
+        (rgb_sources.load_svhn, False, "svhn/train_32x32.mat"),
+        (rgb_sources.load_svhn, True, "svhn/extra_32x32.mat"),
+        (rgb_sources.load_cifar10, False, "cifar-10-batches-py/data_batch_5"),
+        (rgb_sources.load_cifar100, False, "cifar-100-python/test"),
+        (rgb_sources.load_stl10, False, "stl10_binary/fold_indices.txt"),
+        (rgb_sources.load_stl10, True, "stl10_binary/unlabeled_X.bin"),
     ],
 )
 def test_missing_files_name_the_expected_paths(tmp_path, load, include_extra, missing_file):

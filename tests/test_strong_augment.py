@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.strong_augment import (affine_matrices, apply_affine, random_affine, random_brightness_contrast,
-                                        random_cutout, random_elastic, strong_augment)
+from datamodules.strong_augment import (
+    affine_matrices,
+    apply_affine,
+    random_affine,
+    random_brightness_contrast,
+    random_cutout,
+    random_elastic,
+    strong_augment,
+)
 
 OPS = {
     "affine": random_affine,
@@ -55,8 +61,9 @@ def test_same_seed_is_bit_identical_other_seed_differs_and_input_is_untouched(na
 
 
 @pytest.mark.parametrize("name", OPS)
-@pytest.mark.parametrize("shape,dtype", [((8, 1, 28, 28), torch.float32), ((6, 3, 32, 32), torch.float32),
-                                         ((5, 3, 20, 24), torch.float64)])
+@pytest.mark.parametrize(
+    "shape,dtype", [((8, 1, 28, 28), torch.float32), ((6, 3, 32, 32), torch.float32), ((5, 3, 20, 24), torch.float64)]
+)
 def test_shape_dtype_preserved_and_values_stay_in_unit_interval(name, shape, dtype):
     x = images(*shape, dtype=dtype)
     out = OPS[name](x, gen(0))
@@ -109,13 +116,16 @@ def params(degrees=0.0, shear=0.0, scale=1.0, tx=0.0, ty=0.0) -> tuple[torch.Ten
     return tuple(torch.tensor([v], dtype=torch.float64) for v in (degrees, shear, scale, tx, ty))
 
 
-@pytest.mark.parametrize("h,w,p,src,dst", [
-    (28, 28, params(tx=3 / 28, ty=-2 / 28), (10, 12), (8, 15)),  # 3 px right, 2 px up
-    (20, 30, params(tx=-4 / 30, ty=5 / 20), (4, 10), (9, 6)),  # non-square: fractions of each side
-    (28, 28, params(degrees=90.0), (5, 20), (20, 22)),  # (x, y) -> (-y, x) about the centre (13.5, 13.5)
-    (29, 29, params(scale=0.5), (10, 16), (12, 15)),  # offsets from the centre (14, 14) halve
-    (21, 31, params(shear=1.0), (13, 15), (13, 18)),  # x += shear * y, about the centre (15, 10)
-])
+@pytest.mark.parametrize(
+    "h,w,p,src,dst",
+    [
+        (28, 28, params(tx=3 / 28, ty=-2 / 28), (10, 12), (8, 15)),  # 3 px right, 2 px up
+        (20, 30, params(tx=-4 / 30, ty=5 / 20), (4, 10), (9, 6)),  # non-square: fractions of each side
+        (28, 28, params(degrees=90.0), (5, 20), (20, 22)),  # (x, y) -> (-y, x) about the centre (13.5, 13.5)
+        (29, 29, params(scale=0.5), (10, 16), (12, 15)),  # offsets from the centre (14, 14) halve
+        (21, 31, params(shear=1.0), (13, 15), (13, 18)),  # x += shear * y, about the centre (15, 10)
+    ],
+)
 def test_affine_matrices_move_a_single_pixel_where_expected(h, w, p, src, dst):
     out = apply_affine(one_pixel(h, w, *src), affine_matrices(*p, h, w))
     assert torch.allclose(out, one_pixel(h, w, *dst), atol=1e-6)
@@ -219,7 +229,7 @@ def nearest(out: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
 def sequential(x: torch.Tensor, seed: int, flip: torch.Tensor | None) -> torch.Tensor:
     """strong_augment's recipe spelled out with the public ops (two resamplings instead of one)."""
     g = gen(seed)
-    coins = torch.rand(x.shape[0], generator=g)
+    torch.rand(x.shape[0], generator=g)  # the flip coins: drawn, whether or not a flip is asked for
     if flip is not None:  # (the coins are drawn either way)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = random_elastic(random_affine(x, g), g)
@@ -249,7 +259,7 @@ def test_strong_augment_is_the_recipe_with_one_resampling():
     """Fused affine + elastic reads the input where the two separate warps would; on a smooth image
     the results agree up to the second interpolation and the zero border."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
-    x = torch.exp(-(xx ** 2 + yy ** 2) / 0.3).expand(32, 1, 28, 28).contiguous()
+    x = torch.exp(-(xx**2 + yy**2) / 0.3).expand(32, 1, 28, 28).contiguous()
     diff = (strong_augment(x, gen(0), hflip=False) - sequential(x, 0, None)).abs()
     assert diff.mean() < 0.005 and diff.max() < 0.25
 

@@ -38,11 +38,11 @@ def wandb_records(run_dir: Path) -> list:
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:  # padding to the end of the block
             pos += left
             continue
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = wandb_internal_pb2.Record()
@@ -69,35 +69,66 @@ def offline_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def test_an_offline_run_holds_its_group_job_type_pictures_and_the_best_val_error(tmp_path, tiny_dataset, offline_wandb,
-                                                                                  caplog):
+def test_an_offline_run_holds_its_group_job_type_pictures_and_the_best_val_error(
+    tmp_path, tiny_dataset, offline_wandb, caplog
+):
     caplog.set_level(logging.INFO)
     config = tmp_path / "tiny-experiment.yaml"
-    config.write_text(f"dataset: {tiny_dataset}\nlabels: 40\nval_size: 50\nbatch_size: 8\nunlabeled_batch_size: 16\n"
-                      "arch: 4C3-MP2-8C3-MP2-FC16\nmax_epochs: 2\n")
+    config.write_text(
+        f"dataset: {tiny_dataset}\nlabels: 40\nval_size: 50\nbatch_size: 8\nunlabeled_batch_size: 16\n"
+        "arch: 4C3-MP2-8C3-MP2-FC16\nmax_epochs: 2\n"
+    )
     run_dir = tmp_path / "run"
-    assert train.main(["--config", str(config), "--data-dir", str(tmp_path / "data"), "--logger", "wandb",
-                       "--wandb-job-type", "pretrain", "--wandb-tags", "a,b", "--wandb-log-model",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--config",
+                str(config),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--logger",
+                "wandb",
+                "--wandb-job-type",
+                "pretrain",
+                "--wandb-tags",
+                "a,b",
+                "--wandb-log-model",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     notices = [r.getMessage() for r in caplog.records if "--wandb-log-model" in r.getMessage()]
     assert len(notices) == 1 and "uploads no checkpoint" in notices[0] and "\n" not in notices[0]  # offline: one line
     records = finished_records(run_dir)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.run_group, run.job_type, list(run.tags)) == ("tiny-experiment", "pretrain", ["a", "b"])
-    history_keys = {"/".join(i.nested_key) or i.key for r in records if r.WhichOneof("record_type") == "history"
-                    for i in r.history.item}
+    history_keys = {
+        "/".join(i.nested_key) or i.key
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for i in r.history.item
+    }
     assert {"val/error", "train/loss"} <= history_keys
     assert any(key.startswith("images/reconstructions") for key in history_keys)  # the pictures reach the run
     # A value set on the summary directly (not W&B's own last-logged value) is a flat key.
-    written = [float(u.value_json) for r in records if r.WhichOneof("record_type") == "summary"
-               for u in r.summary.update if u.key == "val/error"]
+    written = [
+        float(u.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for u in r.summary.update
+        if u.key == "val/error"
+    ]
     logged = [float(row["val/error"]) for row in csv.DictReader(open(run_dir / "metrics.csv")) if row["val/error"]]
     assert written == [pytest.approx(min(logged))]  # the best, as a sweep wants, written once at the end of fit
 
 
 def test_without_a_group_the_dataset_labels_and_mode_name_it():
     assert tracking.default_group({"dataset": "mnist", "labels": 100, "mode": "semi"}) == "mnist-100-semi"
-    assert tracking.default_group({"dataset": "cifar10", "labels": None, "mode": "supervised"}) == "cifar10-all-supervised"
+    assert (
+        tracking.default_group({"dataset": "cifar10", "labels": None, "mode": "supervised"}) == "cifar10-all-supervised"
+    )
 
 
 def free_port() -> int:
@@ -161,8 +192,12 @@ def test_wandb_base_url_decides_online_or_offline_against_a_local_server(monkeyp
     start = time.monotonic()
     assert tracking.offline_reason() == f"the W&B server 127.0.0.1:{port} is not reachable"  # nothing listens
     assert time.monotonic() - start < 5
-    for answer, reason in (("viewer", None), (500, "answered HTTP 500"), (503, "answered HTTP 503"),
-                           (401, "answered HTTP 401 (the API key was rejected)")):
+    for answer, reason in (
+        ("viewer", None),
+        (500, "answered HTTP 500"),
+        (503, "answered HTTP 503"),
+        (401, "answered HTTP 401 (the API key was rejected)"),
+    ):
         with FakeServer(answer) as server:
             monkeypatch.setenv("WANDB_BASE_URL", server.url)
             found = tracking.offline_reason()
@@ -171,7 +206,8 @@ def test_wandb_base_url_decides_online_or_offline_against_a_local_server(monkeyp
         monkeypatch.setenv("WANDB_BASE_URL", server.url)
         start = time.monotonic()
         assert tracking.server_problem("x" * 40, timeout=1).startswith(
-            f"the W&B server {server.url}/graphql did not answer within 1 s")
+            f"the W&B server {server.url}/graphql did not answer within 1 s"
+        )
         assert time.monotonic() - start < 3
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("NETRC", str(Path("/nonexistent")))
@@ -185,13 +221,39 @@ def test_a_failing_wandb_server_never_stops_a_run(answer, tmp_path, tiny_dataset
     run_dir = tmp_path / "run"
     with FakeServer(answer) as server:
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--dataset", "mnist", "--labels", "20",
-                               "--val-size", "100", "--batch-size", "8", "--unlabeled-batch-size", "8",
-                               "--limit-train-batches", "2", "--limit-val-batches", "1", "--max-epochs", "1",
-                               "--num-images", "2", "--logger", "wandb", "--run-dir", str(run_dir)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "WANDB_BASE_URL": server.url, "WANDB_SILENT": "true",
-                                   "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                "--dataset",
+                "mnist",
+                "--labels",
+                "20",
+                "--val-size",
+                "100",
+                "--batch-size",
+                "8",
+                "--unlabeled-batch-size",
+                "8",
+                "--limit-train-batches",
+                "2",
+                "--limit-val-batches",
+                "1",
+                "--max-epochs",
+                "1",
+                "--num-images",
+                "2",
+                "--logger",
+                "wandb",
+                "--run-dir",
+                str(run_dir),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "WANDB_BASE_URL": server.url, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"},
+        )
         seconds = time.monotonic() - start
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
@@ -203,7 +265,8 @@ def test_a_failing_wandb_server_never_stops_a_run(answer, tmp_path, tiny_dataset
 
 
 def test_an_online_start_that_fails_goes_offline_and_one_that_cannot_start_at_all_keeps_metrics_csv(
-        tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog
+):
     caplog.set_level(logging.INFO)
     config = {**tracking.S.defaults(), "dataset": "mnist", "labels": 100, "mode": "semi"}
     started = []
@@ -219,21 +282,46 @@ def test_an_online_start_that_fails_goes_offline_and_one_that_cannot_start_at_al
     fail_offline = False
     assert tracking.wandb_logger(tmp_path, config, None) == "the offline logger" and started == [False, True]
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B")]
-    assert said == [f"W&B: offline (W&B did not start online: RuntimeError: CommError: context deadline exceeded); "
-                    f"upload later with: wandb sync {tmp_path / 'wandb'}/offline-run-*"]
+    assert said == [
+        f"W&B: offline (W&B did not start online: RuntimeError: CommError: context deadline exceeded); "
+        f"upload later with: wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    ]
     caplog.clear()
     fail_offline = True
     assert tracking.wandb_logger(tmp_path, config, None) is None
-    assert caplog.records[-1].getMessage() == ("W&B: offline W&B did not start either (RuntimeError); this run keeps "
-                                               "its metrics in metrics.csv only")
+    assert caplog.records[-1].getMessage() == (
+        "W&B: offline W&B did not start either (RuntimeError); this run keeps its metrics in metrics.csv only"
+    )
 
 
 def test_an_unwritable_tensorboard_folder_and_a_failing_writer_leave_metrics_csv_and_the_run(
-        tmp_path, tiny_dataset, monkeypatch, caplog):
+    tmp_path, tiny_dataset, monkeypatch, caplog
+):
     caplog.set_level(logging.INFO)
-    argv = ["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--labels", "40", "--val-size", "50",
-            "--batch-size", "8", "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16", "--max-epochs", "1",
-            "--log-every", "1", "--limit-train-batches", "3", "--logger", "tensorboard"]
+    argv = [
+        "--dataset",
+        tiny_dataset,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--labels",
+        "40",
+        "--val-size",
+        "50",
+        "--batch-size",
+        "8",
+        "--unlabeled-batch-size",
+        "16",
+        "--arch",
+        "4C3-MP2-8C3-MP2-FC16",
+        "--max-epochs",
+        "1",
+        "--log-every",
+        "1",
+        "--limit-train-batches",
+        "3",
+        "--logger",
+        "tensorboard",
+    ]
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "tensorboard").write_text("a file where the writer's folder would go")
@@ -250,8 +338,10 @@ def test_an_unwritable_tensorboard_folder_and_a_failing_writer_leave_metrics_csv
     monkeypatch.setattr(tracking.TensorBoardLogger, "log_metrics", full_disk)
     assert train.main([*argv, "--run-dir", str(tmp_path / "full")]) == 0
     said = [r.getMessage() for r in caplog.records if "logging failed" in r.getMessage()]
-    assert said == ["TrackedTensorBoardLogger: logging failed (OSError: [Errno 28] No space left on device); it is "
-                    "dropped, metrics.csv keeps every metric"]
+    assert said == [
+        "TrackedTensorBoardLogger: logging failed (OSError: [Errno 28] No space left on device); it is "
+        "dropped, metrics.csv keeps every metric"
+    ]
     assert len(list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))) >= 3
 
 
@@ -274,9 +364,35 @@ def test_tensorboard_through_train_py_holds_scalars_pictures_and_hyperparameters
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    assert train.main(["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--labels", "40", "--val-size",
-                       "50", "--batch-size", "8", "--unlabeled-batch-size", "16", "--arch", "4C3-MP2-8C3-MP2-FC16",
-                       "--max-epochs", "1", "--log-every", "5", "--logger", "tensorboard", "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                tiny_dataset,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--labels",
+                "40",
+                "--val-size",
+                "50",
+                "--batch-size",
+                "8",
+                "--unlabeled-batch-size",
+                "16",
+                "--arch",
+                "4C3-MP2-8C3-MP2-FC16",
+                "--max-epochs",
+                "1",
+                "--log-every",
+                "5",
+                "--logger",
+                "tensorboard",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     tags = events.Tags()
     assert {"val/error", "train/loss", "train/rec"} <= set(tags["scalars"])
@@ -286,4 +402,7 @@ def test_tensorboard_through_train_py_holds_scalars_pictures_and_hyperparameters
     meta = events.summary_metadata["_hparams_/session_start_info"]
     assert meta.plugin_data.plugin_name == "hparams"
     session = HParamsPluginData.FromString(meta.plugin_data.content).session_start_info
-    assert session.hparams["lambda_rec"].number_value == 1.0 and session.hparams["arch"].string_value == "4C3-MP2-8C3-MP2-FC16"
+    assert (
+        session.hparams["lambda_rec"].number_value == 1.0
+        and session.hparams["arch"].string_value == "4C3-MP2-8C3-MP2-FC16"
+    )

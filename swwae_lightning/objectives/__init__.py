@@ -1,12 +1,49 @@
 """The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap)."""
 
-from .base import (BATCH_PARTS, DECODER, NEEDS, TEACHER, TERMS, UNLABELED, VIEWS, LossParts, LossTerm, Objective,
-                   StepContext, TermContractError, active_terms, is_baseline, needs_of, views_needed)
-from .reconstruction import InputReconstruction, IntermediateReconstruction
-from .fixmatch import FixMatch, confident_pseudo_labels
+from .base import (
+    BATCH_PARTS,
+    DECODER,
+    NEEDS,
+    TEACHER,
+    TERMS,
+    UNLABELED,
+    VIEWS,
+    LossParts,
+    LossTerm,
+    Objective,
+    StepContext,
+    TermContractError,
+    active_terms,
+    is_baseline,
+    needs_of,
+    views_needed,
+)
 from .consistency import Consistency
+from .fixmatch import FixMatch, confident_pseudo_labels
+from .reconstruction import InputReconstruction, IntermediateReconstruction
 from .swap import WhatWhereSwap
 
-__all__ = ["BATCH_PARTS", "TermContractError", "DECODER", "NEEDS", "TEACHER", "TERMS", "UNLABELED", "VIEWS", "LossParts", "LossTerm", "Objective",
-           "StepContext", "active_terms", "is_baseline", "needs_of", "views_needed", "InputReconstruction",
-           "IntermediateReconstruction", "FixMatch", "confident_pseudo_labels", "Consistency", "WhatWhereSwap"]
+__all__ = [
+    "BATCH_PARTS",
+    "TermContractError",
+    "DECODER",
+    "NEEDS",
+    "TEACHER",
+    "TERMS",
+    "UNLABELED",
+    "VIEWS",
+    "LossParts",
+    "LossTerm",
+    "Objective",
+    "StepContext",
+    "active_terms",
+    "is_baseline",
+    "needs_of",
+    "views_needed",
+    "InputReconstruction",
+    "IntermediateReconstruction",
+    "FixMatch",
+    "confident_pseudo_labels",
+    "Consistency",
+    "WhatWhereSwap",
+]

@@ -80,11 +80,15 @@ def _register_term(name: str, cls: type[LossTerm]) -> None:
         raise ValueError(f"loss term {name!r} needs {sorted(unknown)}; a term may need {list(NEEDS)}")
     parts = set(cls.logits_for) - set(BATCH_PARTS)
     if parts:
-        raise ValueError(f"loss term {name!r} declares logits_for {sorted(parts)}; a step has logits of {list(BATCH_PARTS)}")
+        raise ValueError(
+            f"loss term {name!r} declares logits_for {sorted(parts)}; a step has logits of {list(BATCH_PARTS)}"
+        )
     undrawn = [p for p in cls.logits_for if p in VIEWS and p not in cls.needs]
     if undrawn:
-        raise ValueError(f"loss term {name!r} reads the logits of the view(s) {undrawn} without needing them: "
-                         f"add them to its needs, or they are never drawn")
+        raise ValueError(
+            f"loss term {name!r} reads the logits of the view(s) {undrawn} without needing them: "
+            f"add them to its needs, or they are never drawn"
+        )
     owned = lambda s: dataclasses.replace(s, group="objectives")  # noqa: E731
     cls.weight = owned(cls.weight)
     cls.settings = tuple(owned(s) for s in cls.settings)
@@ -137,8 +141,16 @@ class StepContext:
     images or None, ``views`` the extra views by name, ``teacher`` the EMA teacher or None.
     """
 
-    def __init__(self, net: StackedWhatWhere, labeled: tuple[Tensor, Tensor] | None, unlabeled: Tensor | None,
-                 views: dict[str, Tensor], teacher: nn.Module | None, decoder: bool, logits_for: set[str]):
+    def __init__(
+        self,
+        net: StackedWhatWhere,
+        labeled: tuple[Tensor, Tensor] | None,
+        unlabeled: Tensor | None,
+        views: dict[str, Tensor],
+        teacher: nn.Module | None,
+        decoder: bool,
+        logits_for: set[str],
+    ):
         self.net, self.teacher, self._views = net, teacher, views
         self.labeled_images, self.labels = labeled if labeled is not None else (None, None)
         self.unlabeled = unlabeled
@@ -149,8 +161,9 @@ class StepContext:
 
     def _require(self, need: str, what: str) -> None:
         if self.asking is not None and need not in self.asking.needs:
-            raise TermContractError(f"loss term {self.asking.name!r} reads {what} but does not declare it: "
-                                    f"add {need!r} to its needs")
+            raise TermContractError(
+                f"loss term {self.asking.name!r} reads {what} but does not declare it: add {need!r} to its needs"
+            )
 
     @property
     def views(self) -> dict[str, Tensor]:
@@ -188,13 +201,15 @@ class StepContext:
             if self.labeled_images is not None:
                 parts["labeled"] = logits[: self.num_labeled]
             if self.unlabeled is not None:
-                parts["unlabeled"] = logits[self.num_labeled:]
+                parts["unlabeled"] = logits[self.num_labeled :]
             wanted = [v for v in VIEWS if v in self._logits_for]
         else:
             wanted = [name for name in ("labeled", "unlabeled", *VIEWS) if name in self._logits_for]
         batches = {name: self._images(name) for name in wanted}
         if batches:
-            logits = self.net.encode(torch.cat(list(batches.values())) if len(batches) > 1 else next(iter(batches.values())))
+            logits = self.net.encode(
+                torch.cat(list(batches.values())) if len(batches) > 1 else next(iter(batches.values()))
+            )
             parts.update(zip(batches, logits.split([len(b) for b in batches.values()])))
         return parts
 
@@ -207,8 +222,10 @@ class StepContext:
     def logits(self, name: str) -> Tensor:
         """Student logits of 'labeled', 'unlabeled' or a view; a term reads those in its ``logits_for``."""
         if self.asking is not None and name != "labeled" and name not in self.asking.logits_for:
-            raise TermContractError(f"loss term {self.asking.name!r} reads step.logits({name!r}) but does not "
-                                    f"declare it: add {name!r} to its logits_for")
+            raise TermContractError(
+                f"loss term {self.asking.name!r} reads step.logits({name!r}) but does not "
+                f"declare it: add {name!r} to its logits_for"
+            )
         if name not in self._logits:
             raise ValueError(f"this step has no logits of {name!r} (mode or views do not provide it)")
         return self._logits[name]
@@ -260,8 +277,9 @@ class Objective:
         logits_for = self.logits_for if labeled is not None else self.logits_for - {"labeled"}
         return StepContext(net, labeled, unlabeled, batch.get("views", {}), teacher, self.uses_decoder, logits_for)
 
-    def __call__(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None,
-                 progress: float = 1.0) -> LossParts:
+    def __call__(
+        self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None, progress: float = 1.0
+    ) -> LossParts:
         """The loss of one batch ``{"labeled": (x, y), "unlabeled": x, "views": {...}}`` (parts may be absent),
         ``progress`` of the way through training (the share of optimizer steps done; terms may warm up on it)."""
         step = self.context(net, batch, teacher)

@@ -27,15 +27,40 @@ class Consistency(LossTerm):
     teacher's on a second weak view of the same images, summed over classes, averaged over rows."""
 
     name = "consistency"
-    weight = S.Setting("lambda_consistency", 0.0, "weight of the mean-teacher consistency term (0: off)",
-                       "objectives", type=float, check=S.at_least(0))
-    settings = (S.Setting("ema_decay", 0.99, "mean teacher's EMA decay, in [0, 1); 0: the teacher is the current "
-                          "student (Pi-model)", "objectives", type=float, check=S.within(0, 1, closed_low=True)),
-                S.Setting("consistency_warmup", 0.0, "share of training, in [0, 1], over which the consistency weight "
-                          "rises linearly from 0 (0: the full weight from the first step)", "objectives", type=float,
-                          check=S.within(0, 1, closed_low=True, closed_high=True)),
-                S.Setting("eval_teacher", False, "validate, pick the best checkpoint and test with the teacher's "
-                          "(EMA) weights instead of the student's", "objectives", flag="switch"))
+    weight = S.Setting(
+        "lambda_consistency",
+        0.0,
+        "weight of the mean-teacher consistency term (0: off)",
+        "objectives",
+        type=float,
+        check=S.at_least(0),
+    )
+    settings = (
+        S.Setting(
+            "ema_decay",
+            0.99,
+            "mean teacher's EMA decay, in [0, 1); 0: the teacher is the current student (Pi-model)",
+            "objectives",
+            type=float,
+            check=S.within(0, 1, closed_low=True),
+        ),
+        S.Setting(
+            "consistency_warmup",
+            0.0,
+            "share of training, in [0, 1], over which the consistency weight "
+            "rises linearly from 0 (0: the full weight from the first step)",
+            "objectives",
+            type=float,
+            check=S.within(0, 1, closed_low=True, closed_high=True),
+        ),
+        S.Setting(
+            "eval_teacher",
+            False,
+            "validate, pick the best checkpoint and test with the teacher's (EMA) weights instead of the student's",
+            "objectives",
+            flag="switch",
+        ),
+    )
     needs = frozenset({UNLABELED, TEACHER, "second"})
     logits_for = ("unlabeled",)
 

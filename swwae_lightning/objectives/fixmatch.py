@@ -25,10 +25,19 @@ class FixMatch(LossTerm):
     """
 
     name = "fixmatch"
-    weight = S.Setting("lambda_fixmatch", 0.0, "weight of the FixMatch term (0: off)", "objectives", type=float,
-                       check=S.at_least(0))
-    settings = (S.Setting("fixmatch_threshold", 0.95, "FixMatch confidence threshold for a pseudo-label, in (0, 1)",
-                          "objectives", type=float, check=S.within(0, 1)),)
+    weight = S.Setting(
+        "lambda_fixmatch", 0.0, "weight of the FixMatch term (0: off)", "objectives", type=float, check=S.at_least(0)
+    )
+    settings = (
+        S.Setting(
+            "fixmatch_threshold",
+            0.95,
+            "FixMatch confidence threshold for a pseudo-label, in (0, 1)",
+            "objectives",
+            type=float,
+            check=S.within(0, 1),
+        ),
+    )
     needs = frozenset({UNLABELED, "strong"})
     logits_for = ("unlabeled", "strong")
     validation_metrics = ("pseudo_share", "pseudo_acc")  # logged as val/fixmatch_<name>

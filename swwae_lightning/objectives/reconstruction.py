@@ -20,8 +20,9 @@ class InputReconstruction(LossTerm):
     """MSE between the (normalized) input and its reconstruction, over labeled and unlabeled rows."""
 
     name = "rec"
-    weight = S.Setting("lambda_rec", 1.0, "weight of the input reconstruction loss", "objectives", type=float,
-                       check=S.at_least(0))
+    weight = S.Setting(
+        "lambda_rec", 1.0, "weight of the input reconstruction loss", "objectives", type=float, check=S.at_least(0)
+    )
     needs = frozenset({DECODER})
 
     def __call__(self, step: StepContext) -> Tensor:
@@ -33,8 +34,14 @@ class IntermediateReconstruction(LossTerm):
     """Sum over the intermediate stages of the MSE between h_l and its reconstruction r_l."""
 
     name = "mid"
-    weight = S.Setting("lambda_mid", 0.1, "weight of the intermediate reconstruction losses", "objectives",
-                       type=float, check=S.at_least(0))
+    weight = S.Setting(
+        "lambda_mid",
+        0.1,
+        "weight of the intermediate reconstruction losses",
+        "objectives",
+        type=float,
+        check=S.at_least(0),
+    )
     needs = frozenset({DECODER})
 
     def __call__(self, step: StepContext) -> Tensor:
@@ -42,4 +49,3 @@ class IntermediateReconstruction(LossTerm):
         for h, r in step.output.reconstruction_pairs():
             mid = mid + F.mse_loss(r.float(), h.float())
         return mid
-

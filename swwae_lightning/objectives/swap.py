@@ -21,13 +21,14 @@ class WhatWhereSwap(LossTerm):
     """MSE between the second view and the decoding of the first view's top code with the second view's wheres."""
 
     name = "swap"
-    weight = S.Setting("lambda_swap", 0.0, "weight of the what-where swap term (0: off)", "objectives", type=float,
-                       check=S.at_least(0))
+    weight = S.Setting(
+        "lambda_swap", 0.0, "weight of the what-where swap term (0: off)", "objectives", type=float, check=S.at_least(0)
+    )
     needs = frozenset({DECODER, UNLABELED, "second"})
 
     def __call__(self, step: StepContext) -> Tensor:
         second = step.views["second"]
         _, wheres = step.net.encode_states(second)
-        top_first = step.output.decoder_states[-1][step.num_labeled:]
+        top_first = step.output.decoder_states[-1][step.num_labeled :]
         swapped = step.net.decode(top_first, wheres)[-1]
         return F.mse_loss(swapped.float(), second.float())

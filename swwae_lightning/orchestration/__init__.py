@@ -4,6 +4,7 @@ loads plugins, and turns committed runs into reports.
 """
 
 from .cli import main, resolve_config
-from .training import build_datamodule, build_module, build_trainer, fit, prepare
+from .trainer import build_trainer
+from .training import build_datamodule, build_module, fit, prepare
 
 __all__ = ["build_datamodule", "build_module", "build_trainer", "prepare", "fit", "resolve_config", "main"]

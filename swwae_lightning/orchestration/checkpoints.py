@@ -115,10 +115,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if "weights_only" not in str(error) else "it holds objects other than tensors and plain data"
-        raise CheckpointError(f"refusing checkpoint {str(path)!r}: {reason} (only weights_only-safe files are loaded)") from None
+        reason = (
+            str(error).splitlines()[0]
+            if "weights_only" not in str(error)
+            else "it holds objects other than tensors and plain data"
+        )
+        raise CheckpointError(
+            f"refusing checkpoint {str(path)!r}: {reason} (only weights_only-safe files are loaded)"
+        ) from None
     except Exception as error:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable ({type(error).__name__}: {error}); is it truncated?") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is unreadable ({type(error).__name__}: {error}); is it truncated?"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} is not a swwae-lightning checkpoint (no state_dict / hyper_parameters)")
     return checkpoint
@@ -128,12 +136,20 @@ def check_compatible(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tenso
     """Refuse weights from another architecture, naming the layers that do not match."""
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
-    mismatched = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in theirs and theirs[k].shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in theirs and theirs[k].shape != own[k].shape
+    ]
     if missing or unexpected or mismatched:
-        details = "; ".join(filter(None, [
-            f"shape mismatch: {', '.join(mismatched[:4])}" if mismatched else "",
-            f"missing: {', '.join(missing[:4])}" if missing else "",
-            f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "",
-        ]))
+        details = "; ".join(
+            filter(
+                None,
+                [
+                    f"shape mismatch: {', '.join(mismatched[:4])}" if mismatched else "",
+                    f"missing: {', '.join(missing[:4])}" if missing else "",
+                    f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "",
+                ],
+            )
+        )
         raise CheckpointError(f"checkpoint {str(path)!r} is from another architecture ({details})")

@@ -32,8 +32,8 @@ except ImportError:  # not POSIX: run directories are not locked
 
 import yaml
 
-from . import plugins
 from .. import settings as S
+from . import plugins
 
 
 class CLIError(ValueError):
@@ -166,9 +166,8 @@ def _new_run_dir(cfg: dict) -> Path:
     # DDP children started by Lightning inherit this from rank 0; SLURM ranks share the job id.
     if os.environ.get("SWWAE_RUN_DIR"):
         return Path(os.environ["SWWAE_RUN_DIR"])
-    labels = "all" if cfg["labels"] is None else cfg["labels"]
     stamp = f"slurm{os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg['dataset']}-{labels}-{stamp}"
+    return Path("runs") / f"{cfg['dataset']}-{S.labels_text(cfg['labels'])}-{stamp}"
 
 
 def _requeued() -> bool:
@@ -212,10 +211,15 @@ def _claim_run_dir(run_dir: Path) -> int | None:
                 holder = lock.read_text().strip()
             except OSError:
                 holder = ""
-            raise CLIError(f"run directory {str(run_dir)!r} is in use by another process"
-                           f"{f' ({holder})' if holder else ''}: wait for it to end or choose another --run-dir") from None
-        print(f"warning: cannot lock run directory {str(run_dir)!r} ({error.strerror or error}): "
-              "nothing stops a second process from using it", file=sys.stderr)
+            raise CLIError(
+                f"run directory {str(run_dir)!r} is in use by another process"
+                f"{f' ({holder})' if holder else ''}: wait for it to end or choose another --run-dir"
+            ) from None
+        print(
+            f"warning: cannot lock run directory {str(run_dir)!r} ({error.strerror or error}): "
+            "nothing stops a second process from using it",
+            file=sys.stderr,
+        )
         return None
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -238,7 +242,9 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | No
     def refuse_if_taken() -> None:
         # A SLURM requeue reruns the same command in the same directory and resumes from its own checkpoints.
         if fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
-            raise CLIError(f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it")
+            raise CLIError(
+                f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it"
+            )
 
     claim = None
     try:
@@ -273,8 +279,10 @@ def _keep_preprocessing(cfg: dict, checkpoint: dict, who: str) -> None:
         return
     for name in ("image_size", "channels"):
         if cfg[name] is not None and cfg[name] != saved[name]:
-            raise CLIError(f"--{name.replace('_', '-')} {cfg[name]} differs from the checkpoint's {saved[name]}: "
-                           f"{who} keeps the preprocessing its model was trained with")
+            raise CLIError(
+                f"--{name.replace('_', '-')} {cfg[name]} differs from the checkpoint's {saved[name]}: "
+                f"{who} keeps the preprocessing its model was trained with"
+            )
         cfg[name] = saved[name]
 
 
@@ -308,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.sources import DatasetNotFound
 
+    from ..module import NonFiniteLossError
     from . import training
     from .checkpoints import load_checkpoint
-    from ..module import NonFiniteLossError
     from .run_files import write_yaml
+    from .trainer import build_trainer
 
     claim = None
     try:  # input: everything that can be wrong before a training step is taken
@@ -344,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        trainer = training.build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
+        trainer = build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         _release_run_dir(claim)
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
@@ -362,8 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug (ours or a plugin's), not bad input: it needs its traceback
         traceback.print_exc()
         said = str(error).strip().splitlines()
-        print(f"error: training stopped by {type(error).__name__}{': ' + said[0] if said else ''}; "
-              f"{_resume_hint(run_dir)}", file=sys.stderr)
+        print(
+            f"error: training stopped by {type(error).__name__}{': ' + said[0] if said else ''}; "
+            f"{_resume_hint(run_dir)}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         _release_run_dir(claim)

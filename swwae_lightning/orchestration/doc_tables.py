@@ -1,11 +1,11 @@
 """What each marked block of a documentation page must hold, computed from files under ``reports/``.
 
-    <!-- table: reports/X -->          results: the runs archived in reports/X/runs
-    <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
-                                       or several, side by side in ms per step
-    <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
-    <!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
-    <!-- versions: reports/V.json -->  benchmarks/versions.py: each row, an earlier version against this one
+<!-- table: reports/X -->          results: the runs archived in reports/X/runs
+<!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
+                                   or several, side by side in ms per step
+<!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
+<!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
+<!-- versions: reports/V.json -->  benchmarks/versions.py: each row, an earlier version against this one
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ KINDS = ("table", "benchmark", "scatter", "excerpt", "versions")
 def results_table(report_dir: Path) -> str:
     """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
     rows = summarize(find_runs([report_dir / "runs"]))
-    lines = ["| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
-             "| what-where terms' effect, same seeds | minutes per run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
+        "| what-where terms' effect, same seeds | minutes per run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
-        lines.append(f"| {row['experiment']} | {model_text(row)} "
-                     f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {error_text(row)} "
-                     f"| {difference_text(row['vs_baseline'])} "
-                     f"| {difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |")
+        lines.append(
+            f"| {row['experiment']} | {model_text(row)} "
+            f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {error_text(row)} "
+            f"| {difference_text(row['vs_baseline'])} "
+            f"| {difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -55,37 +59,52 @@ def _verdict(ratio: dict) -> str:
 def benchmark_table(result: dict) -> str:
     """One throughput JSON: its setting, rows, ratios and the step's share of the matmul rate."""
     s, flops = result["settings"], result["flops"]
-    lines = [f"{result['device']}, {s['dataset']} preset (`{s['arch']}`), batch {s['batch_size']} + "
-             f"{s['unlabeled_batch_size']}, {s['precision']}{', compile' if s['compile'] else ''}"
-             f"{', channels-last' if s['channels_last'] else ''}; data: {result['data']}; "
-             f"best of {s['rounds']} rounds of {s['steps']} steps", "",
-             "| row | pooling | images/s | ms/step | peak MiB | note |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{result['device']}, {s['dataset']} preset (`{s['arch']}`), batch {s['batch_size']} + "
+        f"{s['unlabeled_batch_size']}, {s['precision']}{', compile' if s['compile'] else ''}"
+        f"{', channels-last' if s['channels_last'] else ''}; data: {result['data']}; "
+        f"best of {s['rounds']} rounds of {s['steps']} steps",
+        "",
+        "| row | pooling | images/s | ms/step | peak MiB | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['name']} | {row['pooling']} | {_count(row['images_per_second'])} "
-                     f"| {row['ms_per_step']:.1f} | {row['peak_mib']:.0f} | {_row_note(row)} |")
+        lines.append(
+            f"| {row['name']} | {row['pooling']} | {_count(row['images_per_second'])} "
+            f"| {row['ms_per_step']:.1f} | {row['peak_mib']:.0f} | {_row_note(row)} |"
+        )
     lines += ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
     for ratio in result["ratios"]:
         if ratio["value"] is not None:
             lines.append(f"| {ratio['name']} | {ratio['value']:.3f} | {_ratio_target(ratio)} | {_verdict(ratio)} |")
-    shares = ", ".join(f"{name} {flops[f'{name}_gflops']:.1f} GFLOP/s "
-                       f"({100 * flops[f'{name}_gflops'] / flops['matmul_gflops']:.0f} %)" for name in ("plain", "lightning"))
-    lines += ["", f"A training step is {flops['gflop_per_step']:.2f} GFLOP (convolutions and matmuls, forward and "
-                  f"backward); {shares} of the {flops['matmul_gflops']:.1f} GFLOP/s a {flops['matmul_size']}² "
-                  f"{flops['matmul_dtype']} matmul reaches here."]
+    shares = ", ".join(
+        f"{name} {flops[f'{name}_gflops']:.1f} GFLOP/s ({100 * flops[f'{name}_gflops'] / flops['matmul_gflops']:.0f} %)"
+        for name in ("plain", "lightning")
+    )
+    lines += [
+        "",
+        f"A training step is {flops['gflop_per_step']:.2f} GFLOP (convolutions and matmuls, forward and "
+        f"backward); {shares} of the {flops['matmul_gflops']:.1f} GFLOP/s a {flops['matmul_size']}² "
+        f"{flops['matmul_dtype']} matmul reaches here.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _setting_label(result: dict) -> str:
     s = result["settings"]
-    return " + ".join([s["precision"]] + ["compile"] * bool(s["compile"]) + ["channels-last"] * bool(s["channels_last"]))
+    return " + ".join(
+        [s["precision"]] + ["compile"] * bool(s["compile"]) + ["channels-last"] * bool(s["channels_last"])
+    )
 
 
 def benchmarks_side_by_side(results: list[dict]) -> str:
     """Several throughput JSONs of one preset: ms per step of each row, a column per setting."""
     names = list(dict.fromkeys(row["name"] for result in results for row in result["rows"]))
     steps = [{row["name"]: row["ms_per_step"] for row in result["rows"]} for result in results]
-    lines = ["| row, ms/step | " + " | ".join(_setting_label(r) for r in results) + " |",
-             "| --- |" + " --- |" * len(results)]
+    lines = [
+        "| row, ms/step | " + " | ".join(_setting_label(r) for r in results) + " |",
+        "| --- |" + " --- |" * len(results),
+    ]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{ms[name]:.2f}" if name in ms else "—" for ms in steps) + " |")
     return "\n".join(lines) + "\n"
@@ -102,8 +121,10 @@ def first_table(report_file: Path) -> str:
 def versions_table(result: dict) -> str:
     """benchmarks/versions.py's JSON: best ms per step of each row, the earlier version and this one."""
     old, new = result["best_ms_per_step"]["old"], result["best_ms_per_step"]["new"]
-    lines = [f"| row, ms/step (best of {result['rounds']} rounds) | {result['old']} | this version | old / new |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"| row, ms/step (best of {result['rounds']} rounds) | {result['old']} | this version | old / new |",
+        "| --- | --- | --- | --- |",
+    ]
     for row, ratio in result["old_over_new"].items():
         lines.append(f"| {row} | {old[row]:.1f} | {new[row]:.1f} | {ratio:.3f} |")
     return "\n".join(lines) + "\n"
@@ -111,10 +132,16 @@ def versions_table(result: dict) -> str:
 
 def round_scatter(results: list[dict]) -> str:
     """How far the rounds of each row of these benchmark JSONs are apart: slowest over fastest, in %."""
-    spreads = sorted(100 * (max(row["round_ms"]) / min(row["round_ms"]) - 1)
-                     for result in results for row in result["rows"] if len(row.get("round_ms", ())) > 1)
-    return (f"From round to round a row's ms per step varied by {spreads[0]:.0f} to {spreads[-1]:.0f} % "
-            f"(slowest round over fastest, {len(spreads)} rows).\n")
+    spreads = sorted(
+        100 * (max(row["round_ms"]) / min(row["round_ms"]) - 1)
+        for result in results
+        for row in result["rows"]
+        if len(row.get("round_ms", ())) > 1
+    )
+    return (
+        f"From round to round a row's ms per step varied by {spreads[0]:.0f} to {spreads[-1]:.0f} % "
+        f"(slowest round over fastest, {len(spreads)} rows).\n"
+    )
 
 
 def computed_table(kind: str, sources: list[str], root: Path) -> str:

@@ -19,8 +19,11 @@ from .doc_tables import KINDS, computed_table
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_REFERENCE = "docs/cli.md"
-BLOCK = re.compile(r"(<!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)"
-                   r"(<!-- /(?P=kind) -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)"
+    r"(<!-- /(?P=kind) -->)",
+    re.S,
+)
 
 
 def pages(root: Path = REPO) -> list[Path]:
@@ -30,8 +33,10 @@ def pages(root: Path = REPO) -> list[Path]:
 
 def page_blocks(page: Path, root: Path) -> list[tuple[re.Match, str]]:
     """Each marked block of ``page`` and what it must hold (its sources are relative to ``root``)."""
-    return [(match, computed_table(match["kind"], match["sources"].split(), root))
-            for match in BLOCK.finditer(page.read_text())]
+    return [
+        (match, computed_table(match["kind"], match["sources"].split(), root))
+        for match in BLOCK.finditer(page.read_text())
+    ]
 
 
 def _default_text(setting) -> str:
@@ -46,12 +51,17 @@ def cli_reference() -> str:
     from .plugins import declare_all_settings
 
     declare_all_settings()
-    lines = ["# Command-line reference", "",
-             "Every flag of `python train.py`, generated from the declared settings by "
-             "`python -m swwae_lightning.orchestration.docs --update`; a test fails when this page is stale.", "",
-             "`--config FILE` reads flag values from a YAML file (snake_case or kebab-case keys); flags given "
-             "on the command line override it. Every flag is also accepted in snake_case (`--batch_size`), "
-             "as a W&B sweep agent passes them.", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Every flag of `python train.py`, generated from the declared settings by "
+        "`python -m swwae_lightning.orchestration.docs --update`; a test fails when this page is stale.",
+        "",
+        "`--config FILE` reads flag values from a YAML file (snake_case or kebab-case keys); flags given "
+        "on the command line override it. Every flag is also accepted in snake_case (`--batch_size`), "
+        "as a W&B sweep agent passes them.",
+        "",
+    ]
     for group in S.GROUPS:
         members = [s for s in S.SETTINGS.values() if s.group == group]
         if not members:
@@ -67,8 +77,12 @@ def cli_reference() -> str:
 
 def check_page(page: Path, root: Path = REPO) -> list[str]:
     """One line per marked block of ``page`` that differs from what its sources give."""
-    return [f"{page}: the {m['kind']} of {m['sources']} differs from what its committed files give; "
-            f"regenerate it with --update" for m, computed in page_blocks(page, root) if m["table"] != computed]
+    return [
+        f"{page}: the {m['kind']} of {m['sources']} differs from what its committed files give; "
+        f"regenerate it with --update"
+        for m, computed in page_blocks(page, root)
+        if m["table"] != computed
+    ]
 
 
 def update_page(page: Path, root: Path = REPO) -> int:
@@ -76,7 +90,7 @@ def update_page(page: Path, root: Path = REPO) -> int:
     blocks = page_blocks(page, root)
     text = page.read_text()
     for match, computed in reversed(blocks):
-        text = text[:match.start("table")] + computed + text[match.end("table"):]
+        text = text[: match.start("table")] + computed + text[match.end("table") :]
     page.write_text(text)
     return len(blocks)
 

@@ -25,12 +25,21 @@ def check_csv_writer(writer_class: type = ExperimentWriter) -> None:
     """Raise ImportError naming what is missing from Lightning's CSV writer, if anything is."""
     with tempfile.TemporaryDirectory() as log_dir:
         writer = writer_class(log_dir=log_dir)
-    missing = [name for name, holder in (("_check_log_dir_exists", writer_class), ("metrics_file_path", writer),
-                                         ("metrics_keys", writer)) if not hasattr(holder, name)]
+    missing = [
+        name
+        for name, holder in (
+            ("_check_log_dir_exists", writer_class),
+            ("metrics_file_path", writer),
+            ("metrics_keys", writer),
+        )
+        if not hasattr(holder, name)
+    ]
     if missing:
-        raise ImportError(f"pytorch_lightning {pl.__version__}'s CSV ExperimentWriter no longer has "
-                          f"{', '.join(missing)}: swwae_lightning.orchestration.lightning_private must be updated so a resumed "
-                          f"run keeps its metrics.csv")
+        raise ImportError(
+            f"pytorch_lightning {pl.__version__}'s CSV ExperimentWriter no longer has "
+            f"{', '.join(missing)}: swwae_lightning.orchestration.lightning_private must be updated so a resumed "
+            f"run keeps its metrics.csv"
+        )
 
 
 check_csv_writer()

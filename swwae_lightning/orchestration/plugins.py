@@ -48,10 +48,18 @@ def plugins_value(value) -> list[str]:
     return [canonical(item) for item in items if str(item).strip()]
 
 
-S.declare(S.Setting(
-    "plugins", [], "Python files or modules to import first: they register poolings, loss terms or datasets "
-    "(kept in config.yaml and passed to every process the run starts)", "run", type=plugins_value, flag="list",
-    affects_result=False))
+S.declare(
+    S.Setting(
+        "plugins",
+        [],
+        "Python files or modules to import first: they register poolings, loss terms or datasets "
+        "(kept in config.yaml and passed to every process the run starts)",
+        "run",
+        type=plugins_value,
+        flag="list",
+        affects_result=False,
+    )
+)
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -82,8 +90,9 @@ def load(specs: Iterable[str]) -> list[str]:
                     _loaded[name] = importlib.import_module(name)
                 except ModuleNotFoundError as error:
                     if error.name and name.startswith(error.name):
-                        raise PluginError(f"--plugins: no module named {name!r} (give a .py file or an importable "
-                                          "module)") from None
+                        raise PluginError(
+                            f"--plugins: no module named {name!r} (give a .py file or an importable module)"
+                        ) from None
                     raise
         names.append(name)
     return names
@@ -108,8 +117,17 @@ def loaded() -> list[str]:
     return list(_loaded)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "ENVIRONMENT", "PluginError", "canonical", "plugins_value", "load",
-           "from_environment", "load_installed", "loaded"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENVIRONMENT",
+    "PluginError",
+    "canonical",
+    "plugins_value",
+    "load",
+    "from_environment",
+    "load_installed",
+    "loaded",
+]
 
 
 def declare_all_settings() -> None:
@@ -118,7 +136,7 @@ def declare_all_settings() -> None:
     import datamodules.semi_supervised  # noqa: F401
 
     from .. import module, objectives, pooling  # noqa: F401
-    from . import predict, tracking, training  # noqa: F401
+    from . import predict, tracking, trainer, training  # noqa: F401
 
     load_installed()
     load(from_environment())

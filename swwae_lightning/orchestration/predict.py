@@ -16,24 +16,38 @@ from pathlib import Path
 import torch
 
 from datamodules import augment
+from datamodules.datasets import DATASETS
 from datamodules.folder import decode, failure_reason, files_under
-from datamodules.registry import get_dataset
 
 from .. import settings as S
-from .checkpoints import check_compatible, load_checkpoint
 from ..module import SWWAEModule
+from .checkpoints import check_compatible, load_checkpoint
 
 TOP_K = 3
 CONFIDENT = 0.95  # the summary line's share of images above this probability
 BATCH = 256
 
 S.declare(
-    S.Setting("predict", None, "classify every image under --images (default: the run's own unlabeled pool) with "
-              "this checkpoint and write a CSV", "run", type=str, affects_result=False),
-    S.Setting("images", None, "--predict: the folder of images to classify (any depth)", "run", type=str,
-              affects_result=False),
-    S.Setting("out", None, "--predict: the CSV to write; default: predictions.csv in the checkpoint's run directory",
-              "run", type=str, affects_result=False),
+    S.Setting(
+        "predict",
+        None,
+        "classify every image under --images (default: the run's own unlabeled pool) with "
+        "this checkpoint and write a CSV",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
+    S.Setting(
+        "images", None, "--predict: the folder of images to classify (any depth)", "run", type=str, affects_result=False
+    ),
+    S.Setting(
+        "out",
+        None,
+        "--predict: the CSV to write; default: predictions.csv in the checkpoint's run directory",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
 )
 
 
@@ -42,10 +56,15 @@ def preprocessing_of(checkpoint: dict) -> dict:
     saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
     if saved:
         return saved
-    info = get_dataset(checkpoint.get("swwae_config", {}).get("dataset", "mnist"))
+    info = DATASETS[{**S.defaults(["data"]), **checkpoint.get("swwae_config", {})}["dataset"]]
     channels, size, _ = info.image_shape
-    return {"image_size": size, "channels": channels, "class_names": list(info.class_names),
-            "mean": list(info.mean), "std": list(info.std)}
+    return {
+        "image_size": size,
+        "channels": channels,
+        "class_names": list(info.class_names),
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
 
 
 def _run_dir(checkpoint_path: Path) -> Path:
@@ -84,8 +103,10 @@ def predict(cfg: dict) -> dict:
     elif cfg["dataset"] == "folder":
         root, files = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint)
     else:
-        raise ValueError(f"--predict of a {cfg['dataset']!r} checkpoint needs --images DIR (only a folder "
-                         f"dataset's run has an unlabeled pool of files)")
+        raise ValueError(
+            f"--predict of a {cfg['dataset']!r} checkpoint needs --images DIR (only a folder "
+            f"dataset's run has an unlabeled pool of files)"
+        )
     out = Path(cfg["out"]) if cfg["out"] else _run_dir(checkpoint_path) / "predictions.csv"
     unreadable_path = out.with_name(out.stem + ".unreadable.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,10 +115,11 @@ def predict(cfg: dict) -> dict:
     with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", f"top_{k}"])
-        for start in tqdm(range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr,
-                          disable=len(files) <= BATCH):
+        for start in tqdm(
+            range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr, disable=len(files) <= BATCH
+        ):
             batch, kept = [], []
-            for path in files[start:start + BATCH]:
+            for path in files[start : start + BATCH]:
                 try:
                     batch.append(torch.from_numpy(decode(path.read_bytes(), pre["image_size"], pre["channels"])))
                     kept.append(path)
@@ -109,8 +131,9 @@ def predict(cfg: dict) -> dict:
             probabilities = torch.softmax(module(x).float(), dim=1)
             top_p, top_c = probabilities.topk(k, dim=1)
             for path, p, c in zip(kept, top_p.tolist(), top_c.tolist()):
-                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}",
-                                 ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))])
+                writer.writerow(
+                    [str(path), names[c[0]], f"{p[0]:.6f}", ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))]
+                )
                 histogram[names[c[0]]] += 1
                 confident += p[0] > CONFIDENT
                 truth = path.parent.name
@@ -119,12 +142,19 @@ def predict(cfg: dict) -> dict:
                     correct += truth == names[c[0]]
             rows += len(kept)
     unreadable_path.write_text("".join(f"{p}\t{reason}\n" for p, reason in unreadable))
-    summary = {"images": rows, "unreadable": len(unreadable), "histogram": dict(histogram.most_common()),
-               "confident_share": confident / rows if rows else float("nan"), "csv": str(out),
-               "error": 1 - correct / with_truth if with_truth == rows and rows else None}
-    line = (f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
-            f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
-            f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}")
+    summary = {
+        "images": rows,
+        "unreadable": len(unreadable),
+        "histogram": dict(histogram.most_common()),
+        "confident_share": confident / rows if rows else float("nan"),
+        "csv": str(out),
+        "error": 1 - correct / with_truth if with_truth == rows and rows else None,
+    }
+    line = (
+        f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
+        f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
+        f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}"
+    )
     if summary["error"] is not None:
         line += f"; error against the class folders {100 * summary['error']:.2f}%"
     print(f"{line}; wrote {out}", flush=True)

@@ -1,8 +1,10 @@
 """Results tables and plots from finished runs, and the seed sweeps that produce them.
 
     python -m swwae_lightning.orchestration.report RUNS_DIR... --out reports/
-    python -m swwae_lightning.orchestration.report --sweep configs/mnist-100.yaml --seeds 0 1 2 --out reports/ [-- TRAIN.PY OPTIONS]
-    python -m swwae_lightning.orchestration.report --plan configs/sweeps/mnist-100.yaml --jobs 8 --out reports/sweep-mnist-100
+    python -m swwae_lightning.orchestration.report --sweep configs/mnist-100.yaml --seeds 0 1 2 \
+        --out reports/ [-- TRAIN.PY OPTIONS]
+    python -m swwae_lightning.orchestration.report --plan configs/sweeps/mnist-100.yaml --jobs 8 \
+        --out reports/sweep-mnist-100
 
 The rows come from ``results``, the figure from ``results_plot``, the runs from ``sweep``.
 """
@@ -23,17 +25,27 @@ from .sweep import plan_configs, sweep
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| experiment | dataset | labels | model | steps | n seeds | test error % (mean ± std) | per seed "
-        "| vs baseline, same seeds (points) | what-where terms' effect, same seeds | paper error % | minutes (mean) | hardware |",
+        "| vs baseline, same seeds (points) | what-where terms' effect, same seeds | paper error % | minutes (mean) "
+        "| hardware |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        model = model_text(row)
-        lines.append(
-            f"| {row['experiment']} | {row['dataset']} | {labels_text(row)} | {model} | {row['steps']:,} | {len(row['errors'])} "
-            f"| {error_text(row)} | {' / '.join(f'{e:.2f}' for e in row['errors'])} | {difference_text(row['vs_baseline'])} "
-            f"| {difference_text(row['vs_without_what_where'])} | {row['paper_note'] or '—'} | {row['minutes_mean']:.1f} "
-            f"| {'; '.join(row['hardware'])} |"
-        )
+        cells = [
+            row["experiment"],
+            row["dataset"],
+            labels_text(row),
+            model_text(row),
+            f"{row['steps']:,}",
+            len(row["errors"]),
+            error_text(row),
+            " / ".join(f"{e:.2f}" for e in row["errors"]),
+            difference_text(row["vs_baseline"]),
+            difference_text(row["vs_without_what_where"]),
+            row["paper_note"] or "—",
+            f"{row['minutes_mean']:.1f}",
+            "; ".join(row["hardware"]),
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -78,21 +90,34 @@ def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="In --sweep mode, options after a lone -- go to train.py, "
-                                            "e.g. --sweep configs/mnist-100.yaml -- --logger csv")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="In --sweep mode, options after a lone -- go to train.py, "
+        "e.g. --sweep configs/mnist-100.yaml -- --logger csv",
+    )
     parser.add_argument("runs", nargs="*", help="run directories, or folders holding them")
-    parser.add_argument("--out", default="reports", help="where results.md and error_vs_labels.png go (default: reports)")
+    parser.add_argument(
+        "--out", default="reports", help="where results.md and error_vs_labels.png go (default: reports)"
+    )
     parser.add_argument("--sweep", nargs="+", metavar="CONFIG", help="train these configs first, once per seed")
-    parser.add_argument("--plan", help="train every variant of this sweep plan (YAML: base config + variants), once per seed")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep/--plan (default: 0 1 2)")
+    parser.add_argument(
+        "--plan", help="train every variant of this sweep plan (YAML: base config + variants), once per seed"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of --sweep/--plan (default: 0 1 2)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="train.py processes at once in --sweep/--plan (default: 1)")
     parser.add_argument("--runs-root", default="runs", help="where --sweep puts its run directories (default: runs)")
-    parser.add_argument("--plugins", nargs="+", default=[], metavar="PATH_OR_MODULE",
-                        help="files or modules to import first (their terms and settings); passed on to every run")
+    parser.add_argument(
+        "--plugins",
+        nargs="+",
+        default=[],
+        metavar="PATH_OR_MODULE",
+        help="files or modules to import first (their terms and settings); passed on to every run",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    train_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if train_args and not (args.sweep or args.plan):
         parser.error(f"options for train.py ({' '.join(train_args)}) need --sweep or --plan")
     if not args.runs and not args.sweep and not args.plan:

@@ -33,6 +33,7 @@ PAPER_ERRORS: dict[tuple[str, int | None, str], tuple[float, str]] = {
     ("cifar100", None, "supervised"): (30.9, "30.9 (69.1 % acc.)"),
 }
 
+
 @dataclass
 class Run:
     path: Path
@@ -41,8 +42,9 @@ class Run:
 
     @property
     def settings(self) -> dict:
-        """The run's settings: its config.yaml, with the architecture it actually built (null means the preset)."""
-        return {**self.config, "arch": self.results.get("arch", self.config.get("arch"))}
+        """The run's settings: its config.yaml over the declared defaults (for settings it predates), with the
+        architecture it actually built (null in the config means the preset)."""
+        return {**S.defaults(), **self.config, "arch": self.results.get("arch", self.config.get("arch"))}
 
     @property
     def is_baseline(self) -> bool:
@@ -55,7 +57,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        candidates = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
+        candidates = (
+            [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
+        )
         for results_file in candidates:
             run_dir = results_file.parent.resolve()
             if run_dir in seen or not (run_dir / "config.yaml").is_file():
@@ -73,9 +77,11 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 def setting_values(run: Run, leave_out: set[str]) -> tuple:
     """The run's settings but ``leave_out`` as sorted (name, repr) pairs that compare equal when the
     settings are the same, defaults filled in for settings its config predates."""
-    values = {**S.defaults(), **run.settings}
+    values = run.settings
     # false and 0 (or true and 1) are the same setting: a resumed run's config may hold either.
-    return tuple(sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in values.items() if k not in leave_out))
+    return tuple(
+        sorted((k, repr(int(v) if isinstance(v, bool) else v)) for k, v in values.items() if k not in leave_out)
+    )
 
 
 def experiment_key(run: Run) -> tuple:
@@ -104,13 +110,13 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def paper_error(run: Run) -> tuple[float, str] | None:
     r = run.settings
-    plain_swwae = {t.name for t in active_terms(r)} <= {"rec", "mid"} and r.get("decoder_top", "what") == "what"
-    if run.is_baseline or not plain_swwae or r.get("pooling") != "hard" or r.get("unpool") != "where":
+    plain_swwae = {t.name for t in active_terms(r)} <= {"rec", "mid"} and r["decoder_top"] == "what"
+    if run.is_baseline or not plain_swwae or r["pooling"] != "hard" or r["unpool"] != "where":
         return None
-    labels = r.get("labels")
-    if labels is None and run.config.get("fold") is not None:
+    labels = r["labels"]
+    if labels is None and r["fold"] is not None:
         labels = 1000  # an STL-10 fold
-    return PAPER_ERRORS.get((r.get("dataset"), labels, r.get("mode")))
+    return PAPER_ERRORS.get((r["dataset"], labels, r["mode"]))
 
 
 def summarize(runs: list[Run]) -> list[dict]:
@@ -128,30 +134,51 @@ def summarize(runs: list[Run]) -> list[dict]:
         names = sorted({run_name(m) for m in members})
         seeds = [m.results.get("seed") for m in members]
         if len(set(seeds)) < len(seeds):
-            print(f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr)
-        settings = {**S.defaults(), **first.settings}
-        rows.append({
-            "experiment": names[0] if len(names) == 1 else " / ".join(names),
-            "dataset": settings["dataset"], "labels": settings["labels"], "fold": settings["fold"],
-            "mode": settings["mode"], "pooling": settings["pooling"], "unpool": settings["unpool"],
-            "terms": {t.name: settings[t.weight.name] for t in active_terms(settings)},
-            "decoder_top": settings["decoder_top"], "baseline": first.is_baseline, "seeds": seeds,
-            "errors": errors, "error_mean": mean, "error_std": std,
-            "paper_error": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
-            "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
-            "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
-            "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
-            "run_dirs": [str(m.path) for m in members],
-            "comparison_key": comparison_key(first),
-        })
+            print(
+                f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr
+            )
+        settings = first.settings
+        rows.append(
+            {
+                "experiment": names[0] if len(names) == 1 else " / ".join(names),
+                "dataset": settings["dataset"],
+                "labels": settings["labels"],
+                "fold": settings["fold"],
+                "mode": settings["mode"],
+                "pooling": settings["pooling"],
+                "unpool": settings["unpool"],
+                "terms": {t.name: settings[t.weight.name] for t in active_terms(settings)},
+                "decoder_top": settings["decoder_top"],
+                "baseline": first.is_baseline,
+                "seeds": seeds,
+                "errors": errors,
+                "error_mean": mean,
+                "error_std": std,
+                "paper_error": paper[0] if paper else None,
+                "paper_note": paper[1] if paper else None,
+                "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
+                "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
+                "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
+                "run_dirs": [str(m.path) for m in members],
+                "comparison_key": comparison_key(first),
+            }
+        )
     add_paired_differences(rows)
-    rows.sort(key=lambda r: (r["dataset"], r["labels"] is None, r["labels"] or 0, r["mode"] == "unsupervised",
-                             r["baseline"], r["experiment"]))
+    rows.sort(
+        key=lambda r: (
+            r["dataset"],
+            r["labels"] is None,
+            r["labels"] or 0,
+            r["mode"] == "unsupervised",
+            r["baseline"],
+            r["experiment"],
+        )
+    )
     return rows
 
 
 def labels_text(row: dict) -> str:
-    labels = "all" if row["labels"] is None else f"{row['labels']:,}"
+    labels = S.labels_text(row["labels"], ",")
     return f"{labels} (fold {row['fold']})" if row["fold"] is not None else labels
 
 
@@ -213,6 +240,5 @@ def model_text(row: dict) -> str:
     if row["baseline"]:
         return f"{row['mode']}, no unlabeled term (baseline)"
     terms = " + ".join(f"{name} {weight:g}" for name, weight in row["terms"].items())
-    decoder = (f", {row['pooling']} pool, {row['unpool']} unpool, {row['decoder_top']} top"
-               if uses_decoder(row) else "")
+    decoder = f", {row['pooling']} pool, {row['unpool']} unpool, {row['decoder_top']} top" if uses_decoder(row) else ""
     return f"{row['mode']}{decoder}, λ: {terms}"

@@ -11,9 +11,15 @@ def _series_name(row: dict) -> str:
     if row["baseline"]:
         return "supervised-only baseline"
     method = "SWWAE" if set(row["terms"]) <= {"rec", "mid"} else " + ".join(row["terms"])
-    extras = [x for x in (uses_decoder(row) and row["pooling"] != "hard" and f"{row['pooling']} pooling",
-                          uses_decoder(row) and row["unpool"] != "where" and f"{row['unpool']} unpooling",
-                          uses_decoder(row) and row["decoder_top"] != "what" and f"{row['decoder_top']} top") if x]
+    extras = [
+        x
+        for x in (
+            uses_decoder(row) and row["pooling"] != "hard" and f"{row['pooling']} pooling",
+            uses_decoder(row) and row["unpool"] != "where" and f"{row['unpool']} unpooling",
+            uses_decoder(row) and row["decoder_top"] != "what" and f"{row['decoder_top']} top",
+        )
+        if x
+    ]
     return method + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -34,9 +40,15 @@ def plot_error_vs_labels(rows: list[dict], path: Path) -> None:
                 series.setdefault(_series_name(row), []).append(row)
         for name, members in sorted(series.items()):
             members.sort(key=lambda r: r["labels"])
-            ax.errorbar([r["labels"] for r in members], [r["error_mean"] for r in members],
-                        yerr=[r["error_std"] or 0 for r in members], marker="o", capsize=4,
-                        linestyle="--" if name.startswith("supervised") else "-", label=name)
+            ax.errorbar(
+                [r["labels"] for r in members],
+                [r["error_mean"] for r in members],
+                yerr=[r["error_std"] or 0 for r in members],
+                marker="o",
+                capsize=4,
+                linestyle="--" if name.startswith("supervised") else "-",
+                label=name,
+            )
         paper = sorted((labels, err) for (ds, labels, _), (err, _) in PAPER_ERRORS.items() if ds == dataset and labels)
         if paper:
             ax.scatter(*zip(*paper), marker="*", s=160, color="black", zorder=3, label="paper (SWWAE)")

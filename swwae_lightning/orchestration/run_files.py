@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import yaml
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
-from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .lightning_private import AppendingWriter

@@ -40,18 +40,27 @@ def plan_configs(plan_file: str | Path, runs_root: str | Path) -> list[Path]:
     configs = []
     for name, changes in variants.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)) or not isinstance(changes or {}, dict):
-            raise ValueError(f"sweep plan {plan_file}: variant {name!r} needs a plain name (letters, digits, . _ -) "
-                             f"and a mapping of settings")
+            raise ValueError(
+                f"sweep plan {plan_file}: variant {name!r} needs a plain name (letters, digits, . _ -) "
+                f"and a mapping of settings"
+            )
         config = out_dir / f"{name}.yaml"
-        config.write_text(f"# {name}: {base_path.name} with {changes or 'nothing'} changed (from {plan_file})\n"
-                          + yaml.safe_dump({**base, **(changes or {})}, sort_keys=False))
+        config.write_text(
+            f"# {name}: {base_path.name} with {changes or 'nothing'} changed (from {plan_file})\n"
+            + yaml.safe_dump({**base, **(changes or {})}, sort_keys=False)
+        )
         configs.append(config)
     return configs
 
 
-def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "runs",
-          train_args: list[str] | None = None, jobs: int = 1, plugin_specs: list[str] | None = None
-          ) -> tuple[list[Path], list[str]]:
+def sweep(
+    configs: list[str | Path],
+    seeds: list[int],
+    runs_root: str | Path = "runs",
+    train_args: list[str] | None = None,
+    jobs: int = 1,
+    plugin_specs: list[str] | None = None,
+) -> tuple[list[Path], list[str]]:
     """The training command line once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time,
     each given ``plugin_specs`` (a config's own ``plugins:`` key reaches its run by itself).
 
@@ -67,9 +76,19 @@ def sweep(configs: list[str | Path], seeds: list[int], runs_root: str | Path = "
             if (run_dir / "results.json").is_file():
                 print(f"[sweep] {run_dir} is finished; kept", flush=True)
                 continue
-            command = [sys.executable, "-m", "swwae_lightning.orchestration.cli", "--config", str(config), "--seed", str(seed),
-                       "--run-dir", str(run_dir), *(["--plugins", *plugin_specs] if plugin_specs else []),
-                       *(train_args or [])]
+            command = [
+                sys.executable,
+                "-m",
+                "swwae_lightning.orchestration.cli",
+                "--config",
+                str(config),
+                "--seed",
+                str(seed),
+                "--run-dir",
+                str(run_dir),
+                *(["--plugins", *plugin_specs] if plugin_specs else []),
+                *(train_args or []),
+            ]
             if (run_dir / "checkpoints" / "last.ckpt").is_file():
                 command += ["--resume", "last"]
             commands.append((run_dir, command))

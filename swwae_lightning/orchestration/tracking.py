@@ -34,14 +34,28 @@ SERVER_TIMEOUT = 10.0  # seconds the start waits for the server to answer; W&B's
 S.declare(
     S.Setting("wandb_project", "swwae-lightning", "W&B project", "run", type=str, affects_result=False),
     S.Setting("wandb_entity", None, "W&B entity (team or user)", "run", type=str, affects_result=False),
-    S.Setting("wandb_name", None, "W&B run name; default: the run directory's name", "run", type=str,
-              affects_result=False),
+    S.Setting(
+        "wandb_name", None, "W&B run name; default: the run directory's name", "run", type=str, affects_result=False
+    ),
     S.Setting("wandb_tags", [], "comma-separated W&B tags", "run", type=S.tags_value, affects_result=False),
-    S.Setting("wandb_group", None, "W&B group, so the seeds of one experiment sit together; default: the --config "
-              "file's name, else <dataset>-<labels>-<mode>", "run", type=str, affects_result=False),
+    S.Setting(
+        "wandb_group",
+        None,
+        "W&B group, so the seeds of one experiment sit together; default: the --config "
+        "file's name, else <dataset>-<labels>-<mode>",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
     S.Setting("wandb_job_type", "train", "W&B job type", "run", type=str, affects_result=False),
-    S.Setting("wandb_log_model", False, "log the best and last checkpoints as W&B artifacts at the end of fit "
-              "(online only)", "run", flag="switch", affects_result=False),
+    S.Setting(
+        "wandb_log_model",
+        False,
+        "log the best and last checkpoints as W&B artifacts at the end of fit (online only)",
+        "run",
+        flag="switch",
+        affects_result=False,
+    ),
 )
 
 
@@ -79,8 +93,11 @@ def server_problem(key: str | None, timeout: float = SERVER_TIMEOUT) -> str | No
     One GraphQL question (who is this key's user), the one W&B itself asks first, with a time limit.
     """
     url = f"{base_url()}/graphql"
-    request = urllib.request.Request(url, data=json.dumps({"query": "query { viewer { id } }"}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"query": "query { viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     if key:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"api:{key}".encode()).decode())
     try:
@@ -114,8 +131,7 @@ def offline_reason() -> str | None:
 
 
 def default_group(config: dict) -> str:
-    labels = "all" if config.get("labels") is None else config["labels"]
-    return f"{config['dataset']}-{labels}-{config['mode']}"
+    return f"{config['dataset']}-{S.labels_text(config.get('labels'))}-{config['mode']}"
 
 
 class _Degrading:
@@ -131,8 +147,10 @@ class _Degrading:
         except Exception as error:
             self._failed = True
             said = str(error).strip().splitlines()
-            rank_zero_info(f"{type(self).__name__}: logging failed ({type(error).__name__}"
-                           f"{': ' + said[0] if said else ''}); it is dropped, metrics.csv keeps every metric")
+            rank_zero_info(
+                f"{type(self).__name__}: logging failed ({type(error).__name__}"
+                f"{': ' + said[0] if said else ''}); it is dropped, metrics.csv keeps every metric"
+            )
             return None
 
     def log_metrics(self, *args, **kwargs):
@@ -156,13 +174,22 @@ def _start_wandb(run_dir: Path, config: dict, resume_id: str | None, offline: bo
     import wandb
 
     log_model = config["wandb_log_model"] and not offline
-    logger = without_anonymous(TrackedWandbLogger(
-        project=config["wandb_project"], name=config["wandb_name"] or run_dir.name, entity=config["wandb_entity"],
-        tags=config["wandb_tags"] or None, group=config["wandb_group"] or default_group(config),
-        job_type=config["wandb_job_type"], save_dir=str(run_dir), offline=offline, log_model=log_model,
-        id=resume_id, resume="must" if resume_id and not offline else "allow",
-        settings=wandb.Settings(init_timeout=SERVER_TIMEOUT),
-    ))
+    logger = without_anonymous(
+        TrackedWandbLogger(
+            project=config["wandb_project"],
+            name=config["wandb_name"] or run_dir.name,
+            entity=config["wandb_entity"],
+            tags=config["wandb_tags"] or None,
+            group=config["wandb_group"] or default_group(config),
+            job_type=config["wandb_job_type"],
+            save_dir=str(run_dir),
+            offline=offline,
+            log_model=log_model,
+            id=resume_id,
+            resume="must" if resume_id and not offline else "allow",
+            settings=wandb.Settings(init_timeout=SERVER_TIMEOUT),
+        )
+    )
     try:
         logger.experiment  # noqa: B018  (wandb.init, here, where a failure can still be handled)
     except BaseException:
@@ -185,13 +212,17 @@ def wandb_logger(run_dir: Path, config: dict, resume_id: str | None) -> WandbLog
             reason = f"W&B did not start online: {type(error).__name__}{': ' + said[0] if said else ''}"
     rank_zero_info(f"W&B: offline ({reason}); upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
     if config["wandb_log_model"]:
-        rank_zero_info(f"W&B: offline, so --wandb-log-model uploads no checkpoint; later: "
-                       f"wandb artifact put --type model {run_dir / 'checkpoints'}")
+        rank_zero_info(
+            f"W&B: offline, so --wandb-log-model uploads no checkpoint; later: "
+            f"wandb artifact put --type model {run_dir / 'checkpoints'}"
+        )
     try:
         return _start_wandb(run_dir, config, resume_id, offline=True)
     except Exception as error:
-        rank_zero_info(f"W&B: offline W&B did not start either ({type(error).__name__}); "
-                       "this run keeps its metrics in metrics.csv only")
+        rank_zero_info(
+            f"W&B: offline W&B did not start either ({type(error).__name__}); "
+            "this run keeps its metrics in metrics.csv only"
+        )
         return None
 
 
@@ -201,8 +232,10 @@ def tensorboard_logger(run_dir: Path) -> TensorBoardLogger | None:
     try:
         logger.experiment  # noqa: B018  (creates the writer and its folder)
     except Exception as error:
-        rank_zero_info(f"TensorBoard: cannot write {logger.log_dir} ({type(error).__name__}: {error}); "
-                       "this run keeps its metrics in metrics.csv only")
+        rank_zero_info(
+            f"TensorBoard: cannot write {logger.log_dir} ({type(error).__name__}: {error}); "
+            "this run keeps its metrics in metrics.csv only"
+        )
         return None
     return logger
 
@@ -224,7 +257,8 @@ class WandbRunId(Callback):
 
 
 def finish_wandb(trainer) -> None:
-    """Close the W&B run now, not only when the process exits (W&B's service may take a moment more to write its files)."""
+    """Close the W&B run now, not only when the process exits (W&B's service may take a moment more to
+    write its files)."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()

@@ -1,4 +1,4 @@
-"""Build the data, the model and the Trainer from one resolved config, and run fit / test / evaluate.
+"""Build the data and the model from one resolved config, and run fit / test / evaluate (the Trainer: ``trainer``).
 
 ``train.py`` turns the command line into that config; everything Lightning-shaped
 happens here, so tests and notebooks can run an experiment without the CLI.
@@ -12,70 +12,27 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from datamodules.registry import dataset_info
+from datamodules.datasets import dataset_info
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
 from .. import settings as S
-from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint, check_compatible, load_checkpoint
 from ..module import SWWAEModule, module_settings
-from ..objectives import DECODER, needs_of, views_needed
-from .run_files import RunCSVLogger, RunRecord, write_json
-from .tracking import WandbRunId, finish_wandb, tensorboard_logger, wandb_logger, write_summary
-
-LOGGERS = ("wandb", "csv", "tensorboard", "none")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+from ..objectives import views_needed
+from .checkpoints import check_compatible, load_checkpoint
+from .run_files import RunRecord, write_json
+from .tracking import finish_wandb, write_summary
+from .trainer import build_trainer, devices
 
 S.declare(
-    S.Setting("arch", None, "architecture string, e.g. 16C5-BN-MP2-32C3-MP2-FC128-D0.3; default: the dataset's preset",
-              "model", type=str),
-    S.Setting("max_epochs", 4, "passes over the unlabeled pool (the labeled set in supervised mode)", "optimization",
-              type=int, check=S.at_least(1)),
-    S.Setting("deterministic", False, "deterministic algorithms (bit-exact resume on CPU)", "optimization",
-              flag="switch", affects_result=False),
-    S.Setting("gpus", 0, "shorthand: accelerator=gpu, devices=N, DDP when N > 1", "hardware", type=int,
-              check=S.at_least(0), affects_result=False),
-    S.Setting("accelerator", "auto", "Lightning accelerator (cpu, gpu, mps, auto)", "hardware", type=str,
-              affects_result=False),
-    S.Setting("devices", "auto", "Lightning devices (a count, a list, or auto)", "hardware", type=str,
-              affects_result=False),
-    S.Setting("strategy", "auto", "Lightning strategy (ddp, ddp_spawn, auto, ...)", "hardware", type=str,
-              affects_result=False),
-    S.Setting("num_nodes", 1, "machines (DDP)", "hardware", type=int, check=S.at_least(1), affects_result=False),
-    S.Setting("precision", "32-true", "numeric precision", "hardware", type=str, choices=lambda: PRECISIONS),
-    S.Setting("channels_last", False, "channels-last memory format for every convolution (measured on this project's "
-              "CPU: no gain; the decoder's image-output conv already runs channels-last on CPU)", "hardware",
-              flag="switch", affects_result=False),
-    S.Setting("logger", "wandb", "experiment tracker besides metrics.csv (W&B goes offline by itself without "
-              "credentials)", "run", type=str, choices=lambda: LOGGERS, affects_result=False),
-    S.Setting("run_dir", None, "run directory; default: runs/<dataset>-<labels>-<timestamp>", "run", type=str,
-              affects_result=False),
-    S.Setting("resume", None, "continue training from PATH, or 'last' (the newest run's last.ckpt, or --run-dir's)",
-              "run", type=str, affects_result=False),
-    S.Setting("finetune_from", None, "start from these weights with a fresh optimizer (any compatible dataset/mode)",
-              "run", type=str),
-    S.Setting("evaluate", None, "test this checkpoint on the official test split and exit", "run", type=str,
-              affects_result=False),
-    S.Setting("recon_every", 1, "log reconstruction grids every N epochs (0: off)", "run", type=int,
-              check=S.at_least(0), affects_result=False),
-    S.Setting("switch_every", 1, "log switch maps every N epochs (0: off)", "run", type=int, check=S.at_least(0),
-              affects_result=False),
-    S.Setting("overview_every", 1, "log the overview (reconstructions and every layer's switches in one figure) "
-              "every N epochs (0: off)", "run", type=int, check=S.at_least(0), affects_result=False),
-    S.Setting("num_images", 8, "validation images in each picture", "run", type=int, check=S.at_least(1),
-              affects_result=False),
-    S.Setting("log_every", 20, "log training metrics every N steps", "run", type=int, check=S.at_least(1),
-              affects_result=False),
-    S.Setting("progress_every", 10, "refresh the progress bar every N steps", "run", type=int, check=S.at_least(1),
-              affects_result=False),
-    S.Setting("fast_dev_run", 0, "run N batches (default 1) of train/val/test; writes no checkpoints", "smoke",
-              type=int, flag="optional", const=1, check=S.at_least(0), affects_result=False),
-    S.Setting("limit_train_batches", None, "batches per epoch (int) or fraction (float)", "smoke",
-              type=S.batches_value),
-    S.Setting("limit_val_batches", None, "validation batches (int) or fraction (float)", "smoke",
-              type=S.batches_value, affects_result=False),
+    S.Setting(
+        "arch",
+        None,
+        "architecture string, e.g. 16C5-BN-MP2-32C3-MP2-FC128-D0.3; default: the dataset's preset",
+        "model",
+        type=str,
+    )
 )
 
 
@@ -93,16 +50,19 @@ def architecture(cfg: dict) -> str:
         return cfg["arch"]
     info = dataset_info(cfg)
     if not info.preset:
-        raise ValueError(f"--image-size {info.image_shape[1]} has no preset network (the presets take 28, 32 or "
-                         f"96 px): give --arch, e.g. --arch 32C3-BN-MP2-64C3-MP2-FC128")
+        raise ValueError(
+            f"--image-size {info.image_shape[1]} has no preset network (the presets take 28, 32 or "
+            f"96 px): give --arch, e.g. --arch 32C3-BN-MP2-64C3-MP2-FC128"
+        )
     return info.preset
 
 
 def build_module(cfg: dict) -> SWWAEModule:
     info = dataset_info(cfg)
     channels, height, _ = info.image_shape
-    module = SWWAEModule(architecture(cfg), channels, height, info.num_classes,
-                         **{k: cfg[k] for k in module_settings()})
+    module = SWWAEModule(
+        architecture(cfg), channels, height, info.num_classes, **{k: cfg[k] for k in module_settings()}
+    )
     if cfg.get("channels_last"):
         # Channels-last weights make every convolution run channels-last (oneDNN on CPU, cuDNN on GPU). The
         # values are unchanged, so checkpoints load either way; loading copies into the strides of this module.
@@ -110,77 +70,22 @@ def build_module(cfg: dict) -> SWWAEModule:
     return module
 
 
-def _devices(cfg: dict) -> dict:
-    """--gpus N is shorthand for accelerator=gpu, devices=N and DDP when N > 1.
-
-    Without a term that needs the decoder (the baseline, FixMatch, the mean teacher), the decoder's
-    weights get no gradient, which plain DDP refuses: it is told to look for unused parameters.
-    """
-    if cfg["gpus"]:
-        found = torch.cuda.device_count()
-        if cfg["gpus"] > found:
-            raise ValueError(f"--gpus {cfg['gpus']} asks for {cfg['gpus']} GPUs but {found} were found on this machine")
-        chosen = {"accelerator": "gpu", "devices": cfg["gpus"], "strategy": "ddp" if cfg["gpus"] > 1 else "auto"}
-    else:
-        chosen = {"accelerator": cfg["accelerator"], "devices": cfg["devices"], "strategy": cfg["strategy"]}
-    if chosen["strategy"] == "ddp" and DECODER not in needs_of(cfg):
-        chosen["strategy"] = "ddp_find_unused_parameters_true"
-    return chosen
-
-
-def _loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
-    tracker = None
-    if cfg["logger"] == "wandb":
-        tracker = wandb_logger(run_dir, cfg, resume_id)
-    elif cfg["logger"] == "tensorboard":
-        tracker = tensorboard_logger(run_dir)
-    return [RunCSVLogger(run_dir), *([tracker] if tracker is not None else [])]  # metrics.csv always
-
-
-def image_callbacks(cfg: dict, run_dir: Path) -> list:
-    from callbacks import OverviewLogger, ReconstructionLogger, SwitchMapLogger
-
-    pictures = ((ReconstructionLogger, "recon_every"), (SwitchMapLogger, "switch_every"), (OverviewLogger, "overview_every"))
-    return [picture(every_n_epochs=cfg[every], num_images=cfg["num_images"], out_dir=run_dir / "images")
-            for picture, every in pictures if cfg[every] > 0]
-
-
-def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
-    validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
-    # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
-    monitor = "val/rec" if cfg["mode"] == "unsupervised" else "val/error"
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor if validate else None, mode="min",
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-    )
-    callbacks = [checkpoint, InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"), RunRecord(run_dir, cfg),
-                 TQDMProgressBar(refresh_rate=cfg["progress_every"])]
-    if cfg["logger"] == "wandb":
-        callbacks.append(WandbRunId())
-    if cfg["logger"] != "none":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if with_images:
-        callbacks += image_callbacks(cfg, run_dir)
-    optional = {k: cfg[k] for k in ("limit_train_batches", "limit_val_batches") if cfg[k] is not None}
-    return pl.Trainer(
-        **_devices(cfg), num_nodes=cfg["num_nodes"], precision=cfg["precision"], max_epochs=cfg["max_epochs"],
-        fast_dev_run=cfg["fast_dev_run"], deterministic=cfg["deterministic"], default_root_dir=str(run_dir),
-        logger=_loggers(cfg, run_dir, resume_id), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False, log_every_n_steps=cfg["log_every"], **optional,
-    )
-
-
 def _hardware(trainer: pl.Trainer) -> str:
     if trainer.strategy.root_device.type == "cuda":
         return f"{trainer.world_size} x {torch.cuda.get_device_name(trainer.strategy.root_device)}"
-    return f"{trainer.world_size} process(es) on {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    return (
+        f"{trainer.world_size} process(es) on {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    )
 
 
 def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
     metrics = results[0] if results else {}
-    return {"test_error": float(metrics.get("test/error", float("nan"))),
-            "test_accuracy": float(metrics.get("test/acc", float("nan"))), "hardware": _hardware(trainer),
-            "torch_threads": torch.get_num_threads()}  # the thread count changes float results
+    return {
+        "test_error": float(metrics.get("test/error", float("nan"))),
+        "test_accuracy": float(metrics.get("test/acc", float("nan"))),
+        "hardware": _hardware(trainer),
+        "torch_threads": torch.get_num_threads(),
+    }  # the thread count changes float results
 
 
 def load_finetune_weights(module: SWWAEModule, path: str) -> dict:
@@ -198,7 +103,7 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     The data is loaded and split here (Lightning's own ``setup`` call then finds it ready),
     so missing data or an impossible label count fail before the run directory exists.
     """
-    _devices(cfg)
+    devices(cfg)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)  # before the weights are drawn
     module = build_module(cfg)
     datamodule = build_datamodule(cfg)
@@ -224,8 +129,14 @@ def wandb_resume_id(resume_from: str | None) -> str | None:
     return load_checkpoint(resume_from).get("wandb_run_id") if resume_from else None
 
 
-def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervisedDataModule,
-        resume_from: str | None = None, trainer: pl.Trainer | None = None) -> dict:
+def fit(
+    cfg: dict,
+    run_dir: Path,
+    module: SWWAEModule,
+    datamodule: SemiSupervisedDataModule,
+    resume_from: str | None = None,
+    trainer: pl.Trainer | None = None,
+) -> dict:
     """Train, then test the best checkpoint on the official test split; returns results.json's content.
 
     ``trainer`` is ``build_trainer``'s for this run, when the caller built it already.
@@ -246,16 +157,24 @@ def fit(cfg: dict, run_dir: Path, module: SWWAEModule, datamodule: SemiSupervise
     else:  # a folder without test/: the validation error is the result (said when the folder was read)
         tested = []
     results = {
-        **result_settings(cfg), "arch": module.hparams.arch, **_test_results(trainer, tested),
-        "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "train_seconds": round(train_seconds, 1), "best_checkpoint": best, "run_dir": str(run_dir),
+        **result_settings(cfg),
+        "arch": module.hparams.arch,
+        **_test_results(trainer, tested),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": round(train_seconds, 1),
+        "best_checkpoint": best,
+        "run_dir": str(run_dir),
     }
     if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
         results["val_error"] = float(best_score)  # what a run without a test set reports
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
-        said = (f"test error {100 * results['test_error']:.2f}%" if tested else
-                f"validation error {100 * results.get('val_error', float('nan')):.2f}% (no test set)")
+        said = (
+            f"test error {100 * results['test_error']:.2f}%"
+            if tested
+            else f"validation error {100 * results.get('val_error', float('nan')):.2f}% (no test set)"
+        )
         rank_zero_info(f"{said} ; run directory: {run_dir}")
     finish_wandb(trainer)
     return results
@@ -278,13 +197,23 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
     if "SemiSupervisedDataModule" in checkpoint:  # the run's own validation/labeled split
         datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
     out_dir = Path(checkpoint_path).resolve().parent
-    trainer = pl.Trainer(**_devices(cfg), num_nodes=cfg["num_nodes"], precision=cfg["precision"], logger=False,
-                         default_root_dir=str(out_dir), use_distributed_sampler=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        **devices(cfg),
+        num_nodes=cfg["num_nodes"],
+        precision=cfg["precision"],
+        logger=False,
+        default_root_dir=str(out_dir),
+        use_distributed_sampler=False,
+        enable_checkpointing=False,
+    )
     tested = trainer.test(module, datamodule=datamodule, verbose=False)
-    results = {"dataset": cfg["dataset"], "checkpoint": str(checkpoint_path), "arch": hparams["arch"],
-               **_test_results(trainer, tested)}
+    results = {
+        "dataset": cfg["dataset"],
+        "checkpoint": str(checkpoint_path),
+        "arch": hparams["arch"],
+        **_test_results(trainer, tested),
+    }
     if trainer.is_global_zero:
         write_json(out_dir / "results.json", results)
         rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; wrote {out_dir / 'results.json'}")
     return results
-

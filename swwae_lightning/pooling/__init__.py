@@ -23,5 +23,18 @@ def unpool(pooling: Pooling, what: Tensor, where: Tensor | None, k: int, mode: s
     return pooling.unpool(what, where, k)
 
 
-__all__ = ["POOLINGS", "Pooling", "make_pooling", "UNPOOLINGS", "unpool", "copy_unpool", "HardPooling",
-           "SoftPooling", "hard_pool", "hard_unpool", "hard_positions", "soft_pool", "soft_unpool"]
+__all__ = [
+    "POOLINGS",
+    "Pooling",
+    "make_pooling",
+    "UNPOOLINGS",
+    "unpool",
+    "copy_unpool",
+    "HardPooling",
+    "SoftPooling",
+    "hard_pool",
+    "hard_unpool",
+    "hard_positions",
+    "soft_pool",
+    "soft_unpool",
+]

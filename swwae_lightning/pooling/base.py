@@ -64,8 +64,14 @@ UNPOOLINGS = ("where", "copy")
 
 S.declare(
     S.Setting("pooling", "hard", "what/where pooling", "what-where", type=str, choices=POOLINGS.names),
-    S.Setting("unpool", "where", "decoder unpooling: with the switches, or copy (the paper's ablation)", "what-where",
-              type=str, choices=lambda: UNPOOLINGS),
+    S.Setting(
+        "unpool",
+        "where",
+        "decoder unpooling: with the switches, or copy (the paper's ablation)",
+        "what-where",
+        type=str,
+        choices=lambda: UNPOOLINGS,
+    ),
 )
 
 

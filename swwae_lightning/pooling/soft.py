@@ -78,12 +78,18 @@ class _SoftPool(torch.autograd.Function):
             return grad.view(ctx.shape), None, None
         zw, weights, what, dy, dx = ctx.saved_tensors
         window_offsets = offsets(zw.shape[2], zw)
-        g_what, g_dy, g_dx = grad_what.contiguous(), grad_where[..., 0], grad_where[..., 1]  # grad_what may be channels-last
+        g_what, g_dy, g_dx = (
+            grad_what.contiguous(),
+            grad_where[..., 0],
+            grad_where[..., 1],
+        )  # grad_what may be channels-last
         # grad_i = w_i * (g_what + beta * (g_what z_i + g_dy y_i + g_dx x_i - (g_what what + g_dy dy + g_dx dx)))
         #        = w_i * (beta g_what z_i + bias(y_i, x_i)), with everything but z_i per window:
         # bias(y, x) = g_what (1 - beta what) - beta (g_dy dy + g_dx dx) + beta g_dy y + beta g_dx x
         per_window = g_what - beta * ((g_what * what).addcmul_(g_dy, dy).addcmul_(g_dx, dx))
-        bias = (per_window[:, :, None] + beta * g_dy[:, :, None] * window_offsets)[:, :, :, None] + (beta * g_dx[:, :, None] * window_offsets)[:, :, None]
+        bias = (per_window[:, :, None] + beta * g_dy[:, :, None] * window_offsets)[:, :, :, None] + (
+            beta * g_dx[:, :, None] * window_offsets
+        )[:, :, None]
         grad = bias.addcmul_(zw, (beta * g_what)[:, :, None, None]).mul_(weights)
         return from_windows(grad), None, None
 
@@ -97,7 +103,8 @@ def soft_pool(z: Tensor, k: int, beta: float) -> tuple[Tensor, Tensor]:
 
 
 def _tent(position: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Bilinear weights of real positions (B, C, h, w) over a window's k offsets, (B, C, k, h, w), and the distances j - position.
+    """Bilinear weights of real positions (B, C, h, w) over a window's k offsets, (B, C, k, h, w), and the
+    distances j - position.
 
     tent(j) = max(0, 1 - |j - position|): an integer position gets weight 1 on its
     pixel, a half position 0.5 on each neighbour, and the weights always sum to 1
@@ -137,8 +144,7 @@ class _SoftUnpool(torch.autograd.Function):
             what, dy, dx = ctx.saved_tensors
             grad_what, grad_y, grad_x = ctx.kernel.unpool_backward(_as_planes(grad_out), what, dy, dx, ctx.k)
             b, c, h, w, _ = ctx.where_shape
-            return (grad_what.view(b, c, h, w),
-                    stack_offsets(grad_y.view(b, c, h, w), grad_x.view(b, c, h, w)), None)
+            return (grad_what.view(b, c, h, w), stack_offsets(grad_y.view(b, c, h, w), grad_x.view(b, c, h, w)), None)
         what, wy, wx, distance_y, distance_x = ctx.saved_tensors
         slope_y, slope_x = _tent_slope(wy, distance_y), _tent_slope(wx, distance_x)
         g = to_windows(grad_out, wy.shape[2])  # channels-last when the decoder conv above ran so
@@ -160,8 +166,9 @@ class SoftPooling(Pooling):
     """Soft max and soft argmax; ``beta`` is the temperature (large beta: hard pooling)."""
 
     name = "soft"
-    settings = (S.Setting("beta", 100.0, "soft pooling temperature (> 0)", "what-where", type=float,
-                          check=S.greater_than(0)),)
+    settings = (
+        S.Setting("beta", 100.0, "soft pooling temperature (> 0)", "what-where", type=float, check=S.greater_than(0)),
+    )
 
     def pool(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return soft_pool(z, k, self.options["beta"])

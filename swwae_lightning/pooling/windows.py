@@ -33,7 +33,8 @@ def offsets(k: int, like: Tensor) -> Tensor:
 
 
 def stack_offsets(dy: Tensor, dx: Tensor) -> Tensor:
-    """(B, C, h, w) twice -> (B, C, h, w, 2), stored as (B, C, 2, h, w): stacking on the last axis interleaves, ~8x slower."""
+    """(B, C, h, w) twice -> (B, C, h, w, 2), stored as (B, C, 2, h, w): stacking on the last axis
+    interleaves, ~8x slower."""
     return torch.stack((dy, dx), dim=2).movedim(2, -1)
 
 

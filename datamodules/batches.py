@@ -3,8 +3,9 @@
 Small datasets live in memory, so a batch is one fancy-indexing gather, not
 ``batch_size`` calls of a per-sample ``__getitem__`` and a collate. The loader
 remembers how many batches the training loop has consumed (the DataModule marks
-each batch Lightning transfers to the device), and Lightning saves that through ``state_dict`` (it does so for every child of a CombinedLoader that
-has one), so a mid-epoch resume neither replays nor skips examples.
+each batch Lightning transfers to the device), and Lightning saves that through
+``state_dict`` (it does so for every child of a CombinedLoader that has one), so a
+mid-epoch resume neither replays nor skips examples.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .sampling import CyclingPlan, EpochPlan
+from .sampling import CyclingSampler, EpochSampler
 
 
 class InMemoryBatches:
@@ -45,7 +46,7 @@ class ResumableLoader:
 
     batch_sampler = None
 
-    def __init__(self, data: InMemoryBatches, plan: EpochPlan | CyclingPlan, num_workers: int = 0):
+    def __init__(self, data: InMemoryBatches, plan: EpochSampler | CyclingSampler, num_workers: int = 0):
         self.data, self.sampler, self.num_workers = data, plan, num_workers
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches consumed) from a checkpoint
         self._consumed = 0  # batches of the current pass the consumer has used
@@ -61,8 +62,9 @@ class ResumableLoader:
         remaining = self.sampler.batches()[start:]
         self._consumed = start
         if self.num_workers > 0:
-            source = DataLoader(self.data, sampler=remaining, batch_size=None, num_workers=self.num_workers,
-                                generator=torch.Generator())  # own generator: leaves the global RNG alone
+            source = DataLoader(
+                self.data, sampler=remaining, batch_size=None, num_workers=self.num_workers, generator=torch.Generator()
+            )  # own generator: leaves the global RNG alone
         else:
             source = (self.data[indices] for indices in remaining)
         yield from source

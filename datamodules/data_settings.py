@@ -1,0 +1,79 @@
+"""The data settings, declared once: the DataModule takes them by name, the command line and config files
+read them from here."""
+
+from __future__ import annotations
+
+from swwae_lightning import settings as S
+
+from .datasets import DATASETS
+
+MODES = ("semi", "supervised", "unsupervised")
+
+S.declare(
+    S.Setting("dataset", "mnist", "dataset", "data", type=str, choices=lambda: sorted(DATASETS.names())),
+    S.Setting(
+        "data_dir", "data", "where datasets are looked for (and downloaded to)", "data", type=str, affects_result=False
+    ),
+    S.Setting(
+        "labels",
+        100,
+        "labeled examples, balanced over classes; 'all' with --mode supervised",
+        "data",
+        type=S.labels_value,
+    ),
+    S.Setting(
+        "mode",
+        "semi",
+        "semi: NLL on labeled + unlabeled terms on all; supervised; unsupervised",
+        "data",
+        type=str,
+        choices=lambda: MODES,
+    ),
+    S.Setting("batch_size", 128, "labeled examples per step (per process)", "data", type=int, check=S.at_least(1)),
+    S.Setting(
+        "unlabeled_batch_size", 128, "unlabeled examples per step (per process)", "data", type=int, check=S.at_least(1)
+    ),
+    S.Setting("val_size", 5000, "training examples held out for validation", "data", type=int, check=S.at_least(0)),
+    S.Setting("fold", None, "predefined labeled fold of datasets that have them (STL-10: 0-9)", "data", type=int),
+    S.Setting(
+        "include_extra", False, "add SVHN 'extra' / STL-10 'unlabeled' to the unlabeled pool", "data", flag="switch"
+    ),
+    S.Setting("augment", True, "random shifts (and flips where label-preserving)", "data", flag="switch"),
+    S.Setting(
+        "download",
+        True,
+        "let torchvision download a dataset that is not found locally",
+        "data",
+        flag="switch",
+        affects_result=False,
+    ),
+    S.Setting(
+        "num_workers",
+        0,
+        "loader worker processes (data is in memory: 0 is usually fastest)",
+        "data",
+        type=int,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "image_size",
+        None,
+        "--dataset folder: the side of the square the network sees (shorter side "
+        "resized, centre cropped); default: the preset size (28, 32, 96) nearest the images' own",
+        "data",
+        type=int,
+        check=S.at_least(8),
+        owner="dataset=folder",
+    ),
+    S.Setting(
+        "channels",
+        None,
+        "--dataset folder: 1 (grayscale) or 3 (RGB); default: what most images are",
+        "data",
+        type=int,
+        check=lambda v: None if v in (None, 1, 3) else "must be 1 or 3",
+        owner="dataset=folder",
+    ),
+)
+FOLDER_ONLY = ("image_size", "channels")  # the settings only the folder dataset takes

@@ -1,0 +1,261 @@
+"""The Lightning Trainer of a run: its devices, loggers and callbacks, and the settings that choose them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from .. import settings as S
+from ..objectives import DECODER, needs_of
+from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint
+from .run_files import RunCSVLogger, RunRecord
+from .tracking import WandbRunId, tensorboard_logger, wandb_logger
+
+LOGGERS = ("wandb", "csv", "tensorboard", "none")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true")
+
+S.declare(
+    S.Setting(
+        "max_epochs",
+        4,
+        "passes over the unlabeled pool (the labeled set in supervised mode)",
+        "optimization",
+        type=int,
+        check=S.at_least(1),
+    ),
+    S.Setting(
+        "deterministic",
+        False,
+        "deterministic algorithms (bit-exact resume on CPU)",
+        "optimization",
+        flag="switch",
+        affects_result=False,
+    ),
+    S.Setting(
+        "gpus",
+        0,
+        "shorthand: accelerator=gpu, devices=N, DDP when N > 1",
+        "hardware",
+        type=int,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "accelerator", "auto", "Lightning accelerator (cpu, gpu, mps, auto)", "hardware", type=str, affects_result=False
+    ),
+    S.Setting(
+        "devices", "auto", "Lightning devices (a count, a list, or auto)", "hardware", type=str, affects_result=False
+    ),
+    S.Setting(
+        "strategy", "auto", "Lightning strategy (ddp, ddp_spawn, auto, ...)", "hardware", type=str, affects_result=False
+    ),
+    S.Setting("num_nodes", 1, "machines (DDP)", "hardware", type=int, check=S.at_least(1), affects_result=False),
+    S.Setting("precision", "32-true", "numeric precision", "hardware", type=str, choices=lambda: PRECISIONS),
+    S.Setting(
+        "channels_last",
+        False,
+        "channels-last memory format for every convolution (measured on this project's "
+        "CPU: no gain; the decoder's image-output conv already runs channels-last on CPU)",
+        "hardware",
+        flag="switch",
+        affects_result=False,
+    ),
+    S.Setting(
+        "logger",
+        "wandb",
+        "experiment tracker besides metrics.csv (W&B goes offline by itself without credentials)",
+        "run",
+        type=str,
+        choices=lambda: LOGGERS,
+        affects_result=False,
+    ),
+    S.Setting(
+        "run_dir",
+        None,
+        "run directory; default: runs/<dataset>-<labels>-<timestamp>",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
+    S.Setting(
+        "resume",
+        None,
+        "continue training from PATH, or 'last' (the newest run's last.ckpt, or --run-dir's)",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
+    S.Setting(
+        "finetune_from",
+        None,
+        "start from these weights with a fresh optimizer (any compatible dataset/mode)",
+        "run",
+        type=str,
+    ),
+    S.Setting(
+        "evaluate",
+        None,
+        "test this checkpoint on the official test split and exit",
+        "run",
+        type=str,
+        affects_result=False,
+    ),
+    S.Setting(
+        "recon_every",
+        1,
+        "log reconstruction grids every N epochs (0: off)",
+        "run",
+        type=int,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "switch_every",
+        1,
+        "log switch maps every N epochs (0: off)",
+        "run",
+        type=int,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "overview_every",
+        1,
+        "log the overview (reconstructions and every layer's switches in one figure) every N epochs (0: off)",
+        "run",
+        type=int,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "num_images", 8, "validation images in each picture", "run", type=int, check=S.at_least(1), affects_result=False
+    ),
+    S.Setting(
+        "log_every",
+        20,
+        "log training metrics every N steps",
+        "run",
+        type=int,
+        check=S.at_least(1),
+        affects_result=False,
+    ),
+    S.Setting(
+        "progress_every",
+        10,
+        "refresh the progress bar every N steps",
+        "run",
+        type=int,
+        check=S.at_least(1),
+        affects_result=False,
+    ),
+    S.Setting(
+        "fast_dev_run",
+        0,
+        "run N batches (default 1) of train/val/test; writes no checkpoints",
+        "smoke",
+        type=int,
+        flag="optional",
+        const=1,
+        check=S.at_least(0),
+        affects_result=False,
+    ),
+    S.Setting(
+        "limit_train_batches", None, "batches per epoch (int) or fraction (float)", "smoke", type=S.batches_value
+    ),
+    S.Setting(
+        "limit_val_batches",
+        None,
+        "validation batches (int) or fraction (float)",
+        "smoke",
+        type=S.batches_value,
+        affects_result=False,
+    ),
+)
+
+
+def devices(cfg: dict) -> dict:
+    """--gpus N is shorthand for accelerator=gpu, devices=N and DDP when N > 1.
+
+    Without a term that needs the decoder (the baseline, FixMatch, the mean teacher), the decoder's
+    weights get no gradient, which plain DDP refuses: it is told to look for unused parameters.
+    """
+    if cfg["gpus"]:
+        found = torch.cuda.device_count()
+        if cfg["gpus"] > found:
+            raise ValueError(f"--gpus {cfg['gpus']} asks for {cfg['gpus']} GPUs but {found} were found on this machine")
+        chosen = {"accelerator": "gpu", "devices": cfg["gpus"], "strategy": "ddp" if cfg["gpus"] > 1 else "auto"}
+    else:
+        chosen = {"accelerator": cfg["accelerator"], "devices": cfg["devices"], "strategy": cfg["strategy"]}
+    if chosen["strategy"] == "ddp" and DECODER not in needs_of(cfg):
+        chosen["strategy"] = "ddp_find_unused_parameters_true"
+    return chosen
+
+
+def loggers(cfg: dict, run_dir: Path, resume_id: str | None) -> list:
+    tracker = None
+    if cfg["logger"] == "wandb":
+        tracker = wandb_logger(run_dir, cfg, resume_id)
+    elif cfg["logger"] == "tensorboard":
+        tracker = tensorboard_logger(run_dir)
+    return [RunCSVLogger(run_dir), *([tracker] if tracker is not None else [])]  # metrics.csv always
+
+
+def image_callbacks(cfg: dict, run_dir: Path) -> list:
+    from callbacks import OverviewLogger, ReconstructionLogger, SwitchMapLogger
+
+    pictures = (
+        (ReconstructionLogger, "recon_every"),
+        (SwitchMapLogger, "switch_every"),
+        (OverviewLogger, "overview_every"),
+    )
+    return [
+        picture(every_n_epochs=cfg[every], num_images=cfg["num_images"], out_dir=run_dir / "images")
+        for picture, every in pictures
+        if cfg[every] > 0
+    ]
+
+
+def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
+    validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
+    # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
+    monitor = "val/rec" if cfg["mode"] == "unsupervised" else "val/error"
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor if validate else None,
+        mode="min",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks = [
+        checkpoint,
+        InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
+        RunRecord(run_dir, cfg),
+        TQDMProgressBar(refresh_rate=cfg["progress_every"]),
+    ]
+    if cfg["logger"] == "wandb":
+        callbacks.append(WandbRunId())
+    if cfg["logger"] != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if with_images:
+        callbacks += image_callbacks(cfg, run_dir)
+    optional = {k: cfg[k] for k in ("limit_train_batches", "limit_val_batches") if cfg[k] is not None}
+    return pl.Trainer(
+        **devices(cfg),
+        num_nodes=cfg["num_nodes"],
+        precision=cfg["precision"],
+        max_epochs=cfg["max_epochs"],
+        fast_dev_run=cfg["fast_dev_run"],
+        deterministic=cfg["deterministic"],
+        default_root_dir=str(run_dir),
+        logger=loggers(cfg, run_dir, resume_id),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        log_every_n_steps=cfg["log_every"],
+        **optional,
+    )
