@@ -203,3 +203,15 @@ def test_every_committed_benchmark_json_is_shown_in_a_page():
         for path in (REPO / "reports").rglob(pattern)
     }
     assert committed and committed <= shown
+
+
+def test_a_figures_block_lists_every_figure_of_its_json_as_written(tmp_path):
+    (tmp_path / "cache.json").write_text(json.dumps({"files": 70000, "first_s": 9.86, "targets": {"first_s": 60}}))
+    page = tmp_path / "page.md"
+    page.write_text("<!-- figures: cache.json -->\n| files | 70,000 |\n<!-- /figures -->\n")
+    assert docs.check_page(page, tmp_path) != []
+    docs.update_page(page, tmp_path)
+    assert page.read_text() == (
+        "<!-- figures: cache.json -->\n| figure | value |\n| --- | --- |\n| files | 70000 |\n"
+        "| first_s | 9.86 |\n| targets.first_s | 60 |\n<!-- /figures -->\n"
+    )

@@ -5,7 +5,11 @@ Nothing here edits a library file: a pooling, a dataset and a loss term are each
 """
 
 import csv
+import inspect
 import json
+import re
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,8 @@ from datamodules import DATASETS, DatasetInfo, ImageSplits
 from swwae_lightning import POOLINGS, TERMS, LossTerm, Pooling, Setting, settings
 from swwae_lightning.orchestration import main, plugins
 from swwae_lightning.pooling import hard_positions, hard_unpool
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +216,31 @@ def test_the_readmes_notebook_example_trains_and_tests_without_train_py(mnist_sp
     trainer.fit(module, datamodule=data)
     error = trainer.test(module, datamodule=data, verbose=False)[0]["test/error"]
     assert module.objective.views == ("strong",) and error < 0.6  # 30 steps: far better than chance (0.9)
+
+
+def _code_lines(text: str) -> list[str]:
+    """The lines that do something: no imports, no blank lines, indentation relative to the first."""
+    lines = [line for line in textwrap.dedent(text).splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith(("import ", "from "))]
+
+
+def _documented_blocks() -> list[str]:
+    pages = [REPO / "README.md", REPO / "docs" / "extending.md"]
+    return [block for page in pages for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+
+
+@pytest.mark.parametrize(
+    "register, marker",
+    [
+        (register_power_pooling, "@POOLINGS.register"),
+        (register_blobs, "DATASETS.register("),
+        (register_sparsity, "@TERMS.register"),
+    ],
+)
+def test_the_documented_extension_examples_are_this_files_code_word_for_word(register, marker):
+    body = inspect.getsource(register).split("\n", 1)[1]  # the function's body: the example as a user writes it
+    lines = _code_lines(body)
+    expected = lines[:-1] if lines[-1].startswith("return ") else lines  # the class handed back to the test
+    shown = [block for block in _documented_blocks() if marker in block]
+    assert shown, f"no documented example registers with {marker}"
+    assert all(_code_lines(block) == expected for block in shown)

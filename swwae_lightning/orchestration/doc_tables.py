@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .results import difference_text, error_text, find_runs, model_text, summarize
 
-KINDS = ("table", "benchmark", "scatter", "excerpt", "versions")
+KINDS = ("table", "benchmark", "scatter", "figures", "excerpt", "versions")
 
 
 def results_table(report_dir: Path) -> str:
@@ -144,6 +144,23 @@ def round_scatter(results: list[dict]) -> str:
     )
 
 
+def _flat(result: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def figures_table(result: dict) -> str:
+    """A flat JSON (nested mappings joined with dots) as a table of its figures, as written."""
+    lines = ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in _flat(result)]
+    return "\n".join(lines) + "\n"
+
+
 def computed_table(kind: str, sources: list[str], root: Path) -> str:
     """What the block of ``kind`` over ``sources`` (paths relative to ``root``) must hold."""
     if kind == "table":
@@ -155,4 +172,6 @@ def computed_table(kind: str, sources: list[str], root: Path) -> str:
         return versions_table(results[0])
     if kind == "scatter":
         return round_scatter(results)
+    if kind == "figures":
+        return figures_table(results[0])
     return benchmark_table(results[0]) if len(results) == 1 else benchmarks_side_by_side(results)

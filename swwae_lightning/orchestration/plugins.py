@@ -4,7 +4,7 @@ A plugin registers poolings, loss terms or datasets when it is imported. It is n
 ``--plugins`` (or a ``plugins:`` key in a config file), written to the run's config.yaml, and
 passed on to every process the framework starts (DDP ranks, report sweeps, ``--resume``), so
 its settings are known wherever the run goes. Installed packages register through the
-entry-point group ``swwae_lightning.orchestration.plugins`` and are found without any flag.
+entry-point group ``swwae_lightning.plugins`` and are found without any flag.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from types import ModuleType
 
 from .. import settings as S
 
-ENTRY_POINT_GROUP = "swwae_lightning.orchestration.plugins"
+ENTRY_POINT_GROUP = "swwae_lightning.plugins"
 ENVIRONMENT = "SWWAE_PLUGINS"  # os.pathsep-separated, for processes started without our command line
 
 _loaded: dict[str, ModuleType] = {}
