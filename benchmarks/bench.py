@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass
@@ -166,3 +167,17 @@ def objective(cfg: dict) -> Objective:
 def images_per_step(cfg: dict) -> int:
     """The dataset images a step trains on: the baseline skips the unlabeled batch (extra views not counted)."""
     return cfg["batch_size"] + (0 if is_baseline(cfg) else cfg["unlabeled_batch_size"])
+
+
+def at_batch(bench: Bench, batch: int, prepared_batches: int) -> Bench:
+    """The same job and data with ``batch`` labeled and ``batch`` unlabeled images a step.
+
+    At a tiny batch the arithmetic vanishes and what is left of a step is the host's work: the
+    operator dispatch and the framework's per-step code, which a GPU would wait for.
+    """
+    cfg = {**bench.cfg, "batch_size": batch, "unlabeled_batch_size": batch}
+    datamodule = SemiSupervisedDataModule(views=bench.datamodule.views, **training.data_settings(cfg))
+    datamodule.splits = bench.datamodule.splits  # loaded once
+    datamodule.setup("fit")
+    batches = list(itertools.islice(device_batches(datamodule, bench.device), prepared_batches))
+    return dataclasses.replace(bench, cfg=cfg, datamodule=datamodule, batches=batches)

@@ -99,30 +99,48 @@ class StepClock:
 
 
 class OpProfile:
-    """torch.profiler over the steps after the warm-up when ``enabled``, else nothing at all."""
+    """torch.profiler over the ``steps`` steps after the warm-up when ``enabled``, else nothing at all."""
 
-    def __init__(self, enabled: bool, device: torch.device, warmup: int):
+    def __init__(self, enabled: bool, device: torch.device, warmup: int, steps: int):
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self.sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         self.profiler = torch.profiler.profile(activities=activities) if enabled else None
-        self.warmup, self.ended = warmup, 0
+        self.warmup, self.steps, self.ended, self.running = warmup, steps, 0, False
 
     def __enter__(self) -> "OpProfile":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.profiler and self.ended >= self.warmup:
+        if self.running:
             self.profiler.stop()
+            self.running = False
 
     def step(self) -> None:
         self.ended += 1
         if self.profiler and self.ended == self.warmup:
             self.profiler.start()
+            self.running = True
+        elif self.running and self.ended == self.warmup + self.steps:
+            self.profiler.stop()
+            self.running = False
 
     def top(self, rows: int = 5) -> str:
         return self.profiler.key_averages().table(sort_by=self.sort_by, row_limit=rows) if self.profiler else ""
+
+    def calls_per_step(self) -> float | None:
+        """Operator calls a step makes: ``aten::`` ops not called by another ``aten::`` op (each is one
+        trip through the dispatcher from Python, autograd or the optimizer: what a GPU waits for)."""
+        if not self.profiler:
+            return None
+        calls = sum(
+            1
+            for event in self.profiler.events()
+            if event.name.startswith("aten::")
+            and not (event.cpu_parent is not None and event.cpu_parent.name.startswith("aten::"))
+        )
+        return calls / self.steps
 
 
 def top_hooks(profiler: SimpleProfiler, steps: int, rows: int = 8) -> str:

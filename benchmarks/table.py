@@ -10,8 +10,16 @@ import torch
 
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
-TARGETS = {  # ratio name -> (at least?, bound)
+TINY_BATCH = 2  # labeled and unlabeled images a step in the two rows that measure the host's work
+PLAIN_TINY, LIGHTNING_TINY = (
+    f"plain, batch {TINY_BATCH} + {TINY_BATCH}",
+    f"lightning, batch {TINY_BATCH} + {TINY_BATCH}",
+)
+TARGETS = {  # figure name -> (at least?, bound)
     "lightning / plain": (True, 0.95),
+    f"framework overhead, ms per step at batch {TINY_BATCH} + {TINY_BATCH}": (False, 0.5),
+    f"dispatch floor, ms per step at batch {TINY_BATCH} + {TINY_BATCH}": (False, 5.0),
+    f"lightning / plain at batch {TINY_BATCH} + {TINY_BATCH}": (True, 0.95),
     "swwae / encoder-only per image": (False, 2.5),
     "soft / hard per step": (False, 1.5),
     "loader / model": (True, 10.0),
@@ -36,6 +44,7 @@ class Row:
     callback_seconds: list[float] = field(default_factory=list)  # each time the image callbacks ran
     losses: list[float] = field(default_factory=list, repr=False)  # every step's, warm-up included
     profile: str = field(default="", repr=False)  # --profile: top ops (plain) or hooks (Lightning)
+    ops_per_step: float | None = None  # operator calls per step, from an extra profiled round (some rows)
 
     @property
     def steps_per_second(self) -> float:
@@ -93,6 +102,28 @@ def steps_per_epoch(datamodule: SemiSupervisedDataModule) -> int:
     return min(len(stream) for stream in datamodule.train_streams().values())
 
 
+def host_work(rows: dict[str, Row], ratio) -> list:
+    """The figures of the two tiny-batch rows: what Lightning adds to a step, what the plain step costs,
+    and how many operator calls each makes (the host's work a GPU would wait for)."""
+    plain, lightning = rows[PLAIN_TINY], rows[LIGHTNING_TINY]
+    at = f"at batch {TINY_BATCH} + {TINY_BATCH}"
+    return [
+        ratio(
+            f"framework overhead, ms per step {at}",
+            1000 * (lightning.seconds_per_step - plain.seconds_per_step),
+            f"ms/step of the {LIGHTNING_TINY!r} row minus the {PLAIN_TINY!r} row",
+        ),
+        ratio(f"dispatch floor, ms per step {at}", 1000 * plain.seconds_per_step, f"ms/step of the {PLAIN_TINY!r} row"),
+        ratio(
+            f"lightning / plain {at}",
+            plain.seconds_per_step / lightning.seconds_per_step,
+            "steps/s of the two tiny-batch rows",
+        ),
+        ratio(f"operator calls per step, plain {at}", plain.ops_per_step, "aten ops not called by another aten op"),
+        ratio(f"operator calls per step, lightning {at}", lightning.ops_per_step, "the same, through Lightning"),
+    ]
+
+
 def compute_ratios(rows: dict[str, Row], epoch_steps: int, guard_seconds: float) -> list[Ratio]:
     plain, lightning, encoder = rows["plain"], rows["lightning"], rows["encoder-only"]
     soft = rows.get("plain soft")
@@ -103,7 +134,7 @@ def compute_ratios(rows: dict[str, Row], epoch_steps: int, guard_seconds: float)
     def ratio(name: str, value: float | None, basis: str) -> Ratio:
         return Ratio(name, value, basis, TARGETS.get(name))
 
-    return [
+    return host_work(rows, ratio) + [
         ratio(
             "lightning / plain",
             lightning.images_per_second / plain.images_per_second,
@@ -183,7 +214,7 @@ def format_report(result: dict) -> str:
     for r in result["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         target = f"{'>=' if r['target']['at_least'] else '<='} {r['target']['bound']:g}" if r["target"] else "(info)"
-        lines.append(f"{r['name']:<36} {value:>7}  {target:<8} {r['verdict']:<4}  {r['basis']}")
+        lines.append(f"{r['name']:<52} {value:>8}  {target:<8} {r['verdict']:<4}  {r['basis']}")
     f = result["flops"]
     lines += [
         "",

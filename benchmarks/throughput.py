@@ -21,10 +21,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, when run as a script
 
-from benchmarks.bench import AUTOCAST, PREPARED_BATCHES, Bench, job_config, make_bench  # noqa: E402
+from benchmarks.bench import AUTOCAST, PREPARED_BATCHES, Bench, at_batch, job_config, make_bench  # noqa: E402
 from benchmarks.measuring import PeakMemory, matmul_gflops, training_flops  # noqa: E402
 from benchmarks.results import write_result  # noqa: E402
-from benchmarks.table import Row, best_of, compute_ratios, format_report, steps_per_epoch  # noqa: E402
+from benchmarks.table import (  # noqa: E402
+    LIGHTNING_TINY,
+    PLAIN_TINY,
+    TINY_BATCH,
+    Row,
+    best_of,
+    compute_ratios,
+    format_report,
+    steps_per_epoch,
+)
 from benchmarks.timed import time_loader, time_nan_guard, train_lightning, train_plain  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.log_levels import raised_level  # noqa: E402
@@ -162,6 +171,9 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
     if args.objectives:
         for name, changes in OBJECTIVE_ROWS.items():
             runs[name] = functools.partial(train_plain, bench, job_config(args, pooling=cfg["pooling"], **changes))
+    tiny = at_batch(bench, TINY_BATCH, len(bench.batches))
+    runs[PLAIN_TINY] = functools.partial(train_plain, tiny, tiny.cfg)
+    runs[LIGHTNING_TINY] = functools.partial(train_lightning, tiny, tiny.cfg)
     runs["loader"] = functools.partial(time_loader, bench)
     runs["loader + views"] = functools.partial(time_loader, bench, views=True)
     if bench.folder_datamodule is not None:
@@ -171,15 +183,18 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
 
 
 def measure(args: argparse.Namespace, runs: dict) -> dict[str, Row]:
-    """Rounds that take turns, each row's best round, then (--profile) one profiled round per row."""
+    """Rounds that take turns, each row's best round, then one profiled round per row: every row with
+    --profile, else the tiny-batch rows only (their operator calls per step are always reported)."""
     rounds = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
             rounds[name].append(run(args.warmup, args.steps, name))
     rows = {name: best_of(measured) for name, measured in rounds.items()}
-    if args.profile:
-        for name, run in runs.items():
-            rows[name].profile = run(args.warmup, args.steps, name, profile=True).profile
+    for name in runs if args.profile else (PLAIN_TINY, LIGHTNING_TINY):
+        profiled = runs[name](args.warmup, args.steps, name, profile=True)
+        rows[name].ops_per_step = profiled.ops_per_step
+        if args.profile:
+            rows[name].profile = profiled.profile
     return rows
 
 

@@ -31,7 +31,7 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning
     losses, clock = [], StepClock(warmup, steps, bench.synchronize)
-    with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
+    with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup, steps) as ops:
         while clock.running:
             batch = batches[clock.ended % len(batches)]
             optimizer.zero_grad()
@@ -52,6 +52,7 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
         memory.peak_mib,
         losses=[float(v) for v in losses],
         profile=ops.top(),
+        ops_per_step=ops.calls_per_step(),
     )
 
 
@@ -62,8 +63,8 @@ class StepWindow(Callback):
     start of training, so dropout draws the same masks as the plain loop.
     """
 
-    def __init__(self, clock: StepClock, seed: int):
-        self.clock, self.seed = clock, seed
+    def __init__(self, clock: StepClock, seed: int, ops: OpProfile):
+        self.clock, self.seed, self.ops = clock, seed, ops
         self.losses: list[torch.Tensor] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -72,6 +73,7 @@ class StepWindow(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append((outputs["loss"] if isinstance(outputs, dict) else outputs).detach())
         self.clock.step_ended()
+        self.ops.step()
 
 
 class EpochEndClock:
@@ -123,7 +125,8 @@ def train_lightning(
     module = training.build_module(cfg)
     adapt_network(module.net, bench)
     clock = StepClock(warmup, steps, bench.synchronize)
-    window = StepWindow(clock, cfg["seed"])
+    ops = OpProfile(profile, bench.device, warmup, steps)
+    window = StepWindow(clock, cfg["seed"], ops)
     callbacks = [
         TQDMProgressBar(refresh_rate=cfg["progress_every"]),
         LearningRateMonitor(logging_interval="step"),
@@ -159,6 +162,7 @@ def train_lightning(
     # benchmark prints its tables, not a bar per row.
     with (
         PeakMemory(bench.device) as memory,
+        ops,
         open(os.devnull, "w") as sink,
         contextlib.redirect_stdout(sink),
         contextlib.redirect_stderr(sink),
@@ -177,6 +181,7 @@ def train_lightning(
         callback_seconds=pictures.seconds,
         losses=[float(v) for v in window.losses],
         profile=top_hooks(hooks, steps) if hooks else "",
+        ops_per_step=ops.calls_per_step(),
     )
 
 
@@ -192,7 +197,7 @@ def time_loader(
     """The data path alone: streams, CombinedLoader, transfer, normalization and augmentation (and the views)."""
     datamodule = bench.views_datamodule if views else bench.folder_datamodule if from_folder else bench.datamodule
     batches, clock = device_batches(datamodule, bench.device), StepClock(warmup, steps, bench.synchronize)
-    with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup) as ops:
+    with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup, steps) as ops:
         while clock.running:
             next(batches)
             clock.step_ended()

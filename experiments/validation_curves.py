@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from swwae_lightning import settings as S
-from swwae_lightning.orchestration import report
+from swwae_lightning.orchestration import results
 
 
 def read_run(run_dir: Path) -> dict:
@@ -28,7 +28,7 @@ def read_run(run_dir: Path) -> dict:
     for name in ("config.yaml", "metrics.csv"):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir} has no {name}: give run directories that train.py wrote with --logger csv")
-    run = report.Run(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, results={})
+    run = results.Run(run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, results={})
     by_epoch: dict[int, float] = {}
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -37,7 +37,7 @@ def read_run(run_dir: Path) -> dict:
     return {
         "run": run_dir.name,
         "config": {**S.defaults(), **run.config},
-        "compared": dict(report.setting_values(run, S.bookkeeping())),
+        "compared": dict(results.setting_values(run, S.bookkeeping())),
         "finished": (run_dir / "results.json").is_file(),
         "val_error": [by_epoch[e] for e in sorted(by_epoch)],
     }

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks import throughput
+from benchmarks.table import LIGHTNING_TINY, PLAIN_TINY, TARGETS, Row, compute_ratios
 from datamodules import datasets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,6 +53,8 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
         "plain + mean teacher",
         "plain + swap",
         "plain, label top",
+        PLAIN_TINY,
+        LIGHTNING_TINY,
         "loader",
         "loader + views",
         "lightning, folder cache",
@@ -59,9 +62,12 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
     ]
     assert all(row["images_per_second"] > 0 and row["ms_per_step"] > 0 for row in result["rows"])
     ratios = {r["name"]: r for r in result["ratios"]}
-    assert set(throughput.TARGETS) <= set(ratios)
-    for name in throughput.TARGETS:
-        assert ratios[name]["value"] > 0 and ratios[name]["verdict"] in ("PASS", "MISS")
+    assert set(TARGETS) <= set(ratios)
+    for name in TARGETS:  # a difference of two rows may be below 0 in a quick run's noise; the rest are not
+        assert ratios[name]["verdict"] in ("PASS", "MISS")
+        assert ratios[name]["value"] > 0 or name.startswith("framework overhead")
+    for path in ("plain", "lightning"):  # every step dispatches a few hundred operators
+        assert ratios[f"operator calls per step, {path} at batch 2 + 2"]["value"] > 100
     assert result["flops"]["gflop_per_step"] > 0 and result["flops"]["matmul_gflops"] > 0
     assert json.loads(out.read_text())["ratios"] == result["ratios"]
 
@@ -86,8 +92,8 @@ def test_plain_loop_and_lightning_reach_the_same_loss(bundled_mnist, tmp_path):
 def test_ratios_are_computed_from_the_rows_they_name():
     """Made-up rows with round numbers: each ratio must come out exactly, so a wrong formula fails here."""
 
-    def row(name, ms, images=256, callback_seconds=()):
-        return throughput.Row(name, "hard", images, ms / 1000, 0.0, callback_seconds=list(callback_seconds))
+    def row(name, ms, images=256, callback_seconds=(), ops=None):
+        return Row(name, "hard", images, ms / 1000, 0.0, callback_seconds=list(callback_seconds), ops_per_step=ops)
 
     rows = {
         "plain": row("plain", 200),
@@ -98,8 +104,10 @@ def test_ratios_are_computed_from_the_rows_they_name():
         "loader": row("loader", 5),
         "loader + views": row("loader + views", 20),
         "plain + fixmatch": row("fixmatch", 400),
+        PLAIN_TINY: row(PLAIN_TINY, 9, images=4, ops=250),
+        LIGHTNING_TINY: row(LIGHTNING_TINY, 11, images=4, ops=350),
     }
-    ratios = {r.name: r.value for r in throughput.compute_ratios(rows, epoch_steps=100, guard_seconds=0.0005)}
+    ratios = {r.name: r.value for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.0005)}
     assert ratios["lightning / plain"] == pytest.approx(0.8)
     assert ratios["swwae / encoder-only per image"] == pytest.approx((0.25 / 256) / (0.05 / 128))
     assert ratios["soft / hard per step"] == pytest.approx(1.5)
@@ -107,9 +115,25 @@ def test_ratios_are_computed_from_the_rows_they_name():
     assert ratios["callbacks on / off per epoch"] == pytest.approx(25.0 / 26.0)  # median picture time 1 s
     assert ratios["loader with views / fixmatch model"] == pytest.approx(20.0)
     assert ratios["nan guard / lightning step"] == pytest.approx(0.002)
-    verdicts = {r.name: r.verdict for r in throughput.compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
+    assert ratios["framework overhead, ms per step at batch 2 + 2"] == pytest.approx(2.0)
+    assert ratios["dispatch floor, ms per step at batch 2 + 2"] == pytest.approx(9.0)
+    assert ratios["lightning / plain at batch 2 + 2"] == pytest.approx(9 / 11)
+    assert ratios["operator calls per step, plain at batch 2 + 2"] == 250
+    assert ratios["operator calls per step, lightning at batch 2 + 2"] == 350
+    verdicts = {r.name: r.verdict for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
     assert verdicts["lightning / plain"] == "MISS" and verdicts["soft / hard per step"] == "PASS"
     assert verdicts["nan guard / lightning step"] == "MISS"  # 5 ms of a 250 ms step: 2 %
+    assert verdicts["framework overhead, ms per step at batch 2 + 2"] == "MISS"  # 2 ms > 0.5
+    assert verdicts["dispatch floor, ms per step at batch 2 + 2"] == "MISS"  # 9 ms > 5
+    rows[PLAIN_TINY], rows[LIGHTNING_TINY] = row(PLAIN_TINY, 4, images=4), row(LIGHTNING_TINY, 4.2, images=4)
+    verdicts = {r.name: r.verdict for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
+    assert {name: verdicts[name] for name in verdicts if "batch 2 + 2" in name} == {
+        "framework overhead, ms per step at batch 2 + 2": "PASS",
+        "dispatch floor, ms per step at batch 2 + 2": "PASS",
+        "lightning / plain at batch 2 + 2": "PASS",
+        "operator calls per step, plain at batch 2 + 2": "",
+        "operator calls per step, lightning at batch 2 + 2": "",
+    }
 
 
 def test_versions_runs_both_trees_benchmarks_in_turn_and_divides_old_by_new(tmp_path):

@@ -13,7 +13,7 @@ import train
 from experiments import equivariance, validation_curves, where_ablation
 from swwae_lightning import pooling as P
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.orchestration import report, training
+from swwae_lightning.orchestration import report, sweep, training
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -187,7 +187,7 @@ def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch,
         fake_run(run_dir, seed, 0.10 + 0.04 * seed)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(report.subprocess, "run", fake_train)
+    monkeypatch.setattr(sweep.subprocess, "run", fake_train)
     config = str(CONFIGS[0].with_name("mnist-100.yaml"))
     argv = [
         "--sweep",
@@ -227,7 +227,7 @@ def test_plan_configs_apply_common_then_each_variants_settings_to_the_base(tmp_p
         variants={"swwae": {}, "baseline": {"lambda_rec": 0.0, "lambda_mid": 0.0}},
     )
     base = yaml.safe_load(CONFIGS[0].with_name("mnist-100.yaml").read_text())
-    configs = report.plan_configs(plan, tmp_path / "runs")
+    configs = sweep.plan_configs(plan, tmp_path / "runs")
     assert configs == [tmp_path / "runs" / "configs" / f"{v}.yaml" for v in ("swwae", "baseline")]
     swwae, baseline = (yaml.safe_load(c.read_text()) for c in configs)
     assert swwae == {**base, "recon_every": 0}
@@ -250,7 +250,7 @@ def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_
         fake_run(run_dir, seed, 0.10 + 0.04 * seed + (0.1 if lambda_rec == 0 else 0), lambda_rec=lambda_rec)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(report.subprocess, "run", fake_train)
+    monkeypatch.setattr(sweep.subprocess, "run", fake_train)
     plan = write_plan(
         tmp_path / "plan.yaml",
         base="configs/mnist-100.yaml",
@@ -299,7 +299,7 @@ def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_
     ids=["missing-plan", "no-variants", "slash-in-variant", "missing-base"],
 )
 def test_report_plan_rejects_bad_plans_with_one_line_naming_the_wrong_value(tmp_path, monkeypatch, capsys, plan, wrong):
-    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: pytest.fail("nothing is trained from a bad plan"))
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: pytest.fail("nothing is trained from a bad plan"))
     path = tmp_path / "nowhere.yaml" if plan is None else write_plan(tmp_path / "plan.yaml", **plan)
     assert (
         report.main(["--plan", str(path), "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 2
@@ -309,7 +309,7 @@ def test_report_plan_rejects_bad_plans_with_one_line_naming_the_wrong_value(tmp_
 
 
 def test_report_jobs_must_be_at_least_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report.subprocess, "run", lambda *a, **k: pytest.fail("--jobs 0 trains nothing"))
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: pytest.fail("--jobs 0 trains nothing"))
     with pytest.raises(SystemExit) as exit_info:
         report.main(["--sweep", str(CONFIGS[0]), "--jobs", "0", "--out", str(tmp_path / "rep")])
     assert exit_info.value.code == 2 and "--jobs 0" in capsys.readouterr().err
