@@ -14,7 +14,7 @@ from pytorch_lightning.profilers import SimpleProfiler
 from benchmarks.bench import Bench, adapt_network, device_batches, images_per_step, new_network, objective
 from benchmarks.measuring import OpProfile, PeakMemory, StepClock, top_hooks
 from benchmarks.table import Row
-from swwae_lightning.module import ema_teacher
+from swwae_lightning.module import adam, ema_teacher
 from swwae_lightning.nan_guard import NonFiniteGuard
 from swwae_lightning.objectives import is_baseline
 from swwae_lightning.orchestration import trainer as trainer_module
@@ -28,7 +28,7 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
     loss_of = objective(cfg)
     teacher = ema_teacher(net, cfg["ema_decay"]) if loss_of.needs_teacher else None
     batches = bench.view_batches if loss_of.views else bench.batches
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizer = adam(net.parameters(), cfg["lr"], cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning
     losses, clock = [], StepClock(warmup, steps, bench.synchronize)
     with PeakMemory(bench.device) as memory, OpProfile(profile, bench.device, warmup, steps) as ops:
