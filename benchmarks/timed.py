@@ -14,7 +14,7 @@ from pytorch_lightning.profilers import SimpleProfiler
 from benchmarks.bench import Bench, adapt_network, device_batches, images_per_step, new_network, objective
 from benchmarks.measuring import OpProfile, PeakMemory, StepClock, top_hooks
 from benchmarks.table import Row
-from swwae_lightning.module import adam, ema_teacher
+from swwae_lightning.module import EMATeacher, adam
 from swwae_lightning.nan_guard import NonFiniteGuard
 from swwae_lightning.objectives import is_baseline
 from swwae_lightning.orchestration import trainer as trainer_module
@@ -26,7 +26,7 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
     """The reference: zero_grad, the objective's forward and loss, backward, Adam step; nothing else."""
     net = adapt_network(new_network(cfg, bench.device), bench).train()
     loss_of = objective(cfg)
-    teacher = ema_teacher(net, cfg["ema_decay"]) if loss_of.needs_teacher else None
+    teacher = EMATeacher(net, cfg["ema_decay"]) if loss_of.needs_teacher else None
     batches = bench.view_batches if loss_of.views else bench.batches
     optimizer = adam(net.parameters(), cfg["lr"], cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning

@@ -8,12 +8,21 @@ augments exactly as the uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 
+@functools.lru_cache(maxsize=32)
+def device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small tensor of host values, made on its device once: a copy from the host each step would make a
+    GPU's host wait for it."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
 def _per_channel(values: tuple[float, ...], like: Tensor) -> Tensor:
-    return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+    return device_constant(tuple(values), like.device, like.dtype).view(1, -1, 1, 1)
 
 
 def standardize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -36,7 +45,7 @@ def random_translate(images: Tensor, max_shift: int, generator: torch.Generator)
     if max_shift == 0:
         return images
     b, c, h, w = images.shape
-    shifts = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator).to(images.device)
+    shifts = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator).to(images.device, non_blocking=True)
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)
     rows = torch.arange(h, device=images.device) + max_shift - shifts[0].view(b, 1)  # (B, H)
     cols = torch.arange(w, device=images.device) + max_shift - shifts[1].view(b, 1)  # (B, W)
@@ -46,5 +55,7 @@ def random_translate(images: Tensor, max_shift: int, generator: torch.Generator)
 
 
 def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    flip = (
+        (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    )
     return torch.where(flip, images.flip(-1), images)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .augment import device_constant
+
 
 def affine_matrices(
     degrees: Tensor, shear: Tensor, scale: Tensor, translate_x: Tensor, translate_y: Tensor, height: int, width: int
@@ -124,9 +126,13 @@ def _elastic_lattice(generator: torch.Generator, images: Tensor, alpha: float, s
     """
     b, _, h, w = images.shape
     gh, gw = math.ceil((h - 1) / sigma) + 1, math.ceil((w - 1) / sigma) + 1
-    noise = torch.randn((b, 2, gh + 4, gw + 4), generator=generator).to(images.device, images.dtype)
-    lattice = _smoothing(gh).to(images.device, images.dtype) @ noise @ _smoothing(gw).to(images.device, images.dtype).T
-    px = torch.tensor([2 / w, 2 / h], device=images.device, dtype=images.dtype).view(1, 2, 1, 1)  # normalized / px
+    noise = torch.randn((b, 2, gh + 4, gw + 4), generator=generator).to(images.device, images.dtype, non_blocking=True)
+    lattice = (
+        _smoothing(gh).to(images.device, images.dtype, non_blocking=True)
+        @ noise
+        @ _smoothing(gw).to(images.device, images.dtype, non_blocking=True).T
+    )
+    px = device_constant((2 / w, 2 / h), images.device, images.dtype).view(1, 2, 1, 1)  # normalized / px
     return lattice * (px * (alpha / _TAPS_GAIN))
 
 
@@ -140,9 +146,9 @@ def _warp(images: Tensor, theta: Tensor, lattice: Tensor | None = None) -> Tenso
     """
     b, _, h, w = images.shape
     device, dtype = images.device, images.dtype
-    theta = theta.to(device, dtype)
+    theta = theta.to(device, dtype, non_blocking=True)
     gh, gw = lattice.shape[2:] if lattice is not None else (0, 0)
-    rows, cols = (basis.to(device, dtype) for basis in _grid_bases(h, w, gh, gw))
+    rows, cols = (basis.to(device, dtype, non_blocking=True) for basis in _grid_bases(h, w, gh, gw))
     a_x, a_y, shift = theta.unbind(-1)  # (B, 2) each
     coeffs = torch.zeros(b, 2, gh + 2, gw + 2, device=device, dtype=dtype)
     # [1, y] @ coeffs[b, k, gh:, gw:] @ [x, 1].T = A_k0 x + A_k1 y + t_k
@@ -202,8 +208,8 @@ def random_cutout(images: Tensor, generator: torch.Generator, size_fraction: flo
     b, _, h, w = images.shape
     side = min(max(round(size_fraction * min(h, w)), 0), h, w)
     u = torch.rand((2, b), generator=generator, dtype=torch.float64)
-    top = (u[0] * (h - side + 1)).long().clamp(max=h - side).to(images.device).view(b, 1)
-    left = (u[1] * (w - side + 1)).long().clamp(max=w - side).to(images.device).view(b, 1)
+    top = (u[0] * (h - side + 1)).long().clamp(max=h - side).to(images.device, non_blocking=True).view(b, 1)
+    left = (u[1] * (w - side + 1)).long().clamp(max=w - side).to(images.device, non_blocking=True).view(b, 1)
     rows = torch.arange(h, device=images.device).view(1, h)
     cols = torch.arange(w, device=images.device).view(1, w)
     in_rows = ((rows >= top) & (rows < top + side)).to(images.dtype)  # (B, H)
@@ -220,7 +226,7 @@ def random_brightness_contrast(
     Clamped to [0, 1]; exactly the identity with both magnitudes 0.
     """
     b = images.shape[0]
-    u = 2 * torch.rand((2, b), generator=generator).to(images.device, images.dtype) - 1  # U(-1, 1)
+    u = 2 * torch.rand((2, b), generator=generator).to(images.device, images.dtype, non_blocking=True) - 1  # U(-1, 1)
     contrast = (1 + u[0] * max_contrast).view(b, 1, 1, 1)
     brightness = (u[1] * max_brightness).view(b, 1, 1, 1)
     offset = images.mean(dim=(1, 2, 3), keepdim=True) * (1 - contrast) + brightness
@@ -239,7 +245,9 @@ def strong_augment(images: Tensor, generator: torch.Generator, hflip: bool) -> T
     b, _, h, w = images.shape
     coins = torch.rand(b, generator=generator)
     if hflip:
-        images = torch.where((coins < 0.5).to(images.device).view(b, 1, 1, 1), images.flip(-1), images)
+        images = torch.where(
+            (coins < 0.5).to(images.device, non_blocking=True).view(b, 1, 1, 1), images.flip(-1), images
+        )
     theta = _draw_affine(generator, b, h, w, 30.0, 0.3, (0.8, 1.2), 0.125)
     images = _warp(images, theta, _elastic_lattice(generator, images, 1.0, 4.0))
     images = random_brightness_contrast(images, generator)

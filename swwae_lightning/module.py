@@ -6,6 +6,7 @@ Hyper-parameters are plain Python types only, so a checkpoint loads with
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytorch_lightning as pl
@@ -79,10 +80,38 @@ def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-def ema_teacher(net: torch.nn.Module, decay: float) -> AveragedModel:
-    """PyTorch's exponential moving average of ``net``'s weights and buffers, frozen for the optimizer."""
-    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    return teacher.requires_grad_(False)
+class EMATeacher(AveragedModel):
+    """PyTorch's exponential moving average of a network's weights and buffers, frozen for the optimizer,
+    updated without reading the device: ``AveragedModel`` asks ``n_averaged == 0`` on the host every
+    update (a sync per step on a GPU); here it is known, or asked once after a checkpoint is loaded."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        super().__init__(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.requires_grad_(False)
+        self._started: bool | None = False  # has it averaged anything? None: loaded, not asked yet
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._started = None  # its n_averaged came from a checkpoint
+
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        ours = [t.detach() for t in itertools.chain(self.module.parameters(), self.module.buffers())]
+        theirs = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+        if self._started is None:
+            self._started = bool(self.n_averaged > 0)  # a resumed teacher has averaged already
+        if not self._started:
+            for mine, model_tensor in zip(ours, theirs):
+                mine.copy_(model_tensor)
+            self._started = True
+        else:
+            groups: dict[tuple, tuple[list, list]] = {}
+            for mine, model_tensor in zip(ours, theirs):
+                group = groups.setdefault((mine.device, mine.dtype), ([], []))
+                group[0].append(mine)
+                group[1].append(model_tensor)
+            for mine, model_tensors in groups.values():
+                self.multi_avg_fn(mine, model_tensors, self.n_averaged)
+        self.n_averaged += 1
 
 
 class SWWAEModule(pl.LightningModule):
@@ -104,7 +133,7 @@ class SWWAEModule(pl.LightningModule):
                 p.requires_grad_(False)
         self.teacher = None
         if self.objective.needs_teacher:  # a submodule, so every checkpoint holds it
-            self.teacher = ema_teacher(self.net, values["ema_decay"])
+            self.teacher = EMATeacher(self.net, values["ema_decay"])
         elif values["eval_teacher"]:
             raise ValueError(
                 "--eval-teacher evaluates the EMA teacher, which only a term that needs it keeps "

@@ -10,6 +10,8 @@ a file; the run stops naming the first bad step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -19,13 +21,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteGuard(nn.Module):
-    """Keeps, on the loss's device, where the loss first went non-finite (not part of any checkpoint)."""
+    """Keeps, on the loss's device, which call first saw a non-finite loss (not part of any checkpoint).
+
+    The step, epoch and batch of each call stay on the host, in order, until the next check: turning
+    them into a tensor each step would be a copy from the host, which a GPU's host waits for.
+    """
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("first_bad", torch.full((3,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("first_bad_call", torch.full((), -1, dtype=torch.long), persistent=False)
         self.register_buffer("bad_values", torch.zeros(0), persistent=False)
         self.names: list[str] = []
+        self.positions: list[tuple[int, int, int]] = []  # (step, epoch, batch) of each call since the last check
         self.host_checks = 0  # how often the host has read the device: counted so tests can hold it to logging steps
 
     def record(self, parts: dict[str, Tensor], step: int, epoch: int, batch: int) -> None:
@@ -34,19 +42,23 @@ class NonFiniteGuard(nn.Module):
         values = torch.stack([parts[name].detach().float() for name in names])
         if names != self.names:  # the first step (or the parts changed): start over on this device
             self.names, self.bad_values = names, torch.zeros_like(values)
-            self.first_bad = self.first_bad.to(values.device)
-        new = torch.isfinite(parts["loss"].detach()).logical_not() & (self.first_bad[0] < 0)
-        here = torch.tensor([step, epoch, batch], device=values.device)
-        self.first_bad = torch.where(new, here, self.first_bad)
+            self.calls, self.first_bad_call = self.calls.to(values.device), self.first_bad_call.to(values.device)
+        new = torch.isfinite(parts["loss"].detach()).logical_not() & (self.first_bad_call < 0)
+        self.first_bad_call = torch.where(new, self.calls, self.first_bad_call)
         self.bad_values = torch.where(new, values, self.bad_values)
+        self.calls += 1
+        self.positions.append((step, epoch, batch))
 
     def check(self) -> None:
         """Raise ``NonFiniteLossError`` naming the first non-finite step and part, if there was one (syncs)."""
         self.host_checks += 1
-        step, epoch, batch = self.first_bad.tolist()
-        if step < 0:
+        index = int(self.first_bad_call)
+        if index < 0:  # nothing went wrong: the positions noted so far are not needed any more
+            self.positions.clear()
+            self.calls.zero_()
             return
+        step, epoch, batch = self.positions[index]
         values = dict(zip(self.names, self.bad_values.tolist()))
-        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
         what = f"{', '.join(bad)} = {[values[b] for b in bad]}" if bad else "the weighted sum is not finite"
         raise NonFiniteLossError(f"non-finite loss at global step {step} (epoch {epoch}, batch {batch}): {what}")

@@ -223,7 +223,9 @@ class StackedWhatWhere(nn.Module):
             return top_what
         top = F.softmax(logits.float(), dim=1).to(logits.dtype)
         if labels is not None and labels.numel() > 0:
-            top = torch.cat([F.one_hot(labels, self.num_classes).to(top.dtype), top[labels.shape[0] :]])
+            # F.one_hot checks the labels' range on the host (a sync per step); a scatter does not.
+            one_hot = torch.zeros_like(top[: labels.shape[0]]).scatter_(1, labels.view(-1, 1), 1.0)
+            top = torch.cat([one_hot, top[labels.shape[0] :]])
         return self.top_decoder(top).view(-1, *self.top_shape)
 
     def decode(self, top: Tensor, wheres: list[Tensor | None]) -> list[Tensor]:

@@ -1,7 +1,7 @@
 """Mean teacher (and the Pi-model): the student's prediction on one view agrees with the teacher's on another.
 
 The teacher is an exponential moving average of the student's weights (``ema_decay``), kept
-by the LightningModule with PyTorch's ``AveragedModel``; with ``ema_decay = 0`` it is the
+by the LightningModule with PyTorch's ``AveragedModel`` (``module.EMATeacher``); with ``ema_decay = 0`` it is the
 current student, which makes this the Pi-model with a stop-gradient target.
 
 Early on both networks predict nearly uniform classes, and a large weight from the first step

@@ -1,0 +1,100 @@
+"""A training step never makes the host wait for the device: between two logging steps nothing reads a
+tensor's value on the host (``.item()``, ``bool()``, ``float()``, ``.tolist()``) or copies host data to a
+tensor (``torch.tensor(...)``, which on a GPU is a blocking copy), whatever the objective.
+
+On the CPU nothing waits, so the test counts the operations that would: the data path, the forward,
+every loss term, the NaN guard's record, backward, the optimizer and the schedule, through train.py.
+"""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import train
+from datamodules import SemiSupervisedDataModule
+from swwae_lightning.orchestration import trainer as trainer_module
+
+# aten ops that hand a tensor's value to the host, or make a tensor from host data
+HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal", "lift_fresh"}
+STEPS_PER_EPOCH = 10  # (400 - 50 - 40) unlabeled images / 32
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in HOST_READS:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class HostReadsPerStep(pl.Callback):
+    """The host reads of each training step: its batch's preparation on the device (the DataModule's
+    ``on_after_batch_transfer``: augmentation and views) and the step itself, from
+    ``on_train_batch_start`` to ``on_train_batch_end`` (forward, every term, the NaN guard, backward, the
+    optimizer, the schedule). What Lightning does with a logging step's metrics comes after its end."""
+
+    def __init__(self, monkeypatch):
+        self.per_step: list[tuple[int, list[str]]] = []
+        self.mode: HostReads | None = None
+        self.transfer: list[str] = []
+        original_tolist, original_transfer = torch.Tensor.tolist, SemiSupervisedDataModule.on_after_batch_transfer
+
+        def counted_tolist(tensor):  # .tolist() reads the data without going through the dispatcher
+            if self.mode is not None:
+                self.mode.seen.append("tolist")
+            return original_tolist(tensor)
+
+        def counted_transfer(datamodule, batch, dataloader_idx):
+            self._open()
+            try:
+                return original_transfer(datamodule, batch, dataloader_idx)
+            finally:
+                self.transfer = self._close()
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+        monkeypatch.setattr(SemiSupervisedDataModule, "on_after_batch_transfer", counted_transfer)
+
+    def _open(self):
+        self.mode = HostReads()
+        self.mode.__enter__()
+
+    def _close(self) -> list[str]:
+        mode, self.mode = self.mode, None
+        mode.__exit__(None, None, None)
+        return mode.seen
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._open()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.per_step.append((trainer.global_step - 1, self.transfer + self._close()))
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        [],  # the default job: SWWAE's reconstruction terms
+        ["--lambda-fixmatch", "1", "--lambda-consistency", "1", "--lambda-swap", "1", "--decoder-top", "label"],
+    ],
+    ids=["default-job", "every-term"],
+)
+def test_no_training_step_reads_the_device_on_the_host_between_logging_steps(
+    tmp_path, tiny_dataset, monkeypatch, objective
+):
+    counter = HostReadsPerStep(monkeypatch)
+    monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [counter])
+    argv = ["--dataset", tiny_dataset, "--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run")]
+    argv += ["--arch", "4C3-BN-MP2-8C3-MP2-FC16", "--labels", "40", "--val-size", "50", "--batch-size", "16"]
+    argv += ["--unlabeled-batch-size", "32", "--logger", "csv", "--max-epochs", "1", "--log-every", "4"]
+    argv += ["--progress-every", "100", *objective]
+    assert train.main(argv) == 0
+    assert len(counter.per_step) == STEPS_PER_EPOCH
+    # Steps that log nothing; the first makes the device's constants (normalization, pixel scale) once.
+    quiet = {step: reads for step, reads in counter.per_step if (step + 1) % 4 and 0 < step < STEPS_PER_EPOCH - 1}
+    assert len(quiet) == 6 and all(reads == [] for reads in quiet.values()), quiet
+    logged = [reads for step, reads in counter.per_step if (step + 1) % 4 == 0]
+    assert all(logged)  # the counter sees the reads a logging step makes: the test can fail
