@@ -37,8 +37,6 @@ class Bench:
     datamodule: SemiSupervisedDataModule
     data_source: str
     device: torch.device
-    compile: bool
-    channels_last: bool
     batches: list[dict]  # the plain loop's batches, prepared once by the real data path
     run_dir: Path
     views_datamodule: SemiSupervisedDataModule  # the same data, drawing every extra view
@@ -65,6 +63,8 @@ def job_config(args: argparse.Namespace, **overrides) -> dict:
         batch_size=args.batch_size,
         unlabeled_batch_size=args.unlabeled_batch_size,
         precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
         logger="csv",
     )
     cfg.update(overrides)
@@ -124,24 +124,12 @@ def make_bench(args: argparse.Namespace, cfg: dict, run_dir: Path, prepared_batc
         datamodule,
         data_source,
         device,
-        args.compile,
-        args.channels_last,
         batches,
         run_dir,
         views,
         view_batches,
         folder,
     )
-
-
-def adapt_network(net: StackedWhatWhere, bench: Bench) -> StackedWhatWhere:
-    """The same switches in both paths, so they stay apples to apples."""
-    if bench.channels_last:
-        net.to(memory_format=torch.channels_last)
-    if bench.compile:
-        net.compile()  # forward, in place: the state_dict keys do not change
-        net.encode = torch.compile(net.encode)  # the encoder-only path calls encode, not forward
-    return net
 
 
 def new_network(cfg: dict, device: torch.device) -> StackedWhatWhere:

@@ -83,6 +83,8 @@ class StepClock:
     def __init__(self, warmup: int, steps: int, synchronize):
         self.warmup, self.steps, self.synchronize = warmup, steps, synchronize
         self.ended, self.start, self.seconds_per_step = 0, 0.0, float("nan")
+        self.created = time.perf_counter()
+        self.warmup_seconds = float("nan")  # setup and the untimed steps: where --compile compiles
 
     @property
     def running(self) -> bool:
@@ -94,6 +96,7 @@ class StepClock:
             self.synchronize()
             if self.ended == self.warmup:
                 self.start = time.perf_counter()
+                self.warmup_seconds = self.start - self.created
             else:
                 self.seconds_per_step = (time.perf_counter() - self.start) / self.steps
 

@@ -11,9 +11,10 @@ import torch
 from datamodules.semi_supervised import SemiSupervisedDataModule
 
 TINY_BATCH = 2  # labeled and unlabeled images a step in the two rows that measure the host's work
-PLAIN_TINY, LIGHTNING_TINY = (
+PLAIN_TINY, LIGHTNING_TINY, BARE_TINY = (
     f"plain, batch {TINY_BATCH} + {TINY_BATCH}",
     f"lightning, batch {TINY_BATCH} + {TINY_BATCH}",
+    f"bare lightning, batch {TINY_BATCH} + {TINY_BATCH}",
 )
 TARGETS = {  # figure name -> (at least?, bound)
     "lightning / plain": (True, 0.95),
@@ -45,6 +46,7 @@ class Row:
     losses: list[float] = field(default_factory=list, repr=False)  # every step's, warm-up included
     profile: str = field(default="", repr=False)  # --profile: top ops (plain) or hooks (Lightning)
     ops_per_step: float | None = None  # operator calls per step, from an extra profiled round (some rows)
+    warmup_seconds: list[float] = field(default_factory=list)  # each round's setup and untimed steps
 
     @property
     def steps_per_second(self) -> float:
@@ -73,6 +75,7 @@ def best_of(rounds: list[Row]) -> Row:
         best,
         round_ms=[1000 * r.seconds_per_step for r in rounds],
         callback_seconds=[s for r in rounds for s in r.callback_seconds],
+        warmup_seconds=[s for r in rounds for s in r.warmup_seconds],
     )
 
 
@@ -103,15 +106,26 @@ def steps_per_epoch(datamodule: SemiSupervisedDataModule) -> int:
 
 
 def host_work(rows: dict[str, Row], ratio) -> list:
-    """The figures of the two tiny-batch rows: what Lightning adds to a step, what the plain step costs,
-    and how many operator calls each makes (the host's work a GPU would wait for)."""
-    plain, lightning = rows[PLAIN_TINY], rows[LIGHTNING_TINY]
+    """The figures of the tiny-batch rows: what Lightning adds to a step, split into Lightning's own loop
+    (the bare row) and this project's per-step work (data path, schedule, NaN guard, logging, callbacks);
+    what the plain step costs; how many operator calls each makes (the host's work a GPU would wait for)."""
+    plain, lightning, bare = rows[PLAIN_TINY], rows[LIGHTNING_TINY], rows[BARE_TINY]
     at = f"at batch {TINY_BATCH} + {TINY_BATCH}"
     return [
         ratio(
             f"framework overhead, ms per step {at}",
             1000 * (lightning.seconds_per_step - plain.seconds_per_step),
             f"ms/step of the {LIGHTNING_TINY!r} row minus the {PLAIN_TINY!r} row",
+        ),
+        ratio(
+            f"lightning's own loop, ms per step {at}",
+            1000 * (bare.seconds_per_step - plain.seconds_per_step),
+            f"ms/step of the {BARE_TINY!r} row (the plain step in a bare LightningModule) minus the plain row",
+        ),
+        ratio(
+            f"this project's per-step work, ms per step {at}",
+            1000 * (lightning.seconds_per_step - bare.seconds_per_step),
+            f"ms/step of the {LIGHTNING_TINY!r} row minus the bare row",
         ),
         ratio(f"dispatch floor, ms per step {at}", 1000 * plain.seconds_per_step, f"ms/step of the {PLAIN_TINY!r} row"),
         ratio(
@@ -121,6 +135,7 @@ def host_work(rows: dict[str, Row], ratio) -> list:
         ),
         ratio(f"operator calls per step, plain {at}", plain.ops_per_step, "aten ops not called by another aten op"),
         ratio(f"operator calls per step, lightning {at}", lightning.ops_per_step, "the same, through Lightning"),
+        ratio(f"operator calls per step, bare lightning {at}", bare.ops_per_step, "the same, in the bare module"),
     ]
 
 
@@ -210,7 +225,14 @@ def format_report(result: dict) -> str:
             f"{row['name']:<28} {row['pooling']:<7} {row['images_per_second']:>10.1f} "
             f"{row['ms_per_step']:>9.2f} {rounds:>22} {row['peak_mib']:>9.1f}  {note}"
         )
-    lines += [f"peak memory: {result['memory']}", ""]
+    lines.append(f"peak memory: {result['memory']}")
+    if settings["compile"]:
+        first = [f"{row['name']} {row['warmup_seconds'][0]:.1f} s" for row in result["rows"] if row["warmup_seconds"]]
+        lines.append(
+            f"compile time: the first round's setup and {settings['warmup']} untimed steps, compiling included: "
+            + ", ".join(first)
+        )
+    lines.append("")
     for r in result["ratios"]:
         value = "n/a" if r["value"] is None else f"{r['value']:.3f}"
         target = f"{'>=' if r['target']['at_least'] else '<='} {r['target']['bound']:g}" if r["target"] else "(info)"

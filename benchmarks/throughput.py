@@ -25,6 +25,7 @@ from benchmarks.bench import AUTOCAST, PREPARED_BATCHES, Bench, at_batch, job_co
 from benchmarks.measuring import PeakMemory, matmul_gflops, training_flops  # noqa: E402
 from benchmarks.results import write_result  # noqa: E402
 from benchmarks.table import (  # noqa: E402
+    BARE_TINY,
     LIGHTNING_TINY,
     PLAIN_TINY,
     TINY_BATCH,
@@ -34,7 +35,13 @@ from benchmarks.table import (  # noqa: E402
     format_report,
     steps_per_epoch,
 )
-from benchmarks.timed import time_loader, time_nan_guard, train_lightning, train_plain  # noqa: E402
+from benchmarks.timed import (  # noqa: E402
+    time_loader,
+    time_nan_guard,
+    train_bare_lightning,
+    train_lightning,
+    train_plain,
+)
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.log_levels import raised_level  # noqa: E402
 from swwae_lightning.orchestration import plugins, training  # noqa: E402
@@ -174,6 +181,7 @@ def row_runs(args: argparse.Namespace, bench: Bench) -> dict:
     tiny = at_batch(bench, TINY_BATCH, len(bench.batches))
     runs[PLAIN_TINY] = functools.partial(train_plain, tiny, tiny.cfg)
     runs[LIGHTNING_TINY] = functools.partial(train_lightning, tiny, tiny.cfg)
+    runs[BARE_TINY] = functools.partial(train_bare_lightning, tiny, tiny.cfg)
     runs["loader"] = functools.partial(time_loader, bench)
     runs["loader + views"] = functools.partial(time_loader, bench, views=True)
     if bench.folder_datamodule is not None:
@@ -190,7 +198,7 @@ def measure(args: argparse.Namespace, runs: dict) -> dict[str, Row]:
         for name, run in runs.items():
             rounds[name].append(run(args.warmup, args.steps, name))
     rows = {name: best_of(measured) for name, measured in rounds.items()}
-    for name in runs if args.profile else (PLAIN_TINY, LIGHTNING_TINY):
+    for name in runs if args.profile else (PLAIN_TINY, LIGHTNING_TINY, BARE_TINY):
         profiled = runs[name](args.warmup, args.steps, name, profile=True)
         rows[name].ops_per_step = profiled.ops_per_step
         if args.profile:

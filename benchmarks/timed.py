@@ -8,10 +8,10 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.profilers import SimpleProfiler
 
-from benchmarks.bench import Bench, adapt_network, device_batches, images_per_step, new_network, objective
+from benchmarks.bench import Bench, device_batches, images_per_step, new_network, objective
 from benchmarks.measuring import OpProfile, PeakMemory, StepClock, top_hooks
 from benchmarks.table import Row
 from swwae_lightning.module import EMATeacher, adam
@@ -24,9 +24,11 @@ from swwae_lightning.orchestration.run_files import RunCSVLogger
 
 def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, profile: bool = False) -> Row:
     """The reference: zero_grad, the objective's forward and loss, backward, Adam step; nothing else."""
-    net = adapt_network(new_network(cfg, bench.device), bench).train()
+    net = new_network(cfg, bench.device).train()
     loss_of = objective(cfg)
+    # As in the module: the teacher is copied from the eager network, before the hardware settings
     teacher = EMATeacher(net, cfg["ema_decay"]) if loss_of.needs_teacher else None
+    training.prepare_network(net, cfg)
     batches = bench.view_batches if loss_of.views else bench.batches
     optimizer = adam(net.parameters(), cfg["lr"], cfg["weight_decay"])
     torch.manual_seed(cfg["seed"])  # dropout draws the same masks as in train_lightning
@@ -53,6 +55,7 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
         losses=[float(v) for v in losses],
         profile=ops.top(),
         ops_per_step=ops.calls_per_step(),
+        warmup_seconds=[clock.warmup_seconds],
     )
 
 
@@ -74,6 +77,59 @@ class StepWindow(Callback):
         self.losses.append((outputs["loss"] if isinstance(outputs, dict) else outputs).detach())
         self.clock.step_ended()
         self.ops.step()
+
+
+class BareModule(pl.LightningModule):
+    """The plain loop's step in a LightningModule with nothing else: no data module, schedule, NaN guard,
+    logging or callbacks but the clock. What it adds to the plain row is Lightning's own loop."""
+
+    def __init__(self, net: torch.nn.Module, cfg: dict, batches: list[dict]):
+        super().__init__()
+        self.net, self.loss_of, self.cfg, self.batches = net, objective(cfg), cfg, batches
+
+    def train_dataloader(self):
+        return iter(self.batches)  # an iterator: Lightning would take a list for a collection of loaders
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.loss_of(self.net, batch).total
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return adam(self.net.parameters(), self.cfg["lr"], self.cfg["weight_decay"])
+
+
+def train_bare_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, profile: bool = False) -> Row:
+    """The plain row's network, loss and prepared batches, trained by a bare Lightning Trainer."""
+    net = training.prepare_network(new_network(cfg, bench.device).train(), cfg)
+    batches = [bench.batches[i % len(bench.batches)] for i in range(warmup + steps)]  # one epoch, no restart
+    clock, ops = StepClock(warmup, steps, bench.synchronize), OpProfile(profile, bench.device, warmup, steps)
+    window = StepWindow(clock, cfg["seed"], ops)
+    trainer = pl.Trainer(
+        accelerator="gpu" if bench.device.type == "cuda" else "cpu",
+        devices=1,
+        precision=cfg["precision"],
+        max_steps=warmup + steps,
+        logger=False,
+        callbacks=[window],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(bench.run_dir / name),
+    )
+    with PeakMemory(bench.device) as memory, ops:
+        trainer.fit(BareModule(net, cfg, batches))
+    return Row(
+        name,
+        cfg["pooling"],
+        images_per_step(cfg),
+        clock.seconds_per_step,
+        memory.peak_mib,
+        "the plain step in a bare LightningModule",
+        losses=[float(v) for v in window.losses],
+        ops_per_step=ops.calls_per_step(),
+        warmup_seconds=[clock.warmup_seconds],
+    )
 
 
 class EpochEndClock:
@@ -123,12 +179,11 @@ def train_lightning(
     """
     pl.seed_everything(cfg["seed"], verbose=False)
     module = training.build_module(cfg)
-    adapt_network(module.net, bench)
     clock = StepClock(warmup, steps, bench.synchronize)
     ops = OpProfile(profile, bench.device, warmup, steps)
     window = StepWindow(clock, cfg["seed"], ops)
     callbacks = [
-        TQDMProgressBar(refresh_rate=cfg["progress_every"]),
+        trainer_module.ProgressBar(refresh_rate=cfg["progress_every"]),
         LearningRateMonitor(logging_interval="step"),
         window,
     ]
@@ -182,6 +237,7 @@ def train_lightning(
         losses=[float(v) for v in window.losses],
         profile=top_hooks(hooks, steps) if hooks else "",
         ops_per_step=ops.calls_per_step(),
+        warmup_seconds=[clock.warmup_seconds],
     )
 
 

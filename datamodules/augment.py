@@ -40,6 +40,12 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return standardize(images.float() / 255, mean, std)
 
 
+@functools.lru_cache(maxsize=32)
+def _positions(n: int, offset: int, device: torch.device) -> Tensor:
+    """``arange(n) + offset`` on its device, made once: the index bases of every batch of that size."""
+    return torch.arange(n, device=device) + offset
+
+
 def random_translate(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Shift each image by its own (dy, dx) in [-max_shift, max_shift], filling with zeros."""
     if max_shift == 0:
@@ -47,9 +53,9 @@ def random_translate(images: Tensor, max_shift: int, generator: torch.Generator)
     b, c, h, w = images.shape
     shifts = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator).to(images.device, non_blocking=True)
     padded = torch.nn.functional.pad(images, (max_shift,) * 4)
-    rows = torch.arange(h, device=images.device) + max_shift - shifts[0].view(b, 1)  # (B, H)
-    cols = torch.arange(w, device=images.device) + max_shift - shifts[1].view(b, 1)  # (B, W)
-    batch = torch.arange(b, device=images.device).view(b, 1, 1)
+    rows = _positions(h, max_shift, images.device) - shifts[0].view(b, 1)  # (B, H)
+    cols = _positions(w, max_shift, images.device) - shifts[1].view(b, 1)  # (B, W)
+    batch = _positions(b, 0, images.device).view(b, 1, 1)
     # Advanced indexing on dims 0, 2, 3 gives (B, H, W, C); move C back.
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 

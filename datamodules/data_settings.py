@@ -38,6 +38,14 @@ S.declare(
     S.Setting(
         "include_extra", False, "add SVHN 'extra' / STL-10 'unlabeled' to the unlabeled pool", "data", flag="switch"
     ),
+    S.Setting(
+        "full_batches",
+        False,
+        "every training batch exactly the batch size (an epoch's remainder is left out, a new one each "
+        "epoch): static shapes, so --compile's CUDA graphs capture one step and replay it",
+        "data",
+        flag="switch",
+    ),
     S.Setting("augment", True, "random shifts (and flips where label-preserving)", "data", flag="switch"),
     S.Setting(
         "download",

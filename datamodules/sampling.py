@@ -68,7 +68,9 @@ class EpochSampler:
     Rank r takes every world_size-th example of the epoch's permutation, so shards
     are disjoint and together cover each example exactly once. Every rank gets the
     same number of batches (the shard is split into ``len(self)`` near-equal
-    batches), which DDP needs to keep its collectives in step.
+    batches), which DDP needs to keep its collectives in step. With ``full_batches``
+    every batch holds exactly ``batch_size`` examples and the epoch's remainder (a
+    different one each epoch) is left out: one shape for every step.
     """
 
     def __init__(
@@ -80,18 +82,27 @@ class EpochSampler:
         world_size: int = 1,
         shuffle: bool = True,
         epoch: int = 0,
+        full_batches: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
         if num_examples < world_size:
             raise ValueError(f"{num_examples} examples cannot be shared by {world_size} ranks")
+        if full_batches and num_examples // world_size < batch_size:
+            raise ValueError(
+                f"--full-batches: batches of {batch_size} need at least {batch_size * world_size} examples "
+                f"({world_size} rank(s)); there are {num_examples}: lower the batch size or leave out --full-batches"
+            )
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.epoch = rank, world_size, shuffle, epoch
+        self.full_batches = full_batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.full_batches:  # every rank's shard holds at least num_examples // world_size
+            return self.num_examples // self.world_size // self.batch_size
         return math.ceil(math.ceil(self.num_examples / self.world_size) / self.batch_size)
 
     def batches(self) -> list[Tensor]:
@@ -99,7 +110,10 @@ class EpochSampler:
             order = torch.randperm(self.num_examples, generator=seeded_generator(self.seed, self.epoch, 0xE0C))
         else:
             order = torch.arange(self.num_examples)
-        return list(torch.tensor_split(order[self.rank :: self.world_size], len(self)))
+        shard = order[self.rank :: self.world_size]
+        if self.full_batches:
+            return list(shard[: len(self) * self.batch_size].split(self.batch_size))
+        return list(torch.tensor_split(shard, len(self)))
 
 
 class CyclingSampler:

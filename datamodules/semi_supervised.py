@@ -74,6 +74,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.batch_size, self.unlabeled_batch_size = values["batch_size"], values["unlabeled_batch_size"]
         self.val_size, self.seed, self.mode = values["val_size"], values["seed"], mode
         self.augment, self.num_workers = values["augment"], values["num_workers"]
+        self.full_batches = values["full_batches"]
         self.fold, self.include_extra, self.download = fold, values["include_extra"], values["download"]
         self.views = tuple(v for v in VIEWS if v in views)
         self.max_shift = round(self.info.image_shape[1] / 14)  # 2 px on 28/32 px images, 7 on STL-10's 96
@@ -91,6 +92,18 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
                 raise ValueError(f"{self.dataset} images have shape {shape}, expected {self.info.image_shape}")
         if self.val_indices is None:
             self._draw_split()
+        if self.full_batches and stage in ("fit", None):
+            self._check_full_batches()
+
+    def _check_full_batches(self) -> None:
+        """Before anything is written: the training set holds at least one full batch per rank (raises if not)."""
+        _, world = self._rank_world()
+        if self.mode == "supervised":
+            size, batch = len(self.labeled_indices), self.batch_size
+        else:
+            extra = 0 if self.splits.extra_images is None else len(self.splits.extra_images)
+            size, batch = len(self.unlabeled_pool()) + extra, self.unlabeled_batch_size
+        EpochSampler(size, batch, self.seed, world_size=world, full_batches=True)
 
     def _draw_split(self) -> None:
         train_labels = self.splits.train_labels
@@ -242,10 +255,20 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             self.splits.train_images[self.labeled_indices], self.splits.train_labels[self.labeled_indices]
         )
         if self.mode == "supervised":
-            plan = EpochSampler(len(labeled), self.batch_size, self.seed, rank, world, epoch=epoch)
+            plan = EpochSampler(
+                len(labeled), self.batch_size, self.seed, rank, world, epoch=epoch, full_batches=self.full_batches
+            )
             return {"labeled": self._stream(labeled, plan)}
         unlabeled = InMemoryBatches(self.unlabeled_images())
-        unlabeled_plan = EpochSampler(len(unlabeled), self.unlabeled_batch_size, self.seed, rank, world, epoch=epoch)
+        unlabeled_plan = EpochSampler(
+            len(unlabeled),
+            self.unlabeled_batch_size,
+            self.seed,
+            rank,
+            world,
+            epoch=epoch,
+            full_batches=self.full_batches,
+        )
         if self.mode == "semi":
             labeled_plan = CyclingSampler(
                 len(labeled), self.batch_size, len(unlabeled_plan), self.seed, rank, world, epoch=epoch

@@ -188,8 +188,7 @@ class SWWAEModule(pl.LightningModule):
             self.nan_guard.check()
             size = sum(len(v[0]) if isinstance(v, (tuple, list)) else len(v) for k, v in batch.items() if k != "views")
             parts = {f"train/{k}": v.detach() for k, v in {**loss.parts(), **loss.metrics}.items()}
-            self.log("train/loss", parts.pop("train/loss"), prog_bar=True, batch_size=size)
-            self.log_dict(parts, batch_size=size)
+            self.log_dict(parts, batch_size=size)  # train/loss among them: the progress bar reads it from the log
             datamodule = getattr(self.trainer, "datamodule", None)
             if hasattr(datamodule, "stream_progress"):
                 self.log_dict(

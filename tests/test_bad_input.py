@@ -57,6 +57,10 @@ CASES = {
     "negative lambda": (["--lambda-rec", "-1"], "--lambda-rec -1.0 must be >= 0"),
     "zero batch size": (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
     "zero epochs": (["--max-epochs", "0"], "--max-epochs 0 must be >= 1"),
+    "full batches larger than the pool": (
+        ["--full-batches", "--unlabeled-batch-size", "4000"],
+        "--full-batches: batches of 4000 need at least 4000 examples (1 rank(s)); there are",
+    ),
     "soft pooling without temperature": (["--pooling", "soft", "--beta", "0"], "--beta 0.0 must be > 0"),
     "bad architecture token": (["--arch", "32C5-XP2"], "bad token 'XP2'"),
     "pool does not tile the image": (["--arch", "8C3-MP3"], "stage 1 pooling MP3 gets a 8x8 map"),

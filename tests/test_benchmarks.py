@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import throughput
-from benchmarks.table import LIGHTNING_TINY, PLAIN_TINY, TARGETS, Row, compute_ratios
+from benchmarks.table import BARE_TINY, LIGHTNING_TINY, PLAIN_TINY, TARGETS, Row, compute_ratios, format_report
 from datamodules import datasets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +55,7 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
         "plain, label top",
         PLAIN_TINY,
         LIGHTNING_TINY,
+        BARE_TINY,
         "loader",
         "loader + views",
         "lightning, folder cache",
@@ -66,7 +67,7 @@ def test_quick_run_reports_every_row_and_ratio(bundled_mnist, mnist_folder, tmp_
     for name in TARGETS:  # a difference of two rows may be below 0 in a quick run's noise; the rest are not
         assert ratios[name]["verdict"] in ("PASS", "MISS")
         assert ratios[name]["value"] > 0 or name.startswith("framework overhead")
-    for path in ("plain", "lightning"):  # every step dispatches a few hundred operators
+    for path in ("plain", "lightning", "bare lightning"):  # every step dispatches a hundred operators or more
         assert ratios[f"operator calls per step, {path} at batch 2 + 2"]["value"] > 100
     assert result["flops"]["gflop_per_step"] > 0 and result["flops"]["matmul_gflops"] > 0
     assert json.loads(out.read_text())["ratios"] == result["ratios"]
@@ -106,6 +107,7 @@ def test_ratios_are_computed_from_the_rows_they_name():
         "plain + fixmatch": row("fixmatch", 400),
         PLAIN_TINY: row(PLAIN_TINY, 9, images=4, ops=250),
         LIGHTNING_TINY: row(LIGHTNING_TINY, 11, images=4, ops=350),
+        BARE_TINY: row(BARE_TINY, 9.5, images=4, ops=260),
     }
     ratios = {r.name: r.value for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.0005)}
     assert ratios["lightning / plain"] == pytest.approx(0.8)
@@ -117,9 +119,12 @@ def test_ratios_are_computed_from_the_rows_they_name():
     assert ratios["nan guard / lightning step"] == pytest.approx(0.002)
     assert ratios["framework overhead, ms per step at batch 2 + 2"] == pytest.approx(2.0)
     assert ratios["dispatch floor, ms per step at batch 2 + 2"] == pytest.approx(9.0)
+    assert ratios["lightning's own loop, ms per step at batch 2 + 2"] == pytest.approx(0.5)
+    assert ratios["this project's per-step work, ms per step at batch 2 + 2"] == pytest.approx(1.5)
     assert ratios["lightning / plain at batch 2 + 2"] == pytest.approx(9 / 11)
     assert ratios["operator calls per step, plain at batch 2 + 2"] == 250
     assert ratios["operator calls per step, lightning at batch 2 + 2"] == 350
+    assert ratios["operator calls per step, bare lightning at batch 2 + 2"] == 260
     verdicts = {r.name: r.verdict for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
     assert verdicts["lightning / plain"] == "MISS" and verdicts["soft / hard per step"] == "PASS"
     assert verdicts["nan guard / lightning step"] == "MISS"  # 5 ms of a 250 ms step: 2 %
@@ -129,10 +134,13 @@ def test_ratios_are_computed_from_the_rows_they_name():
     verdicts = {r.name: r.verdict for r in compute_ratios(rows, epoch_steps=100, guard_seconds=0.005)}
     assert {name: verdicts[name] for name in verdicts if "batch 2 + 2" in name} == {
         "framework overhead, ms per step at batch 2 + 2": "PASS",
+        "lightning's own loop, ms per step at batch 2 + 2": "",
+        "this project's per-step work, ms per step at batch 2 + 2": "",
         "dispatch floor, ms per step at batch 2 + 2": "PASS",
         "lightning / plain at batch 2 + 2": "PASS",
         "operator calls per step, plain at batch 2 + 2": "",
         "operator calls per step, lightning at batch 2 + 2": "",
+        "operator calls per step, bare lightning at batch 2 + 2": "",
     }
 
 
@@ -159,3 +167,23 @@ def test_versions_refuses_a_revision_that_is_not_a_commit_in_one_line(capsys):
         versions.main(["no-such-revision"])
     assert exit_info.value.code == 2
     assert "'no-such-revision' is not a commit of this repository" in capsys.readouterr().err
+
+
+def test_the_compile_time_is_printed_from_each_rows_first_round_when_compiling():
+    row = Row("plain", "hard", 256, 0.2, 100.0, round_ms=[200.0, 210.0], warmup_seconds=[41.5, 3.25]).as_dict()
+    result = {
+        "settings": {"precision": "32-true", "compile": True, "channels_last": False, "rounds": 2, "steps": 30},
+        "device": "CPU (2 cores)",
+        "data": "real",
+        "memory": "peak RSS",
+        "rows": [row],
+        "ratios": [],
+        "flops": {"gflop_per_step": 1.0, "matmul_size": 64, "matmul_dtype": "float32", "matmul_gflops": 10.0}
+        | {"plain_gflops": 5.0, "lightning_gflops": 4.0},
+    }
+    result["settings"]["warmup"] = 5
+    assert "compile time: the first round's setup and 5 untimed steps, compiling included: plain 41.5 s" in (
+        format_report(result)
+    )
+    result["settings"]["compile"] = False
+    assert "compile time" not in format_report(result)

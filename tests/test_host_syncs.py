@@ -12,7 +12,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
-from datamodules import SemiSupervisedDataModule
 from swwae_lightning.orchestration import trainer as trainer_module
 
 # aten ops that hand a tensor's value to the host, or make a tensor from host data
@@ -32,46 +31,45 @@ class HostReads(TorchDispatchMode):
 
 
 class HostReadsPerStep(pl.Callback):
-    """The host reads of each training step: its batch's preparation on the device (the DataModule's
-    ``on_after_batch_transfer``: augmentation and views) and the step itself, from
-    ``on_train_batch_start`` to ``on_train_batch_end`` (forward, every term, the NaN guard, backward, the
-    optimizer, the schedule). What Lightning does with a logging step's metrics comes after its end."""
+    """The host reads of each training step, from its ``on_train_batch_start`` to the next one's: the step
+    (forward, every term, the NaN guard, backward, the optimizer, the schedule), what Lightning does with
+    its results after ``on_train_batch_end`` (metrics for the loggers and the progress bar), and the next
+    batch's fetch and preparation on the device (the DataModule's ``on_after_batch_transfer``)."""
 
     def __init__(self, monkeypatch):
         self.per_step: list[tuple[int, list[str]]] = []
         self.mode: HostReads | None = None
-        self.transfer: list[str] = []
-        original_tolist, original_transfer = torch.Tensor.tolist, SemiSupervisedDataModule.on_after_batch_transfer
+        self.step = -1
+        original_tolist = torch.Tensor.tolist
 
         def counted_tolist(tensor):  # .tolist() reads the data without going through the dispatcher
             if self.mode is not None:
                 self.mode.seen.append("tolist")
             return original_tolist(tensor)
 
-        def counted_transfer(datamodule, batch, dataloader_idx):
-            self._open()
-            try:
-                return original_transfer(datamodule, batch, dataloader_idx)
-            finally:
-                self.transfer = self._close()
-
         monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
-        monkeypatch.setattr(SemiSupervisedDataModule, "on_after_batch_transfer", counted_transfer)
 
-    def _open(self):
-        self.mode = HostReads()
-        self.mode.__enter__()
+    def setup(self, trainer, pl_module, stage):
+        # First of the callbacks, so a step's window opens before any other callback's hook of that step
+        trainer.callbacks.remove(self)
+        trainer.callbacks.insert(0, self)
 
-    def _close(self) -> list[str]:
-        mode, self.mode = self.mode, None
-        mode.__exit__(None, None, None)
-        return mode.seen
+    def _step_ended(self) -> None:
+        self.per_step.append((self.step, self.mode.seen))
+        self.mode.seen = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._open()
+        if self.mode is None:
+            self.mode = HostReads()
+            self.mode.__enter__()
+        else:
+            self._step_ended()
+        self.step = trainer.global_step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.per_step.append((trainer.global_step - 1, self.transfer + self._close()))
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._step_ended()
+        self.mode.__exit__(None, None, None)
+        self.mode = None
 
 
 @pytest.mark.parametrize(
@@ -83,7 +81,7 @@ class HostReadsPerStep(pl.Callback):
     ids=["default-job", "every-term"],
 )
 def test_no_training_step_reads_the_device_on_the_host_between_logging_steps(
-    tmp_path, tiny_dataset, monkeypatch, objective
+    tmp_path, tiny_dataset, monkeypatch, capsys, objective
 ):
     counter = HostReadsPerStep(monkeypatch)
     monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [counter])
@@ -98,3 +96,4 @@ def test_no_training_step_reads_the_device_on_the_host_between_logging_steps(
     assert len(quiet) == 6 and all(reads == [] for reads in quiet.values()), quiet
     logged = [reads for step, reads in counter.per_step if (step + 1) % 4 == 0]
     assert all(logged)  # the counter sees the reads a logging step makes: the test can fail
+    assert "train/loss=" in capsys.readouterr().out  # the progress bar still shows the loss, read from the log

@@ -64,6 +64,15 @@ S.declare(
         affects_result=False,
     ),
     S.Setting(
+        "compile",
+        False,
+        "torch.compile the network's forward and encoder (mode reduce-overhead: CUDA graphs on a GPU, "
+        "inductor alone on the CPU); with --full-batches every step has one shape to capture",
+        "hardware",
+        flag="switch",
+        affects_result=False,
+    ),
+    S.Setting(
         "logger",
         "wandb",
         "experiment tracker besides metrics.csv (W&B goes offline by itself without credentials)",
@@ -218,6 +227,22 @@ def image_callbacks(cfg: dict, run_dir: Path) -> list:
     ]
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, with the training loss read from the logged metrics.
+
+    Lightning turns every ``prog_bar`` value of the training step into a Python number after every
+    batch, a read of the device that makes a GPU's host wait each step. The loss is logged without
+    ``prog_bar``, and the bar reads it where it is drawn (every ``progress_every`` steps).
+    """
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.logged_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train/loss"] = f"{float(loss):.3g}"
+        return metrics
+
+
 def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
     validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
     # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
@@ -235,7 +260,7 @@ def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_i
         checkpoint,
         InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
         RunRecord(run_dir, cfg),
-        TQDMProgressBar(refresh_rate=cfg["progress_every"]),
+        ProgressBar(refresh_rate=cfg["progress_every"]),
     ]
     if cfg["logger"] == "wandb":
         callbacks.append(WandbRunId())

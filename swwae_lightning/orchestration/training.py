@@ -63,11 +63,22 @@ def build_module(cfg: dict) -> SWWAEModule:
     module = SWWAEModule(
         architecture(cfg), channels, height, info.num_classes, **{k: cfg[k] for k in module_settings()}
     )
-    if cfg.get("channels_last"):
-        # Channels-last weights make every convolution run channels-last (oneDNN on CPU, cuDNN on GPU). The
-        # values are unchanged, so checkpoints load either way; loading copies into the strides of this module.
-        module.net.to(memory_format=torch.channels_last)
+    prepare_network(module.net, cfg)
     return module
+
+
+def prepare_network(net: torch.nn.Module, cfg: dict) -> torch.nn.Module:
+    """The hardware settings that change how the network runs, never what it computes: channels-last
+    weights make every convolution run channels-last (oneDNN on CPU, cuDNN on GPU); ``compile``
+    compiles, in place, the two entries a training step calls: the whole pass (terms that need the
+    decoder) and the encoder alone (the other terms). Both keep the parameters' names and values, so
+    checkpoints load either way (loading copies into this network's strides)."""
+    if cfg.get("channels_last"):
+        net.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        net.compile(mode="reduce-overhead", dynamic=False)
+        net.encode = torch.compile(net.encode, mode="reduce-overhead", dynamic=False)
+    return net
 
 
 def _hardware(trainer: pl.Trainer) -> str:
