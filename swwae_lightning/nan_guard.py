@@ -36,14 +36,17 @@ class NonFiniteGuard(nn.Module):
         self.positions: list[tuple[int, int, int]] = []  # (step, epoch, batch) of each call since the last check
         self.host_checks = 0  # how often the host has read the device: counted so tests can hold it to logging steps
 
+    @torch.no_grad()
     def record(self, parts: dict[str, Tensor], step: int, epoch: int, batch: int) -> None:
-        """Note this step's loss parts; no host synchronization."""
+        """Note this step's loss parts; no host synchronization (and, under no_grad, no detach per part)."""
         names = [name for name in parts if name != "loss"]
-        values = torch.stack([parts[name].detach().float() for name in names])
+        values = torch.stack([parts[name] for name in names])
+        if values.dtype != torch.float32:
+            values = values.float()
         if names != self.names:  # the first step (or the parts changed): start over on this device
             self.names, self.bad_values = names, torch.zeros_like(values)
             self.calls, self.first_bad_call = self.calls.to(values.device), self.first_bad_call.to(values.device)
-        new = torch.isfinite(parts["loss"].detach()).logical_not() & (self.first_bad_call < 0)
+        new = torch.isfinite(parts["loss"]).logical_not_() & (self.first_bad_call < 0)
         self.first_bad_call = torch.where(new, self.calls, self.first_bad_call)
         self.bad_values = torch.where(new, values, self.bad_values)
         self.calls += 1
