@@ -1,6 +1,7 @@
 """The experiment kit: configs that run unchanged, the results report, the where ablation and the equivariance study."""
 
 import json
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 import train
 from experiments import equivariance, validation_curves, where_ablation
 from swwae_lightning import pooling as P
+from swwae_lightning import settings as S
 from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.orchestration import report, sweep, training
 
@@ -48,7 +50,7 @@ def test_config_resolves_through_train_py_and_builds_its_network(path):
     assert out.reconstruction.shape == (2, channels, size, size)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if "-e10" in p.stem], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if re.search(r"-e\d+-", p.stem)], ids=lambda p: p.stem)
 def test_every_objectives_config_trains_a_fast_dev_run(path, tmp_path):
     """Every config of the objectives tables runs end to end (one batch of train, validation and test)."""
     cfg = train.resolve_config(["--config", str(path)])
@@ -68,19 +70,22 @@ def test_every_objectives_config_trains_a_fast_dev_run(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-baseline")], ids=lambda p: p.stem)
-def test_baseline_matches_its_swwae_config_but_for_the_reconstruction(path):
-    """Trained the same way: every setting equal but the two lambdas, so the steps, the labeled
-    order and the augmentation are identical and only the reconstruction terms differ."""
+def test_baseline_matches_its_partner_config_but_for_the_objective(path):
+    """Trained the same way: every setting equal but the objective's, so the steps, the labeled order and
+    the augmentation are identical and only the unlabeled terms differ. The partner is the SWWAE config of
+    the same name, else its -swwae or -meanteacher sibling."""
     base = train.resolve_config(["--config", str(path)])
-    partner = path.with_name(path.name.replace("-baseline", ""))
-    if not partner.is_file():  # the objectives configs name the SWWAE one explicitly
-        partner = path.with_name(path.name.replace("-baseline", "-swwae"))
-    swwae = train.resolve_config(["--config", str(partner)])
-    assert base["lambda_rec"] == base["lambda_mid"] == 0 and swwae["lambda_rec"] > 0
-    different = {k for k in base if base[k] != swwae[k]}
-    assert different <= {"lambda_rec", "lambda_mid", "recon_every", "switch_every", "overview_every", "wandb_group"}, (
-        different
+    partner = next(
+        p
+        for suffix in ("", "-swwae", "-meanteacher")
+        if (p := path.with_name(path.name.replace("-baseline", suffix))).is_file()
     )
+    other = train.resolve_config(["--config", str(partner)])
+    objective = set(S.names_in(["objectives"]))
+    assert all(base[k] == 0 for k in objective if k.startswith("lambda_"))
+    assert any(other[k] > 0 for k in objective if k.startswith("lambda_"))
+    different = {k for k in base if base[k] != other[k]}
+    assert different <= objective | {"recon_every", "switch_every", "overview_every", "wandb_group"}, different
 
 
 # ----------------------------------------------------------------------------- report
