@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_experiments import fake_run
 
 from swwae_lightning import settings
-from swwae_lightning.orchestration import docs, report
+from swwae_lightning.orchestration import doc_tables, docs, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,20 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
     page.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
     assert docs.main(["--check", "--root", str(tmp_path)]) == 1
     assert "docs/results.md: the table of reports/table differs" in capsys.readouterr().err
+
+
+def test_a_headline_table_shows_the_experiments_it_names_with_differences_over_every_run(tmp_path):
+    for seed, error in enumerate((0.10, 0.12)):
+        fake_run(tmp_path / "live" / f"swwae-seed{seed}", seed, error)
+        fake_run(tmp_path / "live" / f"baseline-seed{seed}", seed, 0.15, lambda_rec=0.0, mode="semi")
+    report.write_report([tmp_path / "live"], tmp_path / "reports" / "table")
+    table = doc_tables.computed_table("table", ["reports/table", "swwae"], tmp_path)
+    rows = [line for line in table.splitlines() if line.startswith("| swwae") or line.startswith("| baseline")]
+    assert len(rows) == 1 and "| -4.00 ± 1.41 (2) |" in rows[0]  # paired with the baseline it leaves out
+    with pytest.raises(ValueError, match="has no experiment swwea"):
+        doc_tables.computed_table("table", ["reports/table", "swwae", "swwea"], tmp_path)
+    (tmp_path / "README.md").write_text("<!-- table: reports/table swwea -->\n<!-- /table -->\n")
+    assert docs.main(["--check", "--root", str(tmp_path)]) == 1  # one line, no traceback
 
 
 def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict:

@@ -1,6 +1,7 @@
 """What each marked block of a documentation page must hold, computed from files under ``reports/``.
 
 <!-- table: reports/X -->          results: the runs archived in reports/X/runs
+<!-- table: reports/X A B -->      the same, only the experiments named A and B (a headline table)
 <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                    or several, side by side in ms per step
 <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
@@ -19,9 +20,15 @@ from .results import difference_text, error_text, find_runs, model_text, summari
 KINDS = ("table", "benchmark", "scatter", "figures", "excerpt", "versions")
 
 
-def results_table(report_dir: Path) -> str:
-    """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
+def results_table(report_dir: Path, experiments: list[str] | None = None) -> str:
+    """The short form of a results report: per seed, mean ± std, the paired differences, minutes; only the
+    ``experiments`` named, when given (their paired differences are still computed over every run)."""
     rows = summarize(find_runs([report_dir / "runs"]))
+    if experiments:
+        missing = sorted(set(experiments) - {row["experiment"] for row in rows})
+        if missing:
+            raise ValueError(f"{report_dir} has no experiment {', '.join(missing)}")
+        rows = [row for row in rows if row["experiment"] in experiments]
     lines = [
         "| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
         "| what-where terms' effect, same seeds | minutes per run |",
@@ -164,7 +171,7 @@ def figures_table(result: dict) -> str:
 def computed_table(kind: str, sources: list[str], root: Path) -> str:
     """What the block of ``kind`` over ``sources`` (paths relative to ``root``) must hold."""
     if kind == "table":
-        return results_table(root / sources[0])
+        return results_table(root / sources[0], sources[1:])
     if kind == "excerpt":
         return first_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]

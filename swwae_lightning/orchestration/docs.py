@@ -118,9 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--update", action="store_true", help="rewrite them from their sources, then check")
     parser.add_argument("--root", type=Path, default=REPO, help="the repository whose pages these are")
     args = parser.parse_args(argv)
-    if args.update:
-        print(f"rewrote {update(args.root)} marked block(s) and {CLI_REFERENCE}")
-    problems = check(args.root)
+    try:
+        if args.update:
+            print(f"rewrote {update(args.root)} marked block(s) and {CLI_REFERENCE}")
+        problems = check(args.root)
+    except (ValueError, OSError) as error:  # a block naming a file or an experiment that is not there
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     return 1 if problems else 0
