@@ -46,6 +46,11 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
             losses.append(loss.detach())
             clock.step_ended()
             ops.step()
+    return training_row(name, cfg, clock, memory, ops, losses, profile=ops.top())
+
+
+def training_row(name: str, cfg: dict, clock: StepClock, memory, ops: OpProfile, losses: list, **extra) -> Row:
+    """A training row from what its measurement kept: the clock, the peak memory, the operator calls."""
     return Row(
         name,
         cfg["pooling"],
@@ -53,9 +58,9 @@ def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, pro
         clock.seconds_per_step,
         memory.peak_mib,
         losses=[float(v) for v in losses],
-        profile=ops.top(),
         ops_per_step=ops.calls_per_step(),
         warmup_seconds=[clock.warmup_seconds],
+        **extra,
     )
 
 
@@ -119,17 +124,7 @@ def train_bare_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name:
     )
     with PeakMemory(bench.device) as memory, ops:
         trainer.fit(BareModule(net, cfg, batches))
-    return Row(
-        name,
-        cfg["pooling"],
-        images_per_step(cfg),
-        clock.seconds_per_step,
-        memory.peak_mib,
-        "the plain step in a bare LightningModule",
-        losses=[float(v) for v in window.losses],
-        ops_per_step=ops.calls_per_step(),
-        warmup_seconds=[clock.warmup_seconds],
-    )
+    return training_row(name, cfg, clock, memory, ops, window.losses, note="the plain step in a bare LightningModule")
 
 
 class EpochEndClock:
@@ -226,18 +221,16 @@ def train_lightning(
     note = (
         "trains on the labeled batch only; the data path still prepares the unlabeled one" if is_baseline(cfg) else ""
     )
-    return Row(
+    return training_row(
         name,
-        cfg["pooling"],
-        images_per_step(cfg),
-        clock.seconds_per_step,
-        memory.peak_mib,
-        note,
+        cfg,
+        clock,
+        memory,
+        ops,
+        window.losses,
+        note=note,
         callback_seconds=pictures.seconds,
-        losses=[float(v) for v in window.losses],
         profile=top_hooks(hooks, steps) if hooks else "",
-        ops_per_step=ops.calls_per_step(),
-        warmup_seconds=[clock.warmup_seconds],
     )
 
 
