@@ -123,6 +123,16 @@ def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(t
     ]
 
 
+def test_a_compiled_benchmarks_table_shows_each_rows_compile_time():
+    result = throughput_json()
+    result["rows"][0]["warmup_seconds"] = [12.5, 0.5]
+    assert "Compile time" not in doc_tables.benchmark_table(result)
+    result["settings"]["compile"] = True
+    assert "Compile time, the first round's setup and untimed steps: plain 12.5 s." in (
+        doc_tables.benchmark_table(result)
+    )
+
+
 def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
     (tmp_path / "fp32.json").write_text(json.dumps(throughput_json()))
     bf16 = throughput_json("bf16-mixed", plain_ms=150.0)

@@ -80,6 +80,9 @@ def benchmark_table(result: dict) -> str:
             f"| {row['name']} | {row['pooling']} | {_count(row['images_per_second'])} "
             f"| {row['ms_per_step']:.1f} | {row['peak_mib']:.0f} | {_row_note(row)} |"
         )
+    compiled = [f"{r['name']} {r['warmup_seconds'][0]:.1f} s" for r in result["rows"] if r.get("warmup_seconds")]
+    if s["compile"] and compiled:
+        lines += ["", f"Compile time, the first round's setup and untimed steps: {', '.join(compiled)}."]
     lines += ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
     for ratio in result["ratios"]:
         if ratio["value"] is not None:
