@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The throughput table on a lent GPU: the MNIST preset in 32-true, bf16-mixed and compiled (reduce-overhead:
+# The throughput table on a GPU: the MNIST preset in 32-true, bf16-mixed and compiled (reduce-overhead:
 # CUDA graphs), then the CIFAR-10 and STL-10 presets (random images of their shape where the data is absent)
 # in 32-true and bf16-mixed; under 10 minutes.
 # Run from anywhere: `bash benchmarks/gpu_check.sh`. Tables, JSON and Lightning's stderr go to $OUT
-# when it is set (the device machine's results folder), else to a fresh temporary folder.
+# when it is set, else to a fresh temporary folder.
 # No network is assumed: the repository's packages import from its root, and a venv is built only
 # when a dependency is missing (it sees the machine's own torch through --system-site-packages).
 set -uo pipefail
