@@ -84,6 +84,21 @@ class StepWindow(Callback):
         self.ops.step()
 
 
+def bench_trainer(bench: Bench, cfg: dict, max_steps: int, name: str, **options) -> pl.Trainer:
+    """A one-device Trainer for ``max_steps`` steps of a row: no checkpoints, summary or sanity check."""
+    return pl.Trainer(
+        accelerator="gpu" if bench.device.type == "cuda" else "cpu",
+        devices=1,
+        precision=cfg["precision"],
+        max_steps=max_steps,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(bench.run_dir / name),
+        **options,
+    )
+
+
 class BareModule(pl.LightningModule):
     """The plain loop's step in a LightningModule with nothing else: no data module, schedule, NaN guard,
     logging or callbacks but the clock. What it adds to the plain row is Lightning's own loop."""
@@ -108,19 +123,15 @@ def train_bare_lightning(bench: Bench, cfg: dict, warmup: int, steps: int, name:
     batches = [bench.batches[i % len(bench.batches)] for i in range(warmup + steps)]  # one epoch, no restart
     clock, ops = StepClock(warmup, steps, bench.synchronize), OpProfile(profile, bench.device, warmup, steps)
     window = StepWindow(clock, cfg["seed"], ops)
-    trainer = pl.Trainer(
-        accelerator="gpu" if bench.device.type == "cuda" else "cpu",
-        devices=1,
-        precision=cfg["precision"],
-        max_steps=warmup + steps,
+    trainer = bench_trainer(
+        bench,
+        cfg,
+        warmup + steps,
+        name,
         logger=False,
         callbacks=[window],
-        enable_checkpointing=False,
-        enable_model_summary=False,
         enable_progress_bar=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        default_root_dir=str(bench.run_dir / name),
     )
     with PeakMemory(bench.device) as memory, ops:
         trainer.fit(BareModule(net, cfg, batches))
@@ -192,19 +203,15 @@ def train_lightning(
             "check_val_every_n_epoch": None,
         }
     hooks = SimpleProfiler(dirpath=bench.run_dir / name, filename="profile") if profile else None
-    trainer = pl.Trainer(
-        accelerator="gpu" if bench.device.type == "cuda" else "cpu",
-        devices=1,
-        precision=cfg["precision"],
-        max_steps=warmup + steps,
+    trainer = bench_trainer(
+        bench,
+        cfg,
+        warmup + steps,
+        name,
         logger=RunCSVLogger(bench.run_dir / name),
         callbacks=callbacks,
         log_every_n_steps=cfg["log_every"],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        default_root_dir=str(bench.run_dir / name),
         profiler=hooks,
         **validation,
     )
