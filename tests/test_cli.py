@@ -165,6 +165,34 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     assert all(torch.equal(after[k], pretrained[k]) for k in pretrained)  # conv weights and BN buffers
 
 
+def test_finetune_weights_without_a_teacher_feed_a_mean_teacher_whose_teacher_starts_from_them(tmp_path):
+    from swwae_lightning.module import SWWAEModule
+    from swwae_lightning.orchestration.training import load_finetune_weights
+
+    pretrained = SWWAEModule("4C3-MP2", 1, 8, 4)  # SWWAE pretraining keeps no teacher
+    saved = {"hyper_parameters": dict(pretrained.hparams)}
+    torch.save({**saved, "state_dict": pretrained.state_dict()}, tmp_path / "pretrained.ckpt")
+    student = SWWAEModule("4C3-MP2", 1, 8, 4, lambda_consistency=1.0)
+    load_finetune_weights(student, str(tmp_path / "pretrained.ckpt"))
+    student.teacher.update_parameters(student.net)  # the first step's update
+    theirs = pretrained.net.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in student.teacher.module.state_dict().items())
+    torch.save({**saved, "state_dict": student.state_dict()}, tmp_path / "teacher.ckpt")
+    plain = SWWAEModule("4C3-MP2", 1, 8, 4)
+    load_finetune_weights(plain, str(tmp_path / "teacher.ckpt"))  # a run without a teacher leaves the file's aside
+    assert all(torch.equal(v, student.net.state_dict()[k]) for k, v in plain.net.state_dict().items())
+
+
+def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    pretraining = json.loads((tmp_path / "run" / "results.json").read_text())
+    args = ("--finetune-from", str(source), "--lambda-consistency", "1", "--max-epochs", "1")
+    assert run(tmp_path, tiny_dataset, *args, run_dir="tuned") == 0
+    results = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert results["finetuned_from"] == {"checkpoint": str(source), "train_seconds": pretraining["train_seconds"]}
+
+
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1") == 0
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run"), "--max-epochs", "2"]) == 0

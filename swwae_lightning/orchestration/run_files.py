@@ -76,6 +76,12 @@ class RunRecord(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.seconds_before = float(state_dict.get("train_seconds", 0.0))
 
+    @classmethod
+    def seconds_in(cls, checkpoint: dict) -> float | None:
+        """The training seconds a full checkpoint holds (a published, weights-only file has none)."""
+        state = checkpoint.get("callbacks", {}).get(cls.__qualname__)  # Lightning's default state key
+        return None if state is None else round(float(state["train_seconds"]), 1)
+
     def on_train_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
         if trainer.is_global_zero and hasattr(datamodule, "write_run_files"):

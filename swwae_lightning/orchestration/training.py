@@ -99,12 +99,23 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
     }  # the thread count changes float results
 
 
+TEACHER = "teacher."  # the EMA teacher's entries in a state dict
+
+
 def load_finetune_weights(module: SWWAEModule, path: str) -> dict:
-    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ; returns the checkpoint."""
+    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ; returns the checkpoint.
+
+    The EMA teacher is optional on either side, so SWWAE pretraining can feed a mean-teacher run: a
+    teacher the file lacks starts from the loaded student at the first step, and a run without
+    a teacher leaves the file's aside.
+    """
     checkpoint = load_checkpoint(path)
-    theirs = checkpoint["state_dict"]
-    check_compatible(module.state_dict(), theirs, path)
-    module.load_state_dict(theirs)
+    theirs, own = checkpoint["state_dict"], module.state_dict()
+    if module.teacher is None or not any(k.startswith(TEACHER) for k in theirs):
+        theirs = {k: v for k, v in theirs.items() if not k.startswith(TEACHER)}
+        own = {k: v for k, v in own.items() if not k.startswith(TEACHER)}
+    check_compatible(own, theirs, path)
+    module.load_state_dict(theirs, strict=False)  # check_compatible left only the teacher's entries unmatched
     return checkpoint
 
 
@@ -177,6 +188,9 @@ def fit(
         "best_checkpoint": best,
         "run_dir": str(run_dir),
     }
+    if cfg["finetune_from"]:  # what its starting weights cost: a pretrained row counts the pretraining's time
+        source = load_checkpoint(cfg["finetune_from"])
+        results["finetuned_from"] = {"checkpoint": cfg["finetune_from"], "train_seconds": RunRecord.seconds_in(source)}
     if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
         results["val_error"] = float(best_score)  # what a run without a test set reports
     if trainer.is_global_zero:
