@@ -88,6 +88,19 @@ def test_baseline_matches_its_partner_config_but_for_the_objective(path):
     assert different <= objective | {"recon_every", "switch_every", "overview_every", "wandb_group"}, different
 
 
+def test_the_pretraining_config_feeds_the_best_config_a_fast_dev_run_each(tmp_path):
+    """SWWAE pretraining then the fine-tune into the best row, as the README shows them, one batch each."""
+    common = ["--fast-dev-run", "--logger", "none", "--no-download"]
+    configs = CONFIGS[0].parent
+    pretrain = ["--config", str(configs / "mnist-100-swwae-pretrain.yaml"), "--run-dir", str(tmp_path / "pretrain")]
+    assert train.main(pretrain + common) == 0
+    source = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
+    tune = ["--config", str(configs / "mnist-100-e40-meanteacher.yaml"), "--finetune-from", str(source)]
+    assert train.main(tune + ["--run-dir", str(tmp_path / "tuned")] + common) == 0
+    results = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert results["finetuned_from"]["checkpoint"] == str(source) and results["lambda_consistency"] == 1.0
+
+
 # ----------------------------------------------------------------------------- report
 def fake_run(
     directory: Path,
@@ -180,6 +193,29 @@ def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_obj
     assert yaml.safe_load((archived / "config.yaml").read_text())["lambda_fixmatch"] == 1.0
     again = {r["experiment"]: r for r in report.write_report([tmp_path / "rep" / "runs"], tmp_path / "rep")}
     assert again["fixmatch-swwae"]["vs_without_what_where"] == rows["fixmatch-swwae"]["vs_without_what_where"]
+
+
+def test_report_pairs_a_pretrained_row_with_the_same_training_from_scratch_and_counts_the_pretraining(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (scratch, pretrained) in enumerate(((0.020, 0.016), (0.030, 0.024))):
+        common = dict(lambda_rec=0.0, mode="semi", lambda_consistency=1.0)
+        fake_run(runs / f"mt-seed{seed}", seed, scratch, **common)
+        source = f"runs/pretrain-seed{seed}/checkpoints/last.ckpt"  # each seed its own pretraining
+        tuned = fake_run(
+            runs / f"mt-pretrained-seed{seed}", seed, pretrained, minutes=20, finetune_from=source, **common
+        )
+        results = json.loads((tuned / "results.json").read_text())
+        results["finetuned_from"] = {"checkpoint": source, "train_seconds": 60 * (5 + seed)}
+        (tuned / "results.json").write_text(json.dumps(results))
+        fake_run(runs / f"baseline-seed{seed}", seed, 0.05, lambda_rec=0.0, mode="semi")
+    rows = {r["experiment"]: r for r in report.write_report([runs], tmp_path / "rep")}
+    assert set(rows) == {"mt", "mt-pretrained", "baseline"}  # the seeds' sources are one pretraining
+    row = rows["mt-pretrained"]
+    mean, _, n = row["vs_without_what_where"]
+    assert n == 2 and mean == pytest.approx(-0.5)  # -0.4 and -0.6 points against training from scratch
+    assert row["vs_baseline"][0] == pytest.approx(-3.0) and row["minutes_mean"] == pytest.approx(25.5)
+    assert rows["mt"]["vs_without_what_where"] is None and rows["mt"]["minutes_mean"] == pytest.approx(10.0)
+    assert "fine-tuned from pretrain" in (tmp_path / "rep" / "results.md").read_text()
 
 
 def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch, capsys):

@@ -43,8 +43,19 @@ class Run:
     @property
     def settings(self) -> dict:
         """The run's settings: its config.yaml over the declared defaults (for settings it predates), with the
-        architecture it actually built (null in the config means the preset)."""
-        return {**S.defaults(), **self.config, "arch": self.results.get("arch", self.config.get("arch"))}
+        architecture it actually built (null in the config means the preset). A fine-tuned run's starting
+        weights are named by the experiment they came from, so its seeds make one experiment."""
+        settings = {**S.defaults(), **self.config, "arch": self.results.get("arch", self.config.get("arch"))}
+        if settings["finetune_from"]:  # RUN/checkpoints/last.ckpt or RUN/weights/best.ckpt -> RUN less its seed
+            settings["finetune_from"] = experiment_name(Path(settings["finetune_from"]).parent.parent.name)
+        return settings
+
+    @property
+    def minutes(self) -> float:
+        """Training minutes, those of the weights it was fine-tuned from included (NaN where unknown)."""
+        source = self.results.get("finetuned_from")
+        seconds = [self.results.get("train_seconds"), *([source.get("train_seconds")] if source else [])]
+        return float("nan") if None in seconds else sum(seconds) / 60
 
     @property
     def is_baseline(self) -> bool:
@@ -90,13 +101,18 @@ def experiment_key(run: Run) -> tuple:
 
 
 def comparison_key(run: Run) -> tuple:
-    """What a run and its baseline share: everything but the seed and the method's settings (what-where, objectives)."""
-    return setting_values(run, S.bookkeeping() | {"seed"} | S.method_settings())
+    """What a run and its baseline share: everything but the seed and the method's settings (what-where,
+    objectives, the pretraining it was fine-tuned from)."""
+    return setting_values(run, S.bookkeeping() | {"seed", "finetune_from"} | S.method_settings())
 
 
 def run_name(run: Run) -> str:
     """The run directory's name without its seed or timestamp suffix: runs/mnist-100-seed2 -> mnist-100."""
-    name = re.sub(r"-seed\d+$", "", run.path.name)
+    return experiment_name(run.path.name)
+
+
+def experiment_name(run_dir_name: str) -> str:
+    name = re.sub(r"-seed\d+$", "", run_dir_name)
     return re.sub(r"-(\d{8}-\d{6}|slurm\d+)$", "", name)
 
 
@@ -157,7 +173,8 @@ def summarize(runs: list[Run]) -> list[dict]:
                 "paper_error": paper[0] if paper else None,
                 "paper_note": paper[1] if paper else None,
                 "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
-                "minutes_mean": mean_std([m.results.get("train_seconds", float("nan")) / 60 for m in members])[0],
+                "minutes_mean": mean_std([m.minutes for m in members])[0],
+                "finetune_from": settings["finetune_from"],
                 "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),
                 "run_dirs": [str(m.path) for m in members],
                 "comparison_key": comparison_key(first),
@@ -207,7 +224,8 @@ def add_paired_differences(rows: list[dict]) -> None:
     row["vs_baseline"], the row minus the baseline with the same other settings; and
     row["vs_without_what_where"], a row that adds what-where terms (those that need the decoder) to other terms
     (FixMatch + SWWAE, say) minus the row with those other terms alone (FixMatch): what the
-    what-where terms add on top.
+    what-where terms add on top; for a row fine-tuned from a pretraining, the row minus the same
+    training from scratch: what the pretraining adds.
     """
     for row in rows:
         row["vs_baseline"] = row["vs_without_what_where"] = None
@@ -219,10 +237,14 @@ def add_paired_differences(rows: list[dict]) -> None:
             row["vs_baseline"] = _paired(row, baselines[0])
         decoder_terms = what_where_terms(row["terms"])
         rest = {k: v for k, v in row["terms"].items() if k not in decoder_terms}
-        if rest and len(rest) < len(row["terms"]):
-            without = [r for r in same if r["terms"] == rest]
-            if len(without) == 1:
-                row["vs_without_what_where"] = _paired(row, without[0])
+        if row["finetune_from"]:
+            without = [r for r in same if r["terms"] == row["terms"] and not r["finetune_from"]]
+        elif rest and len(rest) < len(row["terms"]):
+            without = [r for r in same if r["terms"] == rest and not r["finetune_from"]]
+        else:
+            without = []
+        if len(without) == 1:
+            row["vs_without_what_where"] = _paired(row, without[0])
 
 
 def difference_text(difference: tuple | None) -> str:
@@ -241,4 +263,5 @@ def model_text(row: dict) -> str:
         return f"{row['mode']}, no unlabeled term (baseline)"
     terms = " + ".join(f"{name} {weight:g}" for name, weight in row["terms"].items())
     decoder = f", {row['pooling']} pool, {row['unpool']} unpool, {row['decoder_top']} top" if uses_decoder(row) else ""
-    return f"{row['mode']}{decoder}, λ: {terms}"
+    source = f", fine-tuned from {row['finetune_from']}" if row["finetune_from"] else ""
+    return f"{row['mode']}{decoder}, λ: {terms}{source}"
