@@ -193,6 +193,8 @@ def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_obj
     assert yaml.safe_load((archived / "config.yaml").read_text())["lambda_fixmatch"] == 1.0
     again = {r["experiment"]: r for r in report.write_report([tmp_path / "rep" / "runs"], tmp_path / "rep")}
     assert again["fixmatch-swwae"]["vs_without_what_where"] == rows["fixmatch-swwae"]["vs_without_what_where"]
+    repeated = {r["experiment"]: r for r in report.write_report([tmp_path / "rep" / "runs", runs], tmp_path / "rep")}
+    assert repeated["fixmatch-swwae"]["seeds"] == [0, 1]  # a run and its archived copy count once
 
 
 def test_report_pairs_a_pretrained_row_with_the_same_training_from_scratch_and_counts_the_pretraining(tmp_path):

@@ -65,23 +65,33 @@ def archive_runs(runs: list[Run], out_dir: Path) -> None:
                 shutil.copyfile(run.path / name, target / name)
 
 
+def without_archived_twins(runs: list[Run], out_dir: Path) -> list[Run]:
+    """Runs given both as their run directory and as its copy already archived in ``out_dir`` count once
+    (the directory), so the archiving command can be repeated over the same runs."""
+    archive = (out_dir / "runs").resolve()
+    sources = {run.path.name for run in runs if run.path.resolve().parent != archive}
+    return [run for run in runs if run.path.resolve().parent != archive or run.path.name not in sources]
+
+
 def write_report(run_paths: list[str | Path], out_dir: str | Path) -> list[dict]:
     """results.md, error_vs_labels.png and the runs' small files in ``out_dir``; returns the table's rows."""
-    runs = find_runs(run_paths)
+    out_dir = Path(out_dir)
+    runs = without_archived_twins(find_runs(run_paths), out_dir)
     if not runs:
         raise ValueError(f"no finished runs (results.json + config.yaml) in {', '.join(map(str, run_paths))}")
     rows = summarize(runs)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     archive_runs(runs, out_dir)
     header = (
         "# Results\n\n"
         f"{len(runs)} runs in {len(rows)} experiments. Test error on the official test split; "
         "± is the sample standard deviation over seeds (— for one seed). Steps: optimizer steps per run; "
-        "minutes: training wall-clock per run. vs baseline: the run's test error minus that of the supervised-only "
+        "minutes: training wall-clock per run, a fine-tuned row's including its pretraining. "
+        "vs baseline: the run's test error minus that of the supervised-only "
         "baseline with the same settings and seed (the seed draws the labeled subset), mean ± std over the shared "
         "seeds (their number in brackets); negative: the row is better. What-where terms' effect: for a row that adds "
-        "reconstruction or swap terms to another objective, its error minus that objective's alone, seed by seed. "
+        "reconstruction or swap terms to another objective, its error minus that objective's alone, and for a row "
+        "fine-tuned from a pretraining, its error minus the same training from scratch, seed by seed. "
         "The runs' config.yaml, split.json and results.json are in runs/ beside this file.\n\n"
     )
     (out_dir / "results.md").write_text(header + markdown_table(rows))
