@@ -120,6 +120,7 @@ def resolve_config(argv: list[str]) -> dict:
         run_config = _find_resume(given["resume"], given.get("run_dir"))[1] / "config.yaml"
         if run_config.is_file():
             config.update(_read_config_file(str(run_config)))
+    started_from = config["finetune_from"]  # a resumed fine-tuned run's own starting weights: history, not a request
     for reads in ("evaluate", "predict"):  # the checkpoint's own data and preprocessing
         if given.get(reads):
             from .checkpoints import load_checkpoint
@@ -137,7 +138,7 @@ def resolve_config(argv: list[str]) -> dict:
         config = S.check_all(config)  # the values each setting allows, checked once for every source
     except ValueError as error:
         raise CLIError(str(error)) from None
-    if config["resume"] and config["finetune_from"]:
+    if config["resume"] and config["finetune_from"] != started_from:
         raise CLIError("--resume continues a run and --finetune-from starts a new one: give only one")
     config["plugins"] = requested  # every source's, so that config.yaml brings them all back
     return config
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             resumed = load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
             _keep_preprocessing(cfg, resumed, "a resumed run")
             resume_from = str(ckpt)
-        if cfg["finetune_from"]:
+        if cfg["finetune_from"] and not resume_from:
             _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
         module, datamodule = training.prepare(cfg)  # every input check, before anything is written
         if resume_from:

@@ -130,7 +130,7 @@ def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     module = build_module(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    if cfg["finetune_from"]:
+    if cfg["finetune_from"] and not cfg["resume"]:  # a resumed fine-tuned run restores its own weights
         checkpoint = load_finetune_weights(module, cfg["finetune_from"])
         saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
         if saved:
