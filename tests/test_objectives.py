@@ -1,4 +1,5 @@
-"""The objectives beside SWWAE's own: the label-topped decoder, FixMatch, the mean teacher, the what-where swap."""
+"""The objectives beside SWWAE's own: the label-topped decoder, FixMatch, the mean teacher, the what-where swap,
+virtual adversarial training."""
 
 import csv
 from types import SimpleNamespace
@@ -17,10 +18,12 @@ from swwae_lightning.objectives import (
     Consistency,
     FixMatch,
     Objective,
+    VirtualAdversarial,
     WhatWhereSwap,
     confident_pseudo_labels,
     views_needed,
 )
+from swwae_lightning.objectives.virtual_adversarial import adversarial_direction, kl_from, unit_rows
 from swwae_lightning.orchestration import plugins
 from swwae_lightning.orchestration.training import build_datamodule, build_module
 
@@ -340,3 +343,59 @@ def test_eval_teacher_validates_and_tests_the_ema_weights_instead_of_the_student
         "test/error"
     ]
     assert tested == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- virtual adversarial training
+def vat_step(net, images) -> SimpleNamespace:
+    return SimpleNamespace(net=net, unlabeled=images, logits=lambda name: net.encode(images))
+
+
+def test_the_adversarial_direction_moves_the_prediction_more_than_random_directions_of_the_same_size():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3).eval()
+    images = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        target = net.encode(images)
+    direction = adversarial_direction(net, images, target)
+    assert torch.allclose(direction.flatten(1).norm(dim=1), torch.ones(16))
+    with torch.no_grad():
+        adversarial = kl_from(target, net.encode(images + 0.5 * direction))
+        randoms = [kl_from(target, net.encode(images + 0.5 * unit_rows(torch.randn_like(images)))) for _ in range(20)]
+    assert adversarial > 3 * max(randoms)
+
+
+def test_vat_grows_with_its_radius_and_trains_the_network_on_the_perturbed_pass_only():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3)
+    images = torch.randn(16, 1, 8, 8)
+    small, large = (VirtualAdversarial(vat_epsilon=e)(vat_step(net, images)) for e in (1e-3, 2.0))
+    assert 0 <= small < 1e-5 < large
+    large.backward()
+    assert all(p.grad is not None for p in net.head.parameters())
+
+
+def test_vat_leaves_batch_norm_running_statistics_as_the_clean_pass_left_them():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-BN-MP2-FC16", 1, 8, 3).train()
+    images = torch.randn(16, 1, 8, 8) + 3.0
+    step = vat_step(net, images)
+    target = step.logits("unlabeled")  # the clean pass updates the statistics, as any training step does
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    step.logits = lambda name: target
+    VirtualAdversarial(vat_epsilon=5.0)(step)
+    after = [(m.running_mean, m.running_var, int(m.num_batches_tracked)) for m in norms]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2] for a, b in zip(after, before))
+    assert all(m.track_running_stats for m in norms)  # switched back on
+
+
+def test_a_vat_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dataset, tmp_path):
+    assert views_needed({"lambda_vat": 1.0}) == ()
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_vat=1.0, vat_epsilon=2.0, lambda_rec=0, lambda_mid=0)
+    module = build_module(cfg)
+    assert "vat" in module.objective.computed
+    trainer = pl.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg))
+    assert trainer.global_step == 3

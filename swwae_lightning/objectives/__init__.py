@@ -1,4 +1,5 @@
-"""The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap)."""
+"""The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap,
+virtual adversarial training)."""
 
 from .base import (
     BATCH_PARTS,
@@ -22,6 +23,7 @@ from .consistency import Consistency
 from .fixmatch import FixMatch, confident_pseudo_labels
 from .reconstruction import InputReconstruction, IntermediateReconstruction
 from .swap import WhatWhereSwap
+from .virtual_adversarial import VirtualAdversarial
 
 __all__ = [
     "BATCH_PARTS",
@@ -46,4 +48,5 @@ __all__ = [
     "confident_pseudo_labels",
     "Consistency",
     "WhatWhereSwap",
+    "VirtualAdversarial",
 ]
