@@ -73,11 +73,11 @@ def test_every_objectives_config_trains_a_fast_dev_run(path, tmp_path):
 def test_baseline_matches_its_partner_config_but_for_the_objective(path):
     """Trained the same way: every setting equal but the objective's, so the steps, the labeled order and
     the augmentation are identical and only the unlabeled terms differ. The partner is the SWWAE config of
-    the same name, else its -swwae or -meanteacher sibling."""
+    the same name, else its -swwae, -meanteacher or -meanteacher-vat sibling."""
     base = train.resolve_config(["--config", str(path)])
     partner = next(
         p
-        for suffix in ("", "-swwae", "-meanteacher")
+        for suffix in ("", "-swwae", "-meanteacher", "-meanteacher-vat")
         if (p := path.with_name(path.name.replace("-baseline", suffix))).is_file()
     )
     other = train.resolve_config(["--config", str(partner)])
