@@ -88,14 +88,15 @@ def test_baseline_matches_its_partner_config_but_for_the_objective(path):
     assert different <= objective | {"recon_every", "switch_every", "overview_every", "wandb_group"}, different
 
 
-def test_the_pretraining_config_feeds_the_best_config_a_fast_dev_run_each(tmp_path):
-    """SWWAE pretraining then the fine-tune into the best row, as the README shows them, one batch each."""
+@pytest.mark.parametrize("best", ["mnist-100-e40-meanteacher", "mnist-100-e25-meanteacher-vat"])
+def test_the_pretraining_config_feeds_the_best_configs_a_fast_dev_run_each(tmp_path, best):
+    """SWWAE pretraining then the fine-tune into a best row, as docs/results.md shows them, one batch each."""
     common = ["--fast-dev-run", "--logger", "none", "--no-download"]
     configs = CONFIGS[0].parent
     pretrain = ["--config", str(configs / "mnist-100-swwae-pretrain.yaml"), "--run-dir", str(tmp_path / "pretrain")]
     assert train.main(pretrain + common) == 0
     source = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
-    tune = ["--config", str(configs / "mnist-100-e40-meanteacher.yaml"), "--finetune-from", str(source)]
+    tune = ["--config", str(configs / f"{best}.yaml"), "--finetune-from", str(source)]
     assert train.main(tune + ["--run-dir", str(tmp_path / "tuned")] + common) == 0
     results = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert results["finetuned_from"]["checkpoint"] == str(source) and results["lambda_consistency"] == 1.0
