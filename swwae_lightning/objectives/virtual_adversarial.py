@@ -62,33 +62,29 @@ def adversarial_direction(net: nn.Module, images: Tensor, target_logits: Tensor)
     return unit_rows(grad.detach())
 
 
+RADIUS = S.Setting(
+    "vat_epsilon",
+    6.0,
+    "radius of the virtual adversarial perturbation: the L2 norm over a whole image, "
+    "in the network's input units (standardized pixels), > 0",
+    "objectives",
+    type=float,
+    check=S.greater_than(0),
+)
+
+
 @TERMS.register
 class VirtualAdversarial(LossTerm):
     """KL between the student's clean prediction on the unlabeled (weak) view and its prediction at
     distance ``vat_epsilon`` in the virtually adversarial direction."""
 
     name = "vat"
-    weight = S.Setting(
-        "lambda_vat",
-        0.0,
-        "weight of the virtual adversarial training term (0: off)",
-        "objectives",
-        type=float,
-        check=S.at_least(0),
-    )
-    settings = (
-        S.Setting(
-            "vat_epsilon",
-            6.0,
-            "radius of the virtual adversarial perturbation: the L2 norm over a whole image, "
-            "in the network's input units (standardized pixels), > 0",
-            "objectives",
-            type=float,
-            check=S.greater_than(0),
-        ),
-    )
-    needs = frozenset({UNLABELED})
+    needs = frozenset({UNLABELED})  # the unlabeled batch and the student's logits of it, nothing else
     logits_for = ("unlabeled",)
+    weight = S.Setting(
+        "lambda_vat", 0.0, "weight of the VAT term (0: off)", "objectives", type=float, check=S.at_least(0)
+    )
+    settings = (RADIUS,)
 
     def __call__(self, step: StepContext) -> Tensor:
         target = step.logits("unlabeled").detach()
