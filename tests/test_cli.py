@@ -191,6 +191,7 @@ def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tm
     assert run(tmp_path, tiny_dataset, *args, run_dir="tuned") == 0
     results = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert results["finetuned_from"] == {"checkpoint": str(source), "train_seconds": pretraining["train_seconds"]}
+    source.rename(tmp_path / "moved.ckpt")  # the record is in the run's own checkpoint, not read from the source again
     resume = ["--resume", "last", "--run-dir", str(tmp_path / "tuned"), "--max-epochs", "2"]
     assert train.main(resume) == 0  # a fine-tuned run resumes like any other, its record kept
     resumed = json.loads((tmp_path / "tuned" / "results.json").read_text())

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..module import NonFiniteLossError
     from . import training
     from .checkpoints import load_checkpoint
-    from .run_files import write_yaml
+    from .run_files import RunRecord, write_yaml
     from .trainer import build_trainer
 
     claim = None
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
             predict(cfg)
             return 0
-        resume_from, resumed = None, {}
+        resume_from, resumed, started = None, {}, None
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
         else:
@@ -344,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             resumed = load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
             _keep_preprocessing(cfg, resumed, "a resumed run")
             resume_from = str(ckpt)
-        if cfg["finetune_from"] and not resume_from:
-            _keep_preprocessing(cfg, load_checkpoint(cfg["finetune_from"]), "a fine-tuned run")
+        if cfg["finetune_from"] and not resume_from:  # a resumed run keeps its record in its own checkpoint
+            source = load_checkpoint(cfg["finetune_from"])
+            _keep_preprocessing(cfg, source, "a fine-tuned run")
+            started = RunRecord.started_from(cfg["finetune_from"], source)
+            del source  # not held in memory through training
         module, datamodule = training.prepare(cfg)  # every input check, before anything is written
         if resume_from:
             datamodule.check_same_files(resumed.get("SemiSupervisedDataModule", {}))
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
         cfg["run_dir"] = str(run_dir)
         write_yaml(run_dir / "config.yaml", cfg)
-        trainer = build_trainer(cfg, run_dir, resumed.get("wandb_run_id"))  # the same W&B run
+        trainer = build_trainer(cfg, run_dir, resumed.get("wandb_run_id"), finetuned_from=started)  # the same W&B run
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
         _release_run_dir(claim)
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)

@@ -54,11 +54,14 @@ def write_json(path: Path, data: dict) -> None:
 class RunRecord(Callback):
     """Writes the labeled split once the (possibly restored) split is final, puts the run's
     resolved config in every checkpoint so ``--evaluate`` knows the dataset, and keeps the
-    training time across resumes, so a run stopped and resumed reports all of its minutes."""
+    training time across resumes, so a run stopped and resumed reports all of its minutes. A
+    fine-tuned run's starting weights and their training time are kept the same way, so a resumed
+    run need not find that file again."""
 
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, finetuned_from: dict | None = None):
         self.run_dir, self.config = run_dir, config
         self.seconds_before = 0.0  # training time of this run's earlier, resumed-from segments
+        self.finetuned_from = finetuned_from  # {checkpoint, train_seconds} of the weights it started from
         self._started: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -71,16 +74,22 @@ class RunRecord(Callback):
         return self.seconds_before + (now - self._started if self._started is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"train_seconds": self.train_seconds()}
+        return {"train_seconds": self.train_seconds(), "finetuned_from": self.finetuned_from}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.seconds_before = float(state_dict.get("train_seconds", 0.0))
+        self.finetuned_from = state_dict.get("finetuned_from", self.finetuned_from)
 
     @classmethod
     def seconds_in(cls, checkpoint: dict) -> float | None:
         """The training seconds a full checkpoint holds (a published, weights-only file has none)."""
         state = checkpoint.get("callbacks", {}).get(cls.__qualname__)  # Lightning's default state key
         return None if state is None else round(float(state["train_seconds"]), 1)
+
+    @classmethod
+    def started_from(cls, path: str, checkpoint: dict) -> dict:
+        """What a fine-tuned run records of its starting weights: the file and the training time they cost."""
+        return {"checkpoint": path, "train_seconds": cls.seconds_in(checkpoint)}
 
     def on_train_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule

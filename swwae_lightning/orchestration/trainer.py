@@ -243,7 +243,13 @@ class ProgressBar(TQDMProgressBar):
         return metrics
 
 
-def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_images: bool = True) -> pl.Trainer:
+def build_trainer(
+    cfg: dict,
+    run_dir: Path,
+    resume_id: str | None = None,
+    with_images: bool = True,
+    finetuned_from: dict | None = None,
+) -> pl.Trainer:
     validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
     # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
     monitor = "val/rec" if cfg["mode"] == "unsupervised" else "val/error"
@@ -259,7 +265,7 @@ def build_trainer(cfg: dict, run_dir: Path, resume_id: str | None = None, with_i
     callbacks = [
         checkpoint,
         InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
-        RunRecord(run_dir, cfg),
+        RunRecord(run_dir, cfg, finetuned_from),
         ProgressBar(refresh_rate=cfg["progress_every"]),
     ]
     if cfg["logger"] == "wandb":

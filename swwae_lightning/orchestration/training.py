@@ -167,7 +167,8 @@ def fit(
     # Resuming loads the full training state (optimizer, loops, RNG-free samplers): that
     # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
-    train_seconds = next(c for c in trainer.callbacks if isinstance(c, RunRecord)).train_seconds()
+    record = next(c for c in trainer.callbacks if isinstance(c, RunRecord))
+    train_seconds = record.train_seconds()
     if trainer.world_size > 1:  # every rank says where it stopped: DDP needs them in step
         print(f"[rank {trainer.global_rank}] finished training at global step {trainer.global_step}", flush=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -188,9 +189,8 @@ def fit(
         "best_checkpoint": best,
         "run_dir": str(run_dir),
     }
-    if cfg["finetune_from"]:  # what its starting weights cost: a pretrained row counts the pretraining's time
-        source = load_checkpoint(cfg["finetune_from"])
-        results["finetuned_from"] = {"checkpoint": cfg["finetune_from"], "train_seconds": RunRecord.seconds_in(source)}
+    if record.finetuned_from:  # what its starting weights cost: a pretrained row counts the pretraining's time
+        results["finetuned_from"] = record.finetuned_from
     if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
         results["val_error"] = float(best_score)  # what a run without a test set reports
     if trainer.is_global_zero:
