@@ -139,10 +139,9 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     loaded = {}
     original = training.load_finetune_weights
 
-    def spy(module, path):
-        checkpoint = original(module, path)
+    def spy(module, checkpoint, path):
+        original(module, checkpoint, path)
         loaded.update(encoder_weights(module))
-        return checkpoint
 
     monkeypatch.setattr(training, "load_finetune_weights", spy)
     assert (
@@ -173,22 +172,27 @@ def test_finetune_weights_without_a_teacher_feed_a_mean_teacher_whose_teacher_st
     saved = {"hyper_parameters": dict(pretrained.hparams)}
     torch.save({**saved, "state_dict": pretrained.state_dict()}, tmp_path / "pretrained.ckpt")
     student = SWWAEModule("4C3-MP2", 1, 8, 4, lambda_consistency=1.0)
-    load_finetune_weights(student, str(tmp_path / "pretrained.ckpt"))
+    load_finetune_weights(student, torch.load(tmp_path / "pretrained.ckpt", weights_only=True), "pretrained.ckpt")
     student.teacher.update_parameters(student.net)  # the first step's update
     theirs = pretrained.net.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in student.teacher.module.state_dict().items())
     torch.save({**saved, "state_dict": student.state_dict()}, tmp_path / "teacher.ckpt")
     plain = SWWAEModule("4C3-MP2", 1, 8, 4)
-    load_finetune_weights(plain, str(tmp_path / "teacher.ckpt"))  # a run without a teacher leaves the file's aside
+    teacher = torch.load(tmp_path / "teacher.ckpt", weights_only=True)
+    load_finetune_weights(plain, teacher, "teacher.ckpt")  # a run without a teacher leaves the file's aside
     assert all(torch.equal(v, student.net.state_dict()[k]) for k, v in plain.net.state_dict().items())
 
 
-def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tmp_path, tiny_dataset):
+def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tmp_path, tiny_dataset, monkeypatch):
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
     source = tmp_path / "run" / "checkpoints" / "last.ckpt"
     pretraining = json.loads((tmp_path / "run" / "results.json").read_text())
     args = ("--finetune-from", str(source), "--lambda-consistency", "1", "--max-epochs", "1")
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
     assert run(tmp_path, tiny_dataset, *args, run_dir="tuned") == 0
+    monkeypatch.setattr(torch, "load", load)
+    assert reads.count(str(source)) == 1  # checks, record and weights from one read of the file
     results = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert results["finetuned_from"] == {"checkpoint": str(source), "train_seconds": pretraining["train_seconds"]}
     source.rename(tmp_path / "moved.ckpt")  # the record is in the run's own checkpoint, not read from the source again

@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
             predict(cfg)
             return 0
-        resume_from, resumed, started = None, {}, None
+        resume_from, resumed, source, started = None, {}, None, None
         if cfg["resume"]:
             ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
         else:
@@ -344,12 +344,12 @@ def main(argv: list[str] | None = None) -> int:
             resumed = load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
             _keep_preprocessing(cfg, resumed, "a resumed run")
             resume_from = str(ckpt)
-        if cfg["finetune_from"] and not resume_from:  # a resumed run keeps its record in its own checkpoint
-            source = load_checkpoint(cfg["finetune_from"])
+        if cfg["finetune_from"] and not resume_from:  # a resumed run restores its weights and record instead
+            source = load_checkpoint(cfg["finetune_from"])  # the one read of the file
             _keep_preprocessing(cfg, source, "a fine-tuned run")
             started = RunRecord.started_from(cfg["finetune_from"], source)
-            del source  # not held in memory through training
-        module, datamodule = training.prepare(cfg)  # every input check, before anything is written
+        module, datamodule = training.prepare(cfg, source)  # every input check, before anything is written
+        del source  # not held in memory through training
         if resume_from:
             datamodule.check_same_files(resumed.get("SemiSupervisedDataModule", {}))
         cfg.update(training.resolved_data_settings(datamodule))  # a folder's image size and channels, as found

@@ -102,37 +102,37 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
 TEACHER = "teacher."  # the EMA teacher's entries in a state dict
 
 
-def load_finetune_weights(module: SWWAEModule, path: str) -> dict:
-    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ; returns the checkpoint.
+def load_finetune_weights(module: SWWAEModule, checkpoint: dict, path: str) -> None:
+    """Weights only (a fresh optimizer and schedule follow), refused if the layers differ (``path`` names the file).
 
     The EMA teacher is optional on either side, so SWWAE pretraining can feed a mean-teacher run: a
     teacher the file lacks starts from the loaded student at the first step, and a run without
     a teacher leaves the file's aside.
     """
-    checkpoint = load_checkpoint(path)
     theirs, own = checkpoint["state_dict"], module.state_dict()
     if module.teacher is None or not any(k.startswith(TEACHER) for k in theirs):
         theirs = {k: v for k, v in theirs.items() if not k.startswith(TEACHER)}
         own = {k: v for k, v in own.items() if not k.startswith(TEACHER)}
     check_compatible(own, theirs, path)
     module.load_state_dict(theirs, strict=False)  # check_compatible left only the teacher's entries unmatched
-    return checkpoint
 
 
-def prepare(cfg: dict) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
+def prepare(cfg: dict, finetune_source: dict | None = None) -> tuple[SWWAEModule, SemiSupervisedDataModule]:
     """Build and check everything that can be wrong in the input before a file is written.
 
     The data is loaded and split here (Lightning's own ``setup`` call then finds it ready),
     so missing data or an impossible label count fail before the run directory exists.
+    ``finetune_source`` is the loaded ``--finetune-from`` checkpoint of a run that starts from it
+    (the caller has read it already, for its checks and record).
     """
     devices(cfg)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)  # before the weights are drawn
     module = build_module(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    if cfg["finetune_from"] and not cfg["resume"]:  # a resumed fine-tuned run restores its own weights
-        checkpoint = load_finetune_weights(module, cfg["finetune_from"])
-        saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
+    if finetune_source is not None:
+        load_finetune_weights(module, finetune_source, cfg["finetune_from"])
+        saved = finetune_source.get("SemiSupervisedDataModule", {}).get("preprocessing")
         if saved:
             datamodule.use_preprocessing(saved, class_names=False)
     return module, datamodule
