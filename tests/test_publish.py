@@ -25,6 +25,11 @@ PUBLISHED = {  # one committed run per table whose weights are published: the de
     / "fashion-mnist-1000-objectives"
     / "runs"
     / "fashion-mnist-1000-e20-meanteacher-seed0",
+    "fashion-mnist-1000-folder-best": ROOT
+    / "reports"
+    / "fashion-mnist-1000-folder"
+    / "runs"
+    / "fashion-mnist-1000-e10-baseline-seed0",
 }
 
 
@@ -98,3 +103,18 @@ def test_every_run_of_the_readmes_headline_table_has_its_weights_committed():
         for run_dir in runs:
             weights = run_dir / "weights" / "best.ckpt"
             assert weights.is_file() and weights.stat().st_size < 5e6, weights
+
+
+def test_the_best_row_of_every_results_table_has_the_weights_of_each_of_its_runs():
+    from swwae_lightning.orchestration.results import find_runs, summarize
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = {m for page in pages for m in re.findall(r"<!-- table: (\S+) ?([^>]*?) -->", page.read_text())}
+    assert {study for study, _ in blocks} >= {"reports/fashion-mnist-1000-folder", "reports/mnist-100-objectives"}
+    for study, shown in blocks:
+        rows = summarize(find_runs([ROOT / study / "runs"]))
+        rows = [r for r in rows if not shown or r["experiment"] in shown.split()]
+        best = min(rows, key=lambda r: r["error_mean"])
+        for run_dir in best["run_dirs"]:
+            weights = Path(run_dir) / "weights" / "best.ckpt"
+            assert weights.is_file() and weights.stat().st_size < 5e6, f"{study}: {weights}"
