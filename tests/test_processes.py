@@ -76,10 +76,10 @@ GATE = None
 checked = training.prepare
 
 
-def prepare_then_wait_at_the_gate(cfg):
+def prepare_then_wait_at_the_gate(cfg, finetune_source=None):
     """main runs every input check (prepare) and then claims the run directory: the children of a race
     wait between the two, so that they all reach the claim at the same moment."""
-    prepared = checked(cfg)
+    prepared = checked(cfg, finetune_source)
     if GATE is not None:
         arrived, gate = GATE
         os.write(arrived, b"x")
