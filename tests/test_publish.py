@@ -94,6 +94,11 @@ def test_committed_weights_reproduce_their_rows_test_error(tmp_path, run):
     assert evaluated["test_error"] == recorded["test_error"]
 
 
+def assert_weights_committed(run_dir: Path) -> None:
+    weights = run_dir / "weights" / "best.ckpt"
+    assert weights.is_file() and weights.stat().st_size < 5e6, weights
+
+
 def test_every_run_of_the_readmes_headline_table_has_its_weights_committed():
     block = re.search(r"<!-- table: (\S+) ([^>]+?) -->", (ROOT / "README.md").read_text())
     study, experiments = ROOT / block[1], block[2].split()
@@ -101,20 +106,19 @@ def test_every_run_of_the_readmes_headline_table_has_its_weights_committed():
         runs = sorted((study / "runs").glob(f"{experiment}-seed*"))
         assert runs, experiment
         for run_dir in runs:
-            weights = run_dir / "weights" / "best.ckpt"
-            assert weights.is_file() and weights.stat().st_size < 5e6, weights
+            assert_weights_committed(run_dir)
 
 
 def test_the_best_row_of_every_results_table_has_the_weights_of_each_of_its_runs():
-    from swwae_lightning.orchestration.results import find_runs, summarize
+    from swwae_lightning.orchestration import docs
+    from swwae_lightning.orchestration.doc_tables import table_rows
 
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    blocks = {m for page in pages for m in re.findall(r"<!-- table: (\S+) ?([^>]*?) -->", page.read_text())}
-    assert {study for study, _ in blocks} >= {"reports/fashion-mnist-1000-folder", "reports/mnist-100-objectives"}
-    for study, shown in blocks:
-        rows = summarize(find_runs([ROOT / study / "runs"]))
-        rows = [r for r in rows if not shown or r["experiment"] in shown.split()]
-        best = min(rows, key=lambda r: r["error_mean"])
+    blocks = [
+        (m["kind"], m["sources"].split()) for page in docs.pages(ROOT) for m in docs.BLOCK.finditer(page.read_text())
+    ]
+    tables = {(study, *shown) for kind, (study, *shown) in blocks if kind == "table"}
+    assert {study for study, *_ in tables} >= {"reports/fashion-mnist-1000-folder", "reports/mnist-100-objectives"}
+    for study, *shown in tables:
+        best = min(table_rows(ROOT / study, shown), key=lambda r: r["error_mean"])
         for run_dir in best["run_dirs"]:
-            weights = Path(run_dir) / "weights" / "best.ckpt"
-            assert weights.is_file() and weights.stat().st_size < 5e6, f"{study}: {weights}"
+            assert_weights_committed(Path(run_dir))

@@ -20,15 +20,21 @@ from .results import difference_text, error_text, find_runs, model_text, summari
 KINDS = ("table", "benchmark", "scatter", "figures", "excerpt", "versions")
 
 
-def results_table(report_dir: Path, experiments: list[str] | None = None) -> str:
-    """The short form of a results report: per seed, mean ± std, the paired differences, minutes; only the
-    ``experiments`` named, when given (their paired differences are still computed over every run)."""
+def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[dict]:
+    """The rows a results table shows: only the ``experiments`` named, when given (their paired
+    differences are still computed over every run)."""
     rows = summarize(find_runs([report_dir / "runs"]))
     if experiments:
         missing = sorted(set(experiments) - {row["experiment"] for row in rows})
         if missing:
             raise ValueError(f"{report_dir} has no experiment {', '.join(missing)}")
         rows = [row for row in rows if row["experiment"] in experiments]
+    return rows
+
+
+def results_table(report_dir: Path, experiments: list[str] | None = None) -> str:
+    """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
+    rows = table_rows(report_dir, experiments)
     lines = [
         "| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
         "| what-where terms' effect, same seeds | minutes per run |",
