@@ -1,5 +1,5 @@
 """The objectives beside SWWAE's own: the label-topped decoder, FixMatch, the mean teacher, the what-where swap,
-virtual adversarial training."""
+virtual adversarial training, entropy minimization."""
 
 import csv
 from types import SimpleNamespace
@@ -16,6 +16,7 @@ from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.objectives import (
     TERMS,
     Consistency,
+    EntropyMinimization,
     FixMatch,
     Objective,
     VirtualAdversarial,
@@ -394,6 +395,42 @@ def test_a_vat_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dat
     cfg = tiny_config(tiny_dataset, tmp_path, lambda_vat=1.0, vat_epsilon=2.0, lambda_rec=0, lambda_mid=0)
     module = build_module(cfg)
     assert "vat" in module.objective.computed
+    trainer = pl.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg))
+    assert trainer.global_step == 3
+
+
+# ----------------------------------------------------------------------------- entropy minimization
+def test_entropy_minimization_is_the_mean_entropy_in_nats_of_the_unlabeled_predictions():
+    term = EntropyMinimization()
+    uniform, confident = torch.zeros(2, 4), torch.tensor([[50.0, 0.0, 0.0, 0.0]])
+    assert term(fake_step(unlabeled=uniform)) == pytest.approx(torch.log(torch.tensor(4.0)).item())
+    assert term(fake_step(unlabeled=confident)) == pytest.approx(0.0, abs=1e-12)
+    mixed = torch.tensor([[0.0, 0.0, -1e4, -1e4], [50.0, 0.0, 0.0, 0.0]])  # ln 2 and 0
+    assert term(fake_step(unlabeled=mixed)) == pytest.approx(0.5 * torch.log(torch.tensor(2.0)).item())
+
+
+def test_steps_on_the_entropy_term_make_the_unlabeled_predictions_more_confident_without_labels():
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3)
+    images = torch.randn(32, 1, 8, 8)
+    step = SimpleNamespace(logits=lambda name: net.encode(images))
+    term, optimizer = EntropyMinimization(), torch.optim.SGD(net.parameters(), lr=0.5)
+    before = term(step).item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        term(step).backward()
+        optimizer.step()
+    assert term(step).item() < 0.5 * before
+
+
+def test_an_entropy_minimization_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dataset, tmp_path):
+    assert views_needed({"lambda_entmin": 1.0}) == ()
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_entmin=1.0, lambda_vat=1.0, lambda_rec=0, lambda_mid=0)
+    module = build_module(cfg)
+    assert {"entmin", "vat"} <= set(module.objective.computed)
     trainer = pl.Trainer(
         max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
