@@ -5,6 +5,7 @@ import json
 import os
 import re
 import time
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -200,6 +201,23 @@ def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tm
     assert train.main(resume) == 0  # a fine-tuned run resumes like any other, its record kept
     resumed = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert resumed["epochs"] == 2 and resumed["finetuned_from"] == results["finetuned_from"]
+
+
+def test_checkpoints_and_results_of_one_point_of_a_run_carry_one_training_time(tmp_path, monkeypatch):
+    from swwae_lightning.orchestration import run_files
+
+    clock = iter([100.0, 104.0, 105.0, 107.5])
+    monkeypatch.setattr(run_files, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    record = run_files.RunRecord(tmp_path, {})
+    record.load_state_dict({"train_seconds": 1000.0})  # earlier segments of a resumed run
+    record.setup(None, None, "fit")  # the clock reads 100
+    record.on_train_batch_end(None, None, None, None, 0)  # 104
+    record.on_train_epoch_end(None, None)  # 105
+    # best.ckpt and last.ckpt written after that epoch, then fit's teardown: no clock reads
+    assert record.state_dict()["train_seconds"] == record.state_dict()["train_seconds"] == 1005.0
+    assert record.train_seconds() == 1005.0  # what results.json records after fit returns
+    record.on_validation_end(None, None)  # 107.5
+    assert record.train_seconds() == 1007.5
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, tiny_dataset):

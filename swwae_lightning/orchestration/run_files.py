@@ -56,22 +56,40 @@ class RunRecord(Callback):
     resolved config in every checkpoint so ``--evaluate`` knows the dataset, and keeps the
     training time across resumes, so a run stopped and resumed reports all of its minutes. A
     fine-tuned run's starting weights and their training time are kept the same way, so a resumed
-    run need not find that file again."""
+    run need not find that file again.
+
+    The clock is read at the end of each training batch, training epoch and validation, not when
+    asked: every checkpoint written at one point of the run and the results.json written after
+    ``fit`` returns then carry the same time, so a fine-tuned run's record of its source agrees
+    with the source's own results."""
 
     def __init__(self, run_dir: Path, config: dict, finetuned_from: dict | None = None):
         self.run_dir, self.config = run_dir, config
         self.seconds_before = 0.0  # training time of this run's earlier, resumed-from segments
         self.finetuned_from = finetuned_from  # {checkpoint, train_seconds} of the weights it started from
         self._started: float | None = None
+        self._elapsed = 0.0  # this segment's seconds up to the last training batch, epoch or validation
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             self._started = time.perf_counter()
 
+    def _read_clock(self) -> None:
+        if self._started is not None:
+            self._elapsed = time.perf_counter() - self._started
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._read_clock()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._read_clock()  # before a checkpoint saved here: Lightning runs checkpoint callbacks last
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._read_clock()
+
     def train_seconds(self) -> float:
-        """Wall-clock seconds in ``fit`` over every segment of the run so far."""
-        now = time.perf_counter()
-        return self.seconds_before + (now - self._started if self._started is not None else 0.0)
+        """Wall-clock seconds in ``fit`` over every segment of the run, up to its last step or validation."""
+        return self.seconds_before + self._elapsed
 
     def state_dict(self) -> dict:
         return {"train_seconds": self.train_seconds(), "finetuned_from": self.finetuned_from}
