@@ -54,6 +54,38 @@ def test_evaluate_and_finetune_read_the_published_file_as_the_full_checkpoint(tm
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--finetune-from", str(published), run_dir="tuned") == 0
 
 
+@pytest.mark.parametrize("eval_teacher", [False, True])
+def test_the_published_file_keeps_the_ema_teacher_only_where_it_is_the_network_tested(
+    tmp_path, tiny_dataset, eval_teacher
+):
+    flags = ["--lambda-consistency", "1"] + (["--eval-teacher"] if eval_teacher else [])
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", *flags) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    published = publish.publish(results["best_checkpoint"], tmp_path / "pub" / "weights.ckpt")
+    full = torch.load(results["best_checkpoint"], weights_only=True)["state_dict"]
+    small = torch.load(published, weights_only=True)["state_dict"]
+    teacher = {k for k in full if k.startswith("teacher.")}
+    assert teacher and set(small) == (set(full) if eval_teacher else set(full) - teacher)
+    assert train.main(["--evaluate", str(published), "--data-dir", str(tmp_path / "data")]) == 0
+    evaluated = json.loads((tmp_path / "pub" / "results.json").read_text())
+    assert evaluated["test_error"] == pytest.approx(results["test_error"], abs=1e-6)
+    assert (
+        run(tmp_path, tiny_dataset, "--max-epochs", "1", *flags, "--finetune-from", str(published), run_dir="tuned")
+        == 0
+    )
+
+
+def test_a_teacher_evaluated_run_refuses_weights_without_their_teacher(tmp_path, tiny_dataset, capsys):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--lambda-consistency", "1", "--eval-teacher") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    checkpoint = torch.load(results["best_checkpoint"], weights_only=False)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+    torch.save(checkpoint, tmp_path / "student-only.ckpt")
+    assert train.main(["--evaluate", str(tmp_path / "student-only.ckpt"), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "missing: teacher." in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_publish_refuses_a_missing_source_or_its_own_path_in_one_line(tmp_path, capsys):
     assert publish.main([str(tmp_path / "none.ckpt"), str(tmp_path / "out.ckpt")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [

@@ -132,6 +132,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+TEACHER_PREFIX = "teacher."  # the EMA teacher's entries in a state dict
+
+
+def has_teacher(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(TEACHER_PREFIX) for k in state)
+
+
+def without_teacher(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(TEACHER_PREFIX)}
+
+
+def load_measured_weights(module: torch.nn.Module, checkpoint: dict, path: str | Path) -> None:
+    """Load ``checkpoint``'s weights for testing or predicting, refused if the layers differ.
+
+    A published file leaves the EMA teacher out unless the teacher is the network measured
+    (``eval_teacher``), so a teacher the file lacks is left as built.
+    """
+    own, theirs = module.state_dict(), checkpoint["state_dict"]
+    if not checkpoint["hyper_parameters"].get("eval_teacher") and not has_teacher(theirs):
+        own = without_teacher(own)
+    check_compatible(own, theirs, path)
+    module.load_state_dict(theirs, strict=False)  # check_compatible left only an unused teacher unmatched
+
+
 def check_compatible(own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], path: str | Path) -> None:
     """Refuse weights from another architecture, naming the layers that do not match."""
     missing = sorted(set(own) - set(theirs))

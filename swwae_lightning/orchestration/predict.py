@@ -21,7 +21,7 @@ from datamodules.folder import decode, failure_reason, files_under
 
 from .. import settings as S
 from ..module import SWWAEModule
-from .checkpoints import check_compatible, load_checkpoint
+from .checkpoints import load_checkpoint, load_measured_weights
 
 TOP_K = 3
 CONFIDENT = 0.95  # the summary line's share of images above this probability
@@ -90,8 +90,7 @@ def predict(cfg: dict) -> dict:
     checkpoint_path = Path(cfg["predict"])
     checkpoint = load_checkpoint(checkpoint_path)
     module = SWWAEModule(**checkpoint["hyper_parameters"])
-    check_compatible(module.state_dict(), checkpoint["state_dict"], checkpoint_path)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_measured_weights(module, checkpoint, checkpoint_path)
     module.eval()
     pre = preprocessing_of(checkpoint)
     names = pre["class_names"] or [str(c) for c in range(module.hparams.num_classes)]

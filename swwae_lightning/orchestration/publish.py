@@ -17,14 +17,22 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, temporary_path
+from .checkpoints import CheckpointError, load_checkpoint, temporary_path, without_teacher
 
 KEPT = ("state_dict", "hyper_parameters", "swwae_config", "SemiSupervisedDataModule", "epoch", "global_step")
 
 
 def published(checkpoint: dict) -> dict:
-    """The parts of ``checkpoint`` that evaluating, fine-tuning and predicting read."""
-    return {key: checkpoint[key] for key in KEPT if key in checkpoint}
+    """The parts of ``checkpoint`` that evaluating, fine-tuning and predicting read.
+
+    The EMA teacher stays only where it is the network that is tested (``eval_teacher``): otherwise
+    it doubles the file for nothing a reader runs, and fine-tuning starts a missing teacher from the
+    loaded student.
+    """
+    kept = {key: checkpoint[key] for key in KEPT if key in checkpoint}
+    if not checkpoint.get("hyper_parameters", {}).get("eval_teacher"):
+        kept["state_dict"] = without_teacher(kept["state_dict"])
+    return kept
 
 
 def publish(source: str | Path, destination: str | Path) -> Path:

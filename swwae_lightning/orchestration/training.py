@@ -20,7 +20,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule
 from .. import settings as S
 from ..module import SWWAEModule, module_settings
 from ..objectives import views_needed
-from .checkpoints import check_compatible, load_checkpoint
+from .checkpoints import check_compatible, has_teacher, load_checkpoint, load_measured_weights, without_teacher
 from .run_files import RunRecord, write_json
 from .tracking import finish_wandb, write_summary
 from .trainer import build_trainer, devices
@@ -99,9 +99,6 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
     }  # the thread count changes float results
 
 
-TEACHER = "teacher."  # the EMA teacher's entries in a state dict
-
-
 def load_finetune_weights(module: SWWAEModule, checkpoint: dict, path: str) -> None:
     """Weights only (a fresh optimizer and schedule follow), refused if the layers differ (``path`` names the file).
 
@@ -110,9 +107,8 @@ def load_finetune_weights(module: SWWAEModule, checkpoint: dict, path: str) -> N
     a teacher leaves the file's aside.
     """
     theirs, own = checkpoint["state_dict"], module.state_dict()
-    if module.teacher is None or not any(k.startswith(TEACHER) for k in theirs):
-        theirs = {k: v for k, v in theirs.items() if not k.startswith(TEACHER)}
-        own = {k: v for k, v in own.items() if not k.startswith(TEACHER)}
+    if module.teacher is None or not has_teacher(theirs):
+        theirs, own = without_teacher(theirs), without_teacher(own)
     check_compatible(own, theirs, path)
     module.load_state_dict(theirs, strict=False)  # check_compatible left only the teacher's entries unmatched
 
@@ -216,8 +212,7 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
     checkpoint = load_checkpoint(checkpoint_path)
     hparams = checkpoint["hyper_parameters"]
     module = SWWAEModule(**hparams)
-    check_compatible(module.state_dict(), checkpoint["state_dict"], checkpoint_path)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_measured_weights(module, checkpoint, checkpoint_path)
     datamodule = build_datamodule(cfg)
     if "SemiSupervisedDataModule" in checkpoint:  # the run's own validation/labeled split
         datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
