@@ -23,7 +23,7 @@ PUBLISHED = {  # one committed run per table whose weights are published: the de
     / "reports"
     / "fashion-mnist-1000-objectives"
     / "runs"
-    / "fashion-mnist-1000-e25-meanteacher-vat-seed0",
+    / "fashion-mnist-1000-e25-meanteacher-vat-wide-seed0",
     "fashion-mnist-1000-folder-best": ROOT
     / "reports"
     / "fashion-mnist-1000-folder"
