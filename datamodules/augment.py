@@ -65,3 +65,10 @@ def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
         (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device, non_blocking=True).view(-1, 1, 1, 1)
     )
     return torch.where(flip, images.flip(-1), images)
+
+
+def add_gaussian_noise(images: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """Add noise of standard deviation ``std`` to every pixel, drawn on the host so that a run adds the
+    same noise on any device."""
+    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype, non_blocking=True)
+    return images + std * noise

@@ -48,6 +48,24 @@ S.declare(
     ),
     S.Setting("augment", True, "random shifts (and flips where label-preserving)", "data", flag="switch"),
     S.Setting(
+        "max_shift",
+        None,
+        "--augment: the largest random shift of a training image, in pixels; default: a fourteenth of the "
+        "image side (2 px on 28 and 32 px images, 7 on 96)",
+        "data",
+        type=int,
+        check=S.at_least(0),
+    ),
+    S.Setting(
+        "input_noise",
+        0.0,
+        "--augment: standard deviation of Gaussian noise added to every weak training view (not the strong one) "
+        "after standardization (0: none)",
+        "data",
+        type=float,
+        check=S.at_least(0),
+    ),
+    S.Setting(
         "download",
         True,
         "let torchvision download a dataset that is not found locally",

@@ -56,6 +56,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         given = [name for name in FOLDER_ONLY if values[name] is not None]
         if given and dataset != "folder":
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
+        shaping = [name for name in ("max_shift", "input_noise") if values[name]]
+        if shaping and not values["augment"]:
+            raise ValueError(f"--{shaping[0].replace('_', '-')} shapes the augmentation, which --no-augment turns off")
         self.info = dataset_info(values)
         unknown = sorted(set(views) - set(VIEWS))
         if unknown:
@@ -77,7 +80,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         self.full_batches = values["full_batches"]
         self.fold, self.include_extra, self.download = fold, values["include_extra"], values["download"]
         self.views = tuple(v for v in VIEWS if v in views)
-        self.max_shift = round(self.info.image_shape[1] / 14)  # 2 px on 28/32 px images, 7 on STL-10's 96
+        max_shift = values["max_shift"]
+        self.max_shift = round(self.info.image_shape[1] / 14) if max_shift is None else max_shift
+        self.input_noise = values["input_noise"]
         self.splits: ImageSplits | None = None
         self.labeled_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
@@ -300,7 +305,10 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             images = augment.random_translate(images, self.max_shift, generator)
             if self.info.hflip:
                 images = augment.random_hflip(images, generator)
-        return augment.normalize(images, self.info.mean, self.info.std)
+        images = augment.normalize(images, self.info.mean, self.info.std)
+        if generator is not None and self.input_noise > 0:  # drawn only when asked: runs without it draw as before
+            images = augment.add_gaussian_noise(images, self.input_noise, generator)
+        return images
 
     def _strong(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A weak view's shift and flip, then the strong distortions, then normalization."""

@@ -58,6 +58,8 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
         (dict(dataset="imagenet"), r"dataset='imagenet' is not one of \['cifar10'"),
         (dict(mode="weak"), r"mode='weak' is not one of"),
         (dict(batch_size=0), r"batch_size=0 must be >= 1"),
+        (dict(augment=False, input_noise=0.1), r"--input-noise shapes the augmentation, which --no-augment turns off"),
+        (dict(augment=False, max_shift=3), r"--max-shift shapes the augmentation, which --no-augment turns off"),
         (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
         (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
         (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
@@ -157,6 +159,34 @@ def test_augmentation_is_batched_seeded_and_shifts_whole_images(tiny_dataset):
     bright = (a > a.min()).flatten(1).sum(1)
     assert torch.all(bright == 4)  # the 2x2 square moves as a whole (max shift 1 px on 8 px)
     assert len({tuple((img > img.min()).nonzero()[0].tolist()) for img in a}) > 1
+
+
+def _square_offsets(images: torch.Tensor) -> set[tuple[int, int]]:
+    """Where the top-left corner of the bright square went, relative to (3, 3), image by image."""
+    return {tuple((img[0] > img.min()).nonzero()[0].sub(3).tolist()) for img in images}
+
+
+@pytest.mark.parametrize("max_shift, expected", [(None, 1), (0, 0), (3, 3)])
+def test_max_shift_bounds_the_random_shift(tiny_dataset, max_shift, expected):
+    dm = make_dm(tiny_dataset, max_shift=max_shift)
+    x = torch.zeros(256, 1, 8, 8, dtype=torch.uint8)
+    x[:, :, 3:5, 3:5] = 255
+    offsets = _square_offsets(dm.on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"])
+    reach = range(-expected, expected + 1)
+    assert offsets == {(dy, dx) for dy in reach for dx in reach}  # every shift in range is drawn, none beyond
+
+
+def test_input_noise_perturbs_training_views_only_and_is_seeded(tiny_dataset):
+    x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    y = torch.zeros(64, dtype=torch.long)
+    plain = make_dm(tiny_dataset).on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"]
+    noisy_dm = make_dm(tiny_dataset, input_noise=0.5)
+    noisy = noisy_dm.on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"]
+    assert torch.equal(noisy, noisy_dm.on_after_batch_transfer({"unlabeled": x}, 0)["unlabeled"])
+    difference = noisy - plain  # the same shifts as without noise, then the noise on top
+    assert abs(difference.std().item() - 0.5) < 0.02 and abs(difference.mean().item()) < 0.02
+    evaluated, _ = noisy_dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(evaluated, make_dm(tiny_dataset).on_after_batch_transfer((x, y), 0)[0])
 
 
 def test_preview_images_are_fixed_and_displayable(tiny_dataset):
