@@ -301,12 +301,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- on device
     def _prepare(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if generator is not None:
-            images = augment.random_translate(images, self.max_shift, generator)
-            if self.info.hflip:
-                images = augment.random_hflip(images, generator)
+        if generator is None:
+            return augment.normalize(images, self.info.mean, self.info.std)
+        images = augment.random_translate(images, self.max_shift, generator)
+        if self.info.hflip:
+            images = augment.random_hflip(images, generator)
         images = augment.normalize(images, self.info.mean, self.info.std)
-        if generator is not None and self.input_noise > 0:  # drawn only when asked: runs without it draw as before
+        if self.input_noise > 0:  # drawn only when asked: runs without it draw as before
             images = augment.add_gaussian_noise(images, self.input_noise, generator)
         return images
 

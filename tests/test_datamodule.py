@@ -149,6 +149,11 @@ def test_state_does_not_count_batches_the_consumer_prefetched_but_has_not_used()
     assert loader.state_dict()["batches_consumed"] == 4
 
 
+def _square_offsets(images: torch.Tensor) -> set[tuple[int, int]]:
+    """Where the top-left corner of the bright square went, relative to (3, 3), image by image."""
+    return {tuple((img[0] > img.min()).nonzero()[0].sub(3).tolist()) for img in images}
+
+
 def test_augmentation_is_batched_seeded_and_shifts_whole_images(tiny_dataset):
     dm = make_dm(tiny_dataset)
     x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
@@ -158,12 +163,7 @@ def test_augmentation_is_batched_seeded_and_shifts_whole_images(tiny_dataset):
     assert torch.equal(a, b)  # same step, same seed: same shifts (resume-exact)
     bright = (a > a.min()).flatten(1).sum(1)
     assert torch.all(bright == 4)  # the 2x2 square moves as a whole (max shift 1 px on 8 px)
-    assert len({tuple((img > img.min()).nonzero()[0].tolist()) for img in a}) > 1
-
-
-def _square_offsets(images: torch.Tensor) -> set[tuple[int, int]]:
-    """Where the top-left corner of the bright square went, relative to (3, 3), image by image."""
-    return {tuple((img[0] > img.min()).nonzero()[0].sub(3).tolist()) for img in images}
+    assert len(_square_offsets(a)) > 1
 
 
 @pytest.mark.parametrize("max_shift, expected", [(None, 1), (0, 0), (3, 3)])
