@@ -57,6 +57,24 @@ S.declare(
         check=S.at_least(0),
     ),
     S.Setting(
+        "max_rotation",
+        0.0,
+        "--augment: the largest random rotation of a weak training view (not the strong one), in degrees, "
+        "either way (0: none)",
+        "data",
+        type=float,
+        check=S.within(0, 180, closed_low=True, closed_high=True),
+    ),
+    S.Setting(
+        "max_scale",
+        0.0,
+        "--augment: a weak training view (not the strong one) is zoomed by a random factor in "
+        "[1 - max_scale, 1 + max_scale] (0: none)",
+        "data",
+        type=float,
+        check=S.within(0, 1, closed_low=True),
+    ),
+    S.Setting(
         "input_noise",
         0.0,
         "--augment: standard deviation of Gaussian noise added to every weak training view (not the strong one) "

@@ -60,6 +60,8 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
         (dict(batch_size=0), r"batch_size=0 must be >= 1"),
         (dict(augment=False, input_noise=0.1), r"--input-noise shapes the augmentation, which --no-augment turns off"),
         (dict(augment=False, max_shift=3), r"--max-shift shapes the augmentation, which --no-augment turns off"),
+        (dict(augment=False, max_rotation=10), r"--max-rotation shapes the augmentation, which --no-augment turns off"),
+        (dict(augment=False, max_scale=0.1), r"--max-scale shapes the augmentation, which --no-augment turns off"),
         (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
         (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
         (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
@@ -187,6 +189,53 @@ def test_input_noise_perturbs_training_views_only_and_is_seeded(tiny_dataset):
     assert abs(difference.std().item() - 0.5) < 0.02 and abs(difference.mean().item()) < 0.02
     evaluated, _ = noisy_dm.on_after_batch_transfer((x, y), 0)
     assert torch.equal(evaluated, make_dm(tiny_dataset).on_after_batch_transfer((x, y), 0)[0])
+
+
+def _bar_pose(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's bright mass and the angle of its long axis in degrees (counterclockwise as seen, from
+    second moments): a zoom by s multiplies the mass by s^2, a rotation moves the axis."""
+    b, _, h, w = views.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    mass = views[:, 0].double()
+    total = mass.sum((1, 2))
+    cy, cx = ((mass * c).sum((1, 2)) / total for c in (ys, xs))
+    dy, dx = ys - cy.view(b, 1, 1), xs - cx.view(b, 1, 1)
+    cxx, cyy, cxy = ((mass * m).sum((1, 2)) / total for m in (dx * dx, dy * dy, dx * dy))
+    return total, torch.rad2deg(0.5 * torch.atan2(-2 * cxy, cxx - cyy))
+
+
+def _weak_views(dm, images: torch.Tensor) -> torch.Tensor:
+    return dm.to_display(dm.on_after_batch_transfer({"unlabeled": images}, 0)["unlabeled"])
+
+
+def _horizontal_bar(n: int) -> torch.Tensor:
+    x = torch.zeros(n, 1, 33, 33, dtype=torch.uint8)
+    x[:, :, 15:18, 6:27] = 255  # 21 x 3 about the centre
+    return x
+
+
+def test_max_rotation_turns_weak_views_within_the_bound_either_way_and_nothing_else(tiny_dataset):
+    x = _horizontal_bar(512)
+    plain_mass, plain_angle = _bar_pose(_weak_views(make_dm(tiny_dataset, max_shift=0), x))
+    assert torch.allclose(plain_angle, torch.zeros(512, dtype=torch.float64), atol=1e-6)
+    dm = make_dm(tiny_dataset, max_shift=0, max_rotation=30)
+    turned = _weak_views(dm, x)
+    assert torch.equal(turned, _weak_views(dm, x))  # seeded by the step: resume-exact
+    mass, angle = _bar_pose(turned)
+    assert torch.allclose(mass, plain_mass, rtol=0.03)  # turned, not zoomed or cut
+    assert angle.abs().max() <= 31 and angle.min() < -25 and angle.max() > 25  # the whole range, no further
+    y = torch.zeros(512, dtype=torch.long)
+    evaluated, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(evaluated, make_dm(tiny_dataset, max_shift=0).on_after_batch_transfer((x, y), 0)[0])
+
+
+def test_max_scale_zooms_weak_views_by_factors_within_the_bound(tiny_dataset):
+    x = _horizontal_bar(512)
+    plain_mass, _ = _bar_pose(_weak_views(make_dm(tiny_dataset, max_shift=0), x))
+    mass, angle = _bar_pose(_weak_views(make_dm(tiny_dataset, max_shift=0, max_scale=0.25), x))
+    zoom = (mass / plain_mass).sqrt()
+    assert zoom.min() > 0.73 and zoom.max() < 1.27 and zoom.min() < 0.8 and zoom.max() > 1.2
+    assert torch.allclose(angle, torch.zeros(512, dtype=torch.float64), atol=1e-6)  # zoomed, not turned
 
 
 def test_preview_images_are_fixed_and_displayable(tiny_dataset):
