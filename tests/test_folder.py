@@ -103,7 +103,10 @@ def test_the_academic_layout_draws_labels_from_train_and_the_rest_is_the_unlabel
     split = json.loads((run_dir / "split.json").read_text())
     assert split["labeled_per_class"] == [10, 10, 10, 10]
     assert split["unlabeled_pool_size"] == 4 * 60 - 40 - 40
-    assert 0 <= results(run_dir)["test_error"] <= 1 and results(run_dir)["torch_threads"] == torch.get_num_threads()
+    recorded = results(run_dir)
+    assert 0 <= recorded["test_error"] <= 1 and recorded["torch_threads"] == torch.get_num_threads()
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert recorded["torch_version"] == torch.__version__
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     saved = checkpoint["SemiSupervisedDataModule"]["preprocessing"]
     assert saved["class_names"] == sorted(CLASSES) and saved["image_size"] == 8 and saved["channels"] == 1

@@ -96,7 +96,9 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
         "test_accuracy": float(metrics.get("test/acc", float("nan"))),
         "hardware": _hardware(trainer),
         "torch_threads": torch.get_num_threads(),
-    }  # the thread count changes float results
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_version": torch.__version__,
+    }  # the thread count, the CPU's vector instructions (which kernels run) and torch change float results
 
 
 def load_finetune_weights(module: SWWAEModule, checkpoint: dict, path: str) -> None:
