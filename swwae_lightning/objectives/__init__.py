@@ -1,5 +1,5 @@
 """The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap,
-virtual adversarial training, entropy minimization)."""
+virtual adversarial training, entropy minimization, class balance)."""
 
 from .base import (
     BATCH_PARTS,
@@ -19,6 +19,7 @@ from .base import (
     needs_of,
     views_needed,
 )
+from .class_balance import ClassBalance
 from .consistency import Consistency
 from .entropy import EntropyMinimization
 from .fixmatch import FixMatch, confident_pseudo_labels
@@ -51,4 +52,5 @@ __all__ = [
     "WhatWhereSwap",
     "VirtualAdversarial",
     "EntropyMinimization",
+    "ClassBalance",
 ]
