@@ -33,7 +33,14 @@ S.declare(
     S.Setting(
         "unlabeled_batch_size", 128, "unlabeled examples per step (per process)", "data", type=int, check=S.at_least(1)
     ),
-    S.Setting("val_size", 5000, "training examples held out for validation", "data", type=int, check=S.at_least(0)),
+    S.Setting(
+        "val_size",
+        5000,
+        "training examples held out for validation, on which the best checkpoint is chosen",
+        "data",
+        type=int,
+        check=S.at_least(1),
+    ),
     S.Setting("fold", None, "predefined labeled fold of datasets that have them (STL-10: 0-9)", "data", type=int),
     S.Setting(
         "include_extra", False, "add SVHN 'extra' / STL-10 'unlabeled' to the unlabeled pool", "data", flag="switch"
