@@ -56,6 +56,7 @@ CASES = {
     "too many gpus": (["--gpus", "4"], "--gpus 4 asks for 4 GPUs but"),
     "negative lambda": (["--lambda-rec", "-1"], "--lambda-rec -1.0 must be >= 0"),
     "zero batch size": (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    "no validation images": (["--val-size", "0"], "--val-size 0 must be >= 1"),
     "zero epochs": (["--max-epochs", "0"], "--max-epochs 0 must be >= 1"),
     "full batches larger than the pool": (
         ["--full-batches", "--unlabeled-batch-size", "4000"],
@@ -70,6 +71,10 @@ CASES = {
     "resume an empty file": (["--resume", "{empty}"], "is empty (0 bytes)"),
     "resume a corrupt file": (["--resume", "{corrupt}"], "is unreadable"),
     "evaluate a corrupt file": (["--evaluate", "{corrupt}"], "is unreadable"),
+    "evaluate an unknown split": (
+        ["--evaluate-split", "train"],
+        "--evaluate-split 'train' is not one of ['test', 'val']",
+    ),
     "fine-tune from another architecture": (
         ["--arch", "4C3-MP2-8C3-MP2", "--finetune-from", "{other}"],
         "is from another architecture (shape mismatch",

@@ -270,6 +270,20 @@ def test_evaluate_reproduces_the_test_error_of_results_json(tmp_path, tiny_datas
     assert evaluated["test_error"] == pytest.approx(results["test_error"], abs=1e-6)
 
 
+def test_evaluate_split_val_gives_the_validation_error_the_best_checkpoint_was_chosen_on(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "2") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        logged = [float(row["val/error"]) for row in csv.DictReader(f) if row.get("val/error")]
+    assert len(logged) == 2
+    argv = ["--evaluate", results["best_checkpoint"], "--evaluate-split", "val", "--data-dir", str(tmp_path / "data")]
+    assert train.main(argv) == 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    evaluated = json.loads((checkpoints / "results-val.json").read_text())
+    assert evaluated["val_error"] == pytest.approx(min(logged), abs=1e-6) and evaluated["val_size"] == 50
+    assert not (checkpoints / "results.json").exists()  # the test split was not touched
+
+
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path, tiny_dataset):
     assert run(tmp_path, tiny_dataset, "--precision", "bf16-mixed", "--max-epochs", "2") == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test_error"] < 0.5  # chance is 0.75

@@ -114,6 +114,16 @@ S.declare(
         affects_result=False,
     ),
     S.Setting(
+        "evaluate_split",
+        "test",
+        "--evaluate: the split to measure, test (the official test split; results.json) or val (the run's own "
+        "held-out validation images, to choose between runs without touching the test split; results-val.json)",
+        "run",
+        type=str,
+        choices=lambda: ("test", "val"),
+        affects_result=False,
+    ),
+    S.Setting(
         "recon_every",
         1,
         "log reconstruction grids every N epochs (0: off)",

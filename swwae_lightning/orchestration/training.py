@@ -89,11 +89,20 @@ def _hardware(trainer: pl.Trainer) -> str:
     )
 
 
-def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
-    metrics = results[0] if results else {}
+def _split_results(split: str, metrics: dict) -> dict:
+    """``{split}_error`` and ``{split}_accuracy`` from a ``trainer.test`` / ``validate`` result (NaN if absent)."""
     return {
-        "test_error": float(metrics.get("test/error", float("nan"))),
-        "test_accuracy": float(metrics.get("test/acc", float("nan"))),
+        f"{split}_{key}": float(metrics.get(f"{split}/{name}", float("nan")))
+        for key, name in (("error", "error"), ("accuracy", "acc"))
+    }
+
+
+def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
+    return {**_split_results("test", results[0] if results else {}), **_machine(trainer)}
+
+
+def _machine(trainer: pl.Trainer) -> dict:
+    return {
         "hardware": _hardware(trainer),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -210,7 +219,7 @@ def result_settings(cfg: dict) -> dict:
 
 
 def evaluate(cfg: dict, checkpoint_path: str) -> dict:
-    """Test split only, from weights read safely; results.json is written beside the checkpoint."""
+    """One split (``evaluate_split``), from weights read safely; its results file is written beside the checkpoint."""
     checkpoint = load_checkpoint(checkpoint_path)
     hparams = checkpoint["hyper_parameters"]
     module = SWWAEModule(**hparams)
@@ -228,14 +237,19 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
         use_distributed_sampler=False,
         enable_checkpointing=False,
     )
-    tested = trainer.test(module, datamodule=datamodule, verbose=False)
+    split = cfg["evaluate_split"]
+    measure = trainer.validate if split == "val" else trainer.test
+    metrics = (measure(module, datamodule=datamodule, verbose=False) or [{}])[0]
     results = {
         "dataset": cfg["dataset"],
         "checkpoint": str(checkpoint_path),
         "arch": hparams["arch"],
-        **_test_results(trainer, tested),
+        **_split_results(split, metrics),
+        **({"val_size": len(datamodule.val_indices)} if split == "val" else {}),
+        **_machine(trainer),
     }
+    name = "results.json" if split == "test" else f"results-{split}.json"
     if trainer.is_global_zero:
-        write_json(out_dir / "results.json", results)
-        rank_zero_info(f"test error {100 * results['test_error']:.2f}% ; wrote {out_dir / 'results.json'}")
+        write_json(out_dir / name, results)
+        rank_zero_info(f"{split} error {100 * results[f'{split}_error']:.2f}% ; wrote {out_dir / name}")
     return results
