@@ -427,11 +427,16 @@ def test_steps_on_the_entropy_term_make_the_unlabeled_predictions_more_confident
     assert term(step).item() < 0.5 * before
 
 
-def test_an_entropy_minimization_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dataset, tmp_path):
-    assert views_needed({"lambda_entmin": 1.0}) == ()
-    cfg = tiny_config(tiny_dataset, tmp_path, lambda_entmin=1.0, lambda_vat=1.0, lambda_rec=0, lambda_mid=0)
+@pytest.mark.parametrize(
+    "weight, computed", [("lambda_entmin", {"entmin", "vat"}), ("lambda_balance", {"balance", "vat"})]
+)
+def test_a_term_on_the_unlabeled_predictions_asks_for_no_extra_view_and_trains_through_the_module(
+    tiny_dataset, tmp_path, weight, computed
+):
+    assert views_needed({weight: 1.0}) == ()
+    cfg = tiny_config(tiny_dataset, tmp_path, **{weight: 1.0}, lambda_vat=1.0, lambda_rec=0, lambda_mid=0)
     module = build_module(cfg)
-    assert {"entmin", "vat"} <= set(module.objective.computed)
+    assert computed <= set(module.objective.computed)
     trainer = pl.Trainer(
         max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -466,15 +471,3 @@ def test_steps_on_the_class_balance_term_spread_a_collapsed_batch_over_the_class
         optimizer.step()
     assert before > 0.5 and term(step).item() < 0.1 * before
     assert torch.bincount(net.encode(images).argmax(1), minlength=3).min() > 0  # every class in use
-
-
-def test_a_class_balance_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dataset, tmp_path):
-    assert views_needed({"lambda_balance": 1.0}) == ()
-    cfg = tiny_config(tiny_dataset, tmp_path, lambda_balance=1.0, lambda_entmin=1.0, lambda_rec=0, lambda_mid=0)
-    module = build_module(cfg)
-    assert {"balance", "entmin"} <= set(module.objective.computed)
-    trainer = pl.Trainer(
-        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    trainer.fit(module, datamodule=build_datamodule(cfg))
-    assert trainer.global_step == 3

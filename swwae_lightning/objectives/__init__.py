@@ -19,9 +19,8 @@ from .base import (
     needs_of,
     views_needed,
 )
-from .class_balance import ClassBalance
 from .consistency import Consistency
-from .entropy import EntropyMinimization
+from .entropy import ClassBalance, EntropyMinimization
 from .fixmatch import FixMatch, confident_pseudo_labels
 from .reconstruction import InputReconstruction, IntermediateReconstruction
 from .swap import WhatWhereSwap
