@@ -1,5 +1,5 @@
 """The objectives beside SWWAE's own: the label-topped decoder, FixMatch, the mean teacher, the what-where swap,
-virtual adversarial training, entropy minimization, class balance."""
+virtual adversarial training, entropy minimization."""
 
 import csv
 from types import SimpleNamespace
@@ -15,7 +15,6 @@ from swwae_lightning import settings as S
 from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.objectives import (
     TERMS,
-    ClassBalance,
     Consistency,
     EntropyMinimization,
     FixMatch,
@@ -427,47 +426,13 @@ def test_steps_on_the_entropy_term_make_the_unlabeled_predictions_more_confident
     assert term(step).item() < 0.5 * before
 
 
-@pytest.mark.parametrize(
-    "weight, computed", [("lambda_entmin", {"entmin", "vat"}), ("lambda_balance", {"balance", "vat"})]
-)
-def test_a_term_on_the_unlabeled_predictions_asks_for_no_extra_view_and_trains_through_the_module(
-    tiny_dataset, tmp_path, weight, computed
-):
-    assert views_needed({weight: 1.0}) == ()
-    cfg = tiny_config(tiny_dataset, tmp_path, **{weight: 1.0}, lambda_vat=1.0, lambda_rec=0, lambda_mid=0)
+def test_an_entropy_minimization_run_asks_for_no_extra_view_and_trains_through_the_module(tiny_dataset, tmp_path):
+    assert views_needed({"lambda_entmin": 1.0}) == ()
+    cfg = tiny_config(tiny_dataset, tmp_path, lambda_entmin=1.0, lambda_vat=1.0, lambda_rec=0, lambda_mid=0)
     module = build_module(cfg)
-    assert computed <= set(module.objective.computed)
+    assert {"entmin", "vat"} <= set(module.objective.computed)
     trainer = pl.Trainer(
         max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
     trainer.fit(module, datamodule=build_datamodule(cfg))
     assert trainer.global_step == 3
-
-
-# ----------------------------------------------------------------------------- class balance
-def test_class_balance_is_the_kl_in_nats_of_the_batch_mean_prediction_from_uniform():
-    term, log4 = ClassBalance(), torch.log(torch.tensor(4.0)).item()
-    one_each = torch.eye(4) * 60  # four confident images, one per class: balanced
-    assert term(fake_step(unlabeled=one_each)) == pytest.approx(0.0, abs=1e-12)
-    assert term(fake_step(unlabeled=torch.zeros(3, 4))) == pytest.approx(0.0, abs=1e-12)  # uncertain, balanced too
-    all_one_class = torch.tensor([[60.0, 0.0, 0.0, 0.0]]).repeat(5, 1)
-    assert term(fake_step(unlabeled=all_one_class)) == pytest.approx(log4, abs=1e-12)
-    half_and_half = torch.tensor([[60.0, 60.0, 0.0, 0.0]]).repeat(2, 1)  # mean (1/2, 1/2, 0, 0): ln 4 - ln 2
-    assert term(fake_step(unlabeled=half_and_half)) == pytest.approx(log4 - torch.log(torch.tensor(2.0)).item())
-
-
-def test_steps_on_the_class_balance_term_spread_a_collapsed_batch_over_the_classes():
-    torch.manual_seed(0)
-    net = StackedWhatWhere("4C3-MP2-FC16", 1, 8, 3)
-    with torch.no_grad():
-        net.head[-1].bias.copy_(torch.tensor([4.0, 0.0, 0.0]))  # every image starts in class 0
-    images = torch.randn(32, 1, 8, 8)
-    step = SimpleNamespace(logits=lambda name: net.encode(images))
-    term, optimizer = ClassBalance(), torch.optim.SGD(net.parameters(), lr=0.1)
-    before = term(step).item()
-    for _ in range(20):
-        optimizer.zero_grad()
-        term(step).backward()
-        optimizer.step()
-    assert before > 0.5 and term(step).item() < 0.1 * before
-    assert torch.bincount(net.encode(images).argmax(1), minlength=3).min() > 0  # every class in use

@@ -1,5 +1,5 @@
 """The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap,
-virtual adversarial training, entropy minimization, class balance)."""
+virtual adversarial training, entropy minimization)."""
 
 from .base import (
     BATCH_PARTS,
@@ -20,7 +20,7 @@ from .base import (
     views_needed,
 )
 from .consistency import Consistency
-from .entropy import ClassBalance, EntropyMinimization
+from .entropy import EntropyMinimization
 from .fixmatch import FixMatch, confident_pseudo_labels
 from .reconstruction import InputReconstruction, IntermediateReconstruction
 from .swap import WhatWhereSwap
@@ -51,5 +51,4 @@ __all__ = [
     "WhatWhereSwap",
     "VirtualAdversarial",
     "EntropyMinimization",
-    "ClassBalance",
 ]
