@@ -71,6 +71,7 @@ CASES = {
     "resume an empty file": (["--resume", "{empty}"], "is empty (0 bytes)"),
     "resume a corrupt file": (["--resume", "{corrupt}"], "is unreadable"),
     "evaluate a corrupt file": (["--evaluate", "{corrupt}"], "is unreadable"),
+    "evaluated split without a checkpoint": (["--evaluate-split", "val"], "measures the checkpoint --evaluate names"),
     "evaluate an unknown split": (
         ["--evaluate-split", "train"],
         "--evaluate-split 'train' is not one of ['test', 'val']",
