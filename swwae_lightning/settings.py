@@ -28,8 +28,10 @@ class Setting:
     """One hyper-parameter or option. ``name`` is snake_case; its flag is ``--kebab-case``.
 
     ``owner`` ("pooling=soft") marks a setting that belongs to one choice of another setting:
-    it is checked only when that choice is made. ``affects_result=False`` marks bookkeeping
-    (paths, loggers, hardware): the report groups runs ignoring it.
+    it is checked only when that choice is made. ``part_of`` ("predict") marks a setting that only
+    the action of another setting reads: a changed value without that action is refused, since it
+    would be silently ignored. ``affects_result=False`` marks bookkeeping (paths, loggers,
+    hardware): the report groups runs ignoring it.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Setting:
     const: Any = None
     affects_result: bool = True
     owner: str | None = None
+    part_of: str | None = None
 
     @property
     def option(self) -> str:
@@ -162,6 +165,18 @@ def _applies(setting: Setting, values: dict) -> bool:
     return str(values.get(key)) == choice
 
 
+def _check_read(setting: Setting, value: Any, values: dict, style: str) -> None:
+    """A ``part_of`` setting given a value of its own while its action is off is an error, not a no-op."""
+    action = setting.part_of
+    if action is None or action not in values or values[action] or value == setting.default:
+        return
+    if style == "flag":
+        given, needed = setting.option, SETTINGS[action].option
+    else:
+        given, needed = f"{setting.name}=", f"{action}="
+    raise ValueError(f"{given} {value} is read by {needed} only; give {needed} too, or leave {given} out")
+
+
 def check_all(values: dict, style: str = "flag") -> dict:
     """Every declared setting present in ``values``, converted and checked; returns the converted dict.
 
@@ -175,6 +190,7 @@ def check_all(values: dict, style: str = "flag") -> dict:
         out[name] = (
             convert(setting, value, setting.option, " ") if style == "flag" else convert(setting, value, name, "=")
         )
+        _check_read(setting, out[name], values, style)
     return out
 
 

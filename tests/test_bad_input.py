@@ -71,7 +71,15 @@ CASES = {
     "resume an empty file": (["--resume", "{empty}"], "is empty (0 bytes)"),
     "resume a corrupt file": (["--resume", "{corrupt}"], "is unreadable"),
     "evaluate a corrupt file": (["--evaluate", "{corrupt}"], "is unreadable"),
-    "evaluated split without a checkpoint": (["--evaluate-split", "val"], "measures the checkpoint --evaluate names"),
+    "evaluated split without a checkpoint": (
+        ["--evaluate-split", "val"],
+        "--evaluate-split val is read by --evaluate only; give --evaluate too, or leave --evaluate-split out",
+    ),
+    "images to classify without a checkpoint": (
+        ["--images", "photos"],
+        "--images photos is read by --predict only; give --predict too, or leave --images out",
+    ),
+    "prediction file without a checkpoint": (["--out", "p.csv"], "--out p.csv is read by --predict only"),
     "evaluate an unknown split": (
         ["--evaluate-split", "train"],
         "--evaluate-split 'train' is not one of ['test', 'val']",

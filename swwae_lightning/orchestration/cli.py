@@ -326,10 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     claim = None
     try:  # input: everything that can be wrong before a training step is taken
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
-        if cfg["evaluate_split"] != "test" and not cfg["evaluate"]:
-            raise ValueError(
-                f"--evaluate-split {cfg['evaluate_split']} measures the checkpoint --evaluate names; give one"
-            )
         if cfg["evaluate"]:
             training.evaluate(cfg, cfg["evaluate"])
             return 0

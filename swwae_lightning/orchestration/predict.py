@@ -38,7 +38,13 @@ S.declare(
         affects_result=False,
     ),
     S.Setting(
-        "images", None, "--predict: the folder of images to classify (any depth)", "run", type=str, affects_result=False
+        "images",
+        None,
+        "--predict: the folder of images to classify (any depth)",
+        "run",
+        type=str,
+        affects_result=False,
+        part_of="predict",
     ),
     S.Setting(
         "out",
@@ -47,6 +53,7 @@ S.declare(
         "run",
         type=str,
         affects_result=False,
+        part_of="predict",
     ),
 )
 

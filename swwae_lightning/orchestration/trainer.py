@@ -122,6 +122,7 @@ S.declare(
         type=str,
         choices=lambda: ("test", "val"),
         affects_result=False,
+        part_of="evaluate",
     ),
     S.Setting(
         "recon_every",
