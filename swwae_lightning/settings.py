@@ -165,16 +165,18 @@ def _applies(setting: Setting, values: dict) -> bool:
     return str(values.get(key)) == choice
 
 
+def _spelling(setting: Setting, style: str) -> tuple[str, str]:
+    """The setting's name as the user wrote it and what joins it to a value: ``--lr 0.1`` or ``lr=0.1``."""
+    return (setting.option, " ") if style == "flag" else (setting.name, "=")
+
+
 def _check_read(setting: Setting, value: Any, values: dict, style: str) -> None:
     """A ``part_of`` setting given a value of its own while its action is off is an error, not a no-op."""
     action = setting.part_of
     if action is None or action not in values or values[action] or value == setting.default:
         return
-    if style == "flag":
-        given, needed = setting.option, SETTINGS[action].option
-    else:
-        given, needed = f"{setting.name}=", f"{action}="
-    raise ValueError(f"{given} {value} is read by {needed} only; give {needed} too, or leave {given} out")
+    (given, sep), needed = _spelling(setting, style), _spelling(SETTINGS[action], style)[0]
+    raise ValueError(f"{given}{sep}{value} is read by {needed} only; give {needed} too, or leave {given} out")
 
 
 def check_all(values: dict, style: str = "flag") -> dict:
@@ -187,9 +189,7 @@ def check_all(values: dict, style: str = "flag") -> dict:
         setting = SETTINGS.get(name)
         if setting is None or not _applies(setting, values):
             continue
-        out[name] = (
-            convert(setting, value, setting.option, " ") if style == "flag" else convert(setting, value, name, "=")
-        )
+        out[name] = convert(setting, value, *_spelling(setting, style))
         _check_read(setting, out[name], values, style)
     return out
 
