@@ -355,3 +355,33 @@ def test_a_term_that_raises_inside_training_gives_its_traceback_exit_1_and_the_r
     calls["fail_at"] = None
     assert train.main(["--run-dir", str(run_dir), "--resume", "last"]) == 0  # the lock was released
     assert json.loads((run_dir / "results.json").read_text())["global_step"] == 4
+
+
+def test_in_a_terminal_the_error_line_of_a_bug_comes_after_the_progress_bar(plugin_file, tmp_path):
+    """A terminal shows stdout (the bar) and stderr (the error) as one stream: the resume hint must end it."""
+    fragile = tmp_path / "fragile.py"
+    fragile.write_text(
+        plugin_file.read_text()
+        + textwrap.dedent("""
+        @TERMS.register
+        class Fragile(LossTerm):
+            name = "fragile"
+            weight = Setting("lambda_fragile", 0.0, "weight of fragile", "objectives", type=float)
+
+            def __call__(self, step):
+                raise ValueError("a bug in the user's term")
+        """)
+    )
+    argv = [*SMALL, "--lambda-fragile", "1", "--max-epochs", "1", "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--plugins", str(fragile), *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one pipe keeps the order in which the two streams were written
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    lines = [line for line in re.split(r"[\r\n]", proc.stdout) if line.strip()]
+    assert "Epoch 0" in proc.stdout and lines[-1].startswith("error: training stopped by ValueError"), lines[-3:]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 from .. import settings as S
 from ..objectives import DECODER, needs_of
@@ -240,7 +241,7 @@ def image_callbacks(cfg: dict, run_dir: Path) -> list:
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, with the training loss read from the logged metrics.
+    """Lightning's bar, with the training loss read from the logged metrics, closed when training fails.
 
     Lightning turns every ``prog_bar`` value of the training step into a Python number after every
     batch, a read of the device that makes a GPU's host wait each step. The loss is logged without
@@ -253,6 +254,12 @@ class ProgressBar(TQDMProgressBar):
         if loss is not None:
             metrics["train/loss"] = f"{float(loss):.3g}"
         return metrics
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # A bar left open is drawn once more when the process exits, below the error line and its resume hint.
+        for bar in vars(self).values():
+            if isinstance(bar, Tqdm):
+                bar.close()
 
 
 def build_trainer(
