@@ -68,11 +68,15 @@ def plugin_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_py(*args: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def run_py(
+    *args: str, cwd: Path, timeout: float = 600, one_stream: bool = False, **env: str
+) -> subprocess.CompletedProcess:
+    """``one_stream`` writes stderr into stdout, in the order a terminal would show the two."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if one_stream else subprocess.PIPE,
         text=True,
         timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1", **env},
@@ -373,15 +377,7 @@ def test_in_a_terminal_the_error_line_of_a_bug_comes_after_the_progress_bar(plug
         """)
     )
     argv = [*SMALL, "--lambda-fragile", "1", "--max-epochs", "1", "--run-dir", str(tmp_path / "run")]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--plugins", str(fragile), *argv],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # one pipe keeps the order in which the two streams were written
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_py(str(REPO / "train.py"), "--plugins", str(fragile), *argv, cwd=tmp_path, timeout=300, one_stream=True)
     assert proc.returncode == 1, proc.stdout[-3000:]
     lines = [line for line in re.split(r"[\r\n]", proc.stdout) if line.strip()]
     assert "Epoch 0" in proc.stdout and lines[-1].startswith("error: training stopped by ValueError"), lines[-3:]
