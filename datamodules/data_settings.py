@@ -91,6 +91,15 @@ S.declare(
         check=S.at_least(0),
     ),
     S.Setting(
+        "strong_cutout",
+        0.5,
+        "the strong view's cutout: the side of the square zeroed in each image, as a fraction of the "
+        "image's shorter side (0: none); smaller keeps more of a thin subject such as a digit",
+        "data",
+        type=float,
+        check=S.within(0, 1, closed_low=True, closed_high=True),
+    ),
+    S.Setting(
         "download",
         True,
         "let torchvision download a dataset that is not found locally",

@@ -63,6 +63,11 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         unknown = sorted(set(views) - set(VIEWS))
         if unknown:
             raise ValueError(f"views {unknown} are not among {VIEWS}")
+        if values["strong_cutout"] != S.SETTINGS["strong_cutout"].default and "strong" not in views:
+            raise ValueError(
+                f"--strong-cutout {values['strong_cutout']} shapes the strong view, which no loss term here uses; "
+                "give a term that does (--lambda-fixmatch) or leave --strong-cutout out"
+            )
         if fold is not None and not self.info.folds:
             raise ValueError(f"fold={fold} applies only to datasets with predefined folds, not {dataset!r}")
         if fold is not None and not 0 <= fold < self.info.folds:
@@ -83,7 +88,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         max_shift = values["max_shift"]
         self.max_shift = round(self.info.image_shape[1] / 14) if max_shift is None else max_shift
         self.max_rotation, self.max_scale = values["max_rotation"], values["max_scale"]
-        self.input_noise = values["input_noise"]
+        self.input_noise, self.strong_cutout = values["input_noise"], values["strong_cutout"]
         self.splits: ImageSplits | None = None
         self.labeled_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
@@ -322,7 +327,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if self.info.hflip:
             images = augment.random_hflip(images, generator)
         return augment.standardize(
-            strong_augment(images.float() / 255, generator, hflip=False), self.info.mean, self.info.std
+            strong_augment(images.float() / 255, generator, hflip=False, cutout=self.strong_cutout),
+            self.info.mean,
+            self.info.std,
         )
 
     def _views(self, images: torch.Tensor, step: int, rank: int) -> dict[str, torch.Tensor]:

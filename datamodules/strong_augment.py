@@ -233,8 +233,12 @@ def random_brightness_contrast(
     return torch.addcmul(offset, images, contrast).clamp_(0, 1)  # clamp_ on the new tensor only
 
 
-def strong_augment(images: Tensor, generator: torch.Generator, hflip: bool) -> Tensor:
-    """The framework's strong augmentation: [hflip], affine, elastic, brightness/contrast, cutout (default magnitudes).
+def strong_augment(images: Tensor, generator: torch.Generator, hflip: bool, cutout: float = 0.5) -> Tensor:
+    """The framework's strong augmentation: [hflip], affine, elastic, brightness/contrast, cutout.
+
+    The magnitudes are fixed but the cutout's side, ``cutout`` of the shorter image side (digits
+    lose less to a smaller square). The square's position is drawn whatever its size, so every
+    size sees the same random numbers.
 
     The flip coins are drawn whether or not ``hflip`` is set (applied only when it
     is: never for digits), so the other ops get the same random numbers either
@@ -251,4 +255,4 @@ def strong_augment(images: Tensor, generator: torch.Generator, hflip: bool) -> T
     theta = _draw_affine(generator, b, h, w, 30.0, 0.3, (0.8, 1.2), 0.125)
     images = _warp(images, theta, _elastic_lattice(generator, images, 1.0, 4.0))
     images = random_brightness_contrast(images, generator)
-    return random_cutout(images, generator)
+    return random_cutout(images, generator, cutout)

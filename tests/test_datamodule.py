@@ -238,6 +238,35 @@ def test_max_scale_zooms_weak_views_by_factors_within_the_bound(tiny_dataset):
     assert torch.allclose(angle, torch.zeros(512, dtype=torch.float64), atol=1e-6)  # zoomed, not turned
 
 
+def _strong_views(dataset, images: torch.Tensor, **settings) -> torch.Tensor:
+    dm = SemiSupervisedDataModule(
+        views=("strong",), dataset=dataset, labels=40, val_size=50, seed=0, download=False, **settings
+    )
+    return dm.to_display(dm.on_after_batch_transfer({"unlabeled": images}, 0)["views"]["strong"])
+
+
+@pytest.mark.parametrize("fraction, side", [(0.25, 2), (0.5, 4), (1.0, 8)])
+def test_strong_cutout_sets_the_side_of_the_square_the_strong_view_loses_and_changes_nothing_else(
+    tiny_dataset, fraction, side
+):
+    white = torch.full((256, 1, 8, 8), 255, dtype=torch.uint8)
+    uncut = _strong_views(tiny_dataset, white, strong_cutout=0.0)
+    cut = _strong_views(tiny_dataset, white, strong_cutout=fraction)
+    lost = cut != uncut
+    assert torch.equal(cut[~lost], uncut[~lost])  # the same distortions: only the square differs
+    assert cut[lost].abs().max() < 1e-6  # and the square is black
+    per_image = lost.flatten(1).sum(1)
+    assert per_image.max() == side * side  # the whole square where it lies on the lit image, never more
+    if fraction == 0.5:
+        assert torch.equal(cut, _strong_views(tiny_dataset, white))  # the default
+
+
+def test_a_strong_cutout_without_a_term_that_uses_the_strong_view_is_refused(tiny_dataset):
+    with pytest.raises(ValueError, match=r"--strong-cutout 0.25 shapes the strong view, which no loss term here"):
+        make_dm(tiny_dataset, strong_cutout=0.25)
+    make_dm(tiny_dataset, strong_cutout=0.5)  # the default value is no request
+
+
 def test_preview_images_are_fixed_and_displayable(tiny_dataset):
     dm = make_dm(tiny_dataset)
     first = dm.preview_images(5)
