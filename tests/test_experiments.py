@@ -180,8 +180,10 @@ def test_report_pairs_each_swwae_row_with_its_baseline_seed_by_seed(tmp_path):
 def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_objective_alone(tmp_path):
     runs = tmp_path / "runs"
     for seed, (alone, combined) in enumerate(((0.020, 0.015), (0.030, 0.040))):
-        fake_run(runs / f"fixmatch-seed{seed}", seed, alone, lambda_rec=0.0, mode="semi", lambda_fixmatch=1.0)
-        fake_run(runs / f"fixmatch-swwae-seed{seed}", seed, combined, lambda_fixmatch=1.0)
+        # The strong view's shape is part of FixMatch: the baseline, which has no strong view, still pairs.
+        strong = dict(lambda_fixmatch=1.0, strong_cutout=0.25)
+        fake_run(runs / f"fixmatch-seed{seed}", seed, alone, lambda_rec=0.0, mode="semi", **strong)
+        fake_run(runs / f"fixmatch-swwae-seed{seed}", seed, combined, **strong)
         fake_run(runs / f"baseline-seed{seed}", seed, 0.05, lambda_rec=0.0, mode="semi")
     rows = {r["experiment"]: r for r in report.write_report([runs], tmp_path / "rep")}
     assert rows["fixmatch-swwae"]["terms"] == {"rec": 1.0, "mid": 0.1, "fixmatch": 1.0}
