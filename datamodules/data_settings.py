@@ -95,11 +95,10 @@ S.declare(
         0.5,
         "the strong view's cutout: the side of the square zeroed in each image, as a fraction of the "
         "image's shorter side (0: none); smaller keeps more of a thin subject such as a digit",
-        # Only the terms that ask for a strong view read it, so it is part of their method: a baseline
-        # without such a term is the baseline of a run that sets it.
-        "objectives",
+        "data",
         type=float,
         check=S.within(0, 1, closed_low=True, closed_high=True),
+        of_method=True,
     ),
     S.Setting(
         "download",

@@ -31,7 +31,9 @@ class Setting:
     it is checked only when that choice is made. ``part_of`` ("predict") marks a setting that only
     the action of another setting reads: a changed value without that action is refused, since it
     would be silently ignored. ``affects_result=False`` marks bookkeeping (paths, loggers,
-    hardware): the report groups runs ignoring it.
+    hardware): the report groups runs ignoring it. ``of_method=True`` marks a setting outside the
+    method groups that only a method reads (the strong view's shape, which only the terms that ask
+    for a strong view use): a baseline may differ in it as in the method's own settings.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Setting:
     affects_result: bool = True
     owner: str | None = None
     part_of: str | None = None
+    of_method: bool = False
 
     @property
     def option(self) -> str:
@@ -224,7 +227,7 @@ def bookkeeping() -> set[str]:
 
 def method_settings() -> set[str]:
     """Settings a baseline may differ in from the runs it is the baseline of."""
-    return set(names_in(METHOD_GROUPS))
+    return set(names_in(METHOD_GROUPS)) | {s.name for s in SETTINGS.values() if s.of_method}
 
 
 # ----------------------------------------------------------------------------- the command line
