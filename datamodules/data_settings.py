@@ -82,6 +82,16 @@ S.declare(
         check=S.within(0, 1, closed_low=True),
     ),
     S.Setting(
+        "elastic",
+        0.0,
+        "--augment: an elastic distortion of every weak training view (not the strong one), a smooth field "
+        "correlated over about 4 px: each pixel's displacement along each axis, in pixels, standard deviation "
+        "(0: none; the strong view uses 1)",
+        "data",
+        type=float,
+        check=S.at_least(0),
+    ),
+    S.Setting(
         "input_noise",
         0.0,
         "--augment: standard deviation of Gaussian noise added to every weak training view (not the strong one) "

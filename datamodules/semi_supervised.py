@@ -35,7 +35,7 @@ from .sampling import (
     seeded_generator,
 )
 from .sources import ImageSplits
-from .strong_augment import random_affine, strong_augment
+from .strong_augment import random_affine, random_elastic, strong_augment
 
 SKIPPED_FILE = "skipped_files.txt"  # in the run directory: a folder's unreadable files, a tab, the reason
 
@@ -56,7 +56,9 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         given = [name for name in FOLDER_ONLY if values[name] is not None]
         if given and dataset != "folder":
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
-        shaping = [name for name in ("max_shift", "max_rotation", "max_scale", "input_noise") if values[name]]
+        shaping = [
+            name for name in ("max_shift", "max_rotation", "max_scale", "elastic", "input_noise") if values[name]
+        ]
         if shaping and not values["augment"]:
             raise ValueError(f"--{shaping[0].replace('_', '-')} shapes the augmentation, which --no-augment turns off")
         self.info = dataset_info(values)
@@ -88,6 +90,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         max_shift = values["max_shift"]
         self.max_shift = round(self.info.image_shape[1] / 14) if max_shift is None else max_shift
         self.max_rotation, self.max_scale = values["max_rotation"], values["max_scale"]
+        self.elastic = values["elastic"]
         self.input_noise, self.strong_cutout = values["input_noise"], values["strong_cutout"]
         self.splits: ImageSplits | None = None
         self.labeled_indices: torch.Tensor | None = None
@@ -316,6 +319,8 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         if self.max_rotation > 0 or self.max_scale > 0:  # drawn only when asked: runs without it draw as before
             zoom = (1 - self.max_scale, 1 + self.max_scale)
             images = random_affine(images, generator, self.max_rotation, max_shear=0.0, scale=zoom, max_translate=0.0)
+        if self.elastic > 0:  # drawn only when asked: runs without it draw as before
+            images = random_elastic(images, generator, alpha=self.elastic)
         images = augment.standardize(images, self.info.mean, self.info.std)
         if self.input_noise > 0:  # drawn only when asked: runs without it draw as before
             images = augment.add_gaussian_noise(images, self.input_noise, generator)

@@ -110,6 +110,7 @@ CASES = {
     "VAT radius of 0": (["--vat-epsilon", "0"], "--vat-epsilon 0.0 must be > 0"),
     "rotation past a half turn": (["--max-rotation", "200"], "--max-rotation 200.0 must be in [0, 180]"),
     "zoom down to nothing": (["--max-scale", "1"], "--max-scale 1.0 must be in [0, 1)"),
+    "negative elastic distortion": (["--elastic", "-1"], "--elastic -1.0 must be >= 0"),
     "cutout larger than the image": (["--strong-cutout", "1.5"], "--strong-cutout 1.5 must be in [0, 1]"),
     "negative entropy-minimization weight": (["--lambda-entmin", "-1"], "--lambda-entmin -1.0 must be >= 0"),
     "teacher evaluation without a teacher": (["--eval-teacher"], "--eval-teacher evaluates the EMA teacher"),

@@ -62,6 +62,7 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
         (dict(augment=False, max_shift=3), r"--max-shift shapes the augmentation, which --no-augment turns off"),
         (dict(augment=False, max_rotation=10), r"--max-rotation shapes the augmentation, which --no-augment turns off"),
         (dict(augment=False, max_scale=0.1), r"--max-scale shapes the augmentation, which --no-augment turns off"),
+        (dict(augment=False, elastic=1.0), r"--elastic shapes the augmentation, which --no-augment turns off"),
         (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
         (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
         (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
@@ -236,6 +237,22 @@ def test_max_scale_zooms_weak_views_by_factors_within_the_bound(tiny_dataset):
     zoom = (mass / plain_mass).sqrt()
     assert zoom.min() > 0.73 and zoom.max() < 1.27 and zoom.min() < 0.8 and zoom.max() > 1.2
     assert torch.allclose(angle, torch.zeros(512, dtype=torch.float64), atol=1e-6)  # zoomed, not turned
+
+
+def test_elastic_displaces_weak_views_by_about_the_given_pixels_smoothly_and_leaves_evaluation_alone(tiny_dataset):
+    pos = torch.arange(33)
+    x = (7 * pos).to(torch.uint8).expand(256, 1, 33, 33).clone()  # a ramp: bilinear sampling reads it exactly
+    plain = _weak_views(make_dm(tiny_dataset, max_shift=0), x) * 255 / 7  # each pixel's own column
+    assert torch.allclose(plain, pos.float().expand_as(plain), atol=1e-4)
+    dm = make_dm(tiny_dataset, max_shift=0, elastic=1.5)
+    warped = _weak_views(dm, x)
+    assert torch.equal(warped, _weak_views(dm, x))  # seeded by the step: resume-exact
+    dx = (warped * 255 / 7 - plain)[..., 8:-8, 8:-8]  # the horizontal displacement, away from the zero border
+    assert 1.2 < dx.pow(2).mean().sqrt() < 1.8
+    assert (dx[..., 1:] * dx[..., :-1]).mean() / dx.pow(2).mean() > 0.9  # neighbours move alike: smooth
+    y = torch.zeros(256, dtype=torch.long)
+    evaluated, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(evaluated, make_dm(tiny_dataset, max_shift=0).on_after_batch_transfer((x, y), 0)[0])
 
 
 def _strong_views(dataset, images: torch.Tensor, **settings) -> torch.Tensor:
