@@ -54,6 +54,20 @@ def test_evaluate_and_finetune_read_the_published_file_as_the_full_checkpoint(tm
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--finetune-from", str(published), run_dir="tuned") == 0
 
 
+def test_a_run_finetuned_from_committed_weights_counts_the_time_their_run_recorded(tmp_path, tiny_dataset):
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
+    committed = tmp_path / "reports" / "pretraining-seed0"
+    published = publish.publish(tmp_path / "run" / "checkpoints" / "last.ckpt", committed / "weights" / "last.ckpt")
+    args = ("--max-epochs", "1", "--finetune-from", str(published))
+    assert run(tmp_path, tiny_dataset, *args, run_dir="unknown") == 0  # no results.json beside it yet
+    assert json.loads((tmp_path / "unknown" / "results.json").read_text())["finetuned_from"]["train_seconds"] is None
+    shutil.copy(tmp_path / "run" / "results.json", committed / "results.json")
+    assert run(tmp_path, tiny_dataset, *args, run_dir="tuned") == 0
+    pretraining = json.loads((committed / "results.json").read_text())
+    tuned = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert tuned["finetuned_from"] == {"checkpoint": str(published), "train_seconds": pretraining["train_seconds"]}
+
+
 @pytest.mark.parametrize("eval_teacher", [False, True])
 def test_the_published_file_keeps_the_ema_teacher_only_where_it_is_the_network_tested(
     tmp_path, tiny_dataset, eval_teacher

@@ -106,8 +106,16 @@ class RunRecord(Callback):
 
     @classmethod
     def started_from(cls, path: str, checkpoint: dict) -> dict:
-        """What a fine-tuned run records of its starting weights: the file and the training time they cost."""
-        return {"checkpoint": path, "train_seconds": cls.seconds_in(checkpoint)}
+        """What a fine-tuned run records of its starting weights: the file and the training time they cost.
+
+        A published file holds no training time; its run's results.json, committed beside the
+        ``weights/`` folder it sits in, does, so a row fine-tuned from committed weights still counts them.
+        """
+        seconds = cls.seconds_in(checkpoint)
+        beside = Path(path).parent.parent / "results.json"
+        if seconds is None and Path(path).parent.name == "weights" and beside.is_file():
+            seconds = json.loads(beside.read_text()).get("train_seconds")
+        return {"checkpoint": path, "train_seconds": seconds}
 
     def on_train_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
