@@ -6,6 +6,7 @@ from __future__ import annotations
 from swwae_lightning import settings as S
 
 from .datasets import DATASETS
+from .strong_augment import ELASTIC_SPACING
 
 MODES = ("semi", "supervised", "unsupervised")
 
@@ -85,8 +86,8 @@ S.declare(
         "elastic",
         0.0,
         "--augment: an elastic distortion of every weak training view (not the strong one), a smooth field "
-        "correlated over about 4 px: each pixel's displacement along each axis, in pixels, standard deviation "
-        "(0: none; the strong view uses 1)",
+        f"correlated over about {ELASTIC_SPACING:g} px: each pixel's displacement along each axis, in pixels, "
+        "standard deviation (0: none; the strong view uses 1)",
         "data",
         type=float,
         check=S.at_least(0),

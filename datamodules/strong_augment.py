@@ -118,6 +118,10 @@ def _grid_bases(h: int, w: int, gh: int, gw: int) -> tuple[Tensor, Tensor]:
     return rows, cols
 
 
+ELASTIC_SPACING = 4.0
+"""Pixels over which an elastic field is correlated, weak and strong views alike: a 28x28 digit stays readable."""
+
+
 def _elastic_lattice(generator: torch.Generator, images: Tensor, alpha: float, sigma: float) -> Tensor:
     """(B, 2, gh, gw) displacements, in normalized units, on a lattice of spacing ~sigma px over the pixel centres.
 
@@ -188,7 +192,9 @@ def random_affine(
     return _warp(images, _draw_affine(generator, b, h, w, max_degrees, max_shear, scale, max_translate))
 
 
-def random_elastic(images: Tensor, generator: torch.Generator, alpha: float = 1.0, sigma: float = 4.0) -> Tensor:
+def random_elastic(
+    images: Tensor, generator: torch.Generator, alpha: float = 1.0, sigma: float = ELASTIC_SPACING
+) -> Tensor:
     """Elastic deformation (Simard et al. 2003), cheaply: Gaussian-smoothed noise on a coarse lattice, upsampled.
 
     Noise on a lattice of spacing ~``sigma`` px is smoothed by a Gaussian of std
@@ -253,6 +259,6 @@ def strong_augment(images: Tensor, generator: torch.Generator, hflip: bool, cuto
             (coins < 0.5).to(images.device, non_blocking=True).view(b, 1, 1, 1), images.flip(-1), images
         )
     theta = _draw_affine(generator, b, h, w, 30.0, 0.3, (0.8, 1.2), 0.125)
-    images = _warp(images, theta, _elastic_lattice(generator, images, 1.0, 4.0))
+    images = _warp(images, theta, _elastic_lattice(generator, images, 1.0, ELASTIC_SPACING))
     images = random_brightness_contrast(images, generator)
     return random_cutout(images, generator, cutout)
