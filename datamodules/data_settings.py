@@ -63,6 +63,7 @@ S.declare(
         "data",
         type=int,
         check=S.at_least(0),
+        part_of="augment",
     ),
     S.Setting(
         "max_rotation",
@@ -72,6 +73,7 @@ S.declare(
         "data",
         type=float,
         check=S.within(0, 180, closed_low=True, closed_high=True),
+        part_of="augment",
     ),
     S.Setting(
         "max_scale",
@@ -81,6 +83,7 @@ S.declare(
         "data",
         type=float,
         check=S.within(0, 1, closed_low=True),
+        part_of="augment",
     ),
     S.Setting(
         "elastic",
@@ -91,6 +94,7 @@ S.declare(
         "data",
         type=float,
         check=S.at_least(0),
+        part_of="augment",
     ),
     S.Setting(
         "input_noise",
@@ -100,6 +104,7 @@ S.declare(
         "data",
         type=float,
         check=S.at_least(0),
+        part_of="augment",
     ),
     S.Setting(
         "strong_cutout",

@@ -56,11 +56,6 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         given = [name for name in FOLDER_ONLY if values[name] is not None]
         if given and dataset != "folder":
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
-        shaping = [
-            name for name in ("max_shift", "max_rotation", "max_scale", "elastic", "input_noise") if values[name]
-        ]
-        if shaping and not values["augment"]:
-            raise ValueError(f"--{shaping[0].replace('_', '-')} shapes the augmentation, which --no-augment turns off")
         self.info = dataset_info(values)
         unknown = sorted(set(views) - set(VIEWS))
         if unknown:

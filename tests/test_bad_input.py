@@ -111,6 +111,10 @@ CASES = {
     "rotation past a half turn": (["--max-rotation", "200"], "--max-rotation 200.0 must be in [0, 180]"),
     "zoom down to nothing": (["--max-scale", "1"], "--max-scale 1.0 must be in [0, 1)"),
     "negative elastic distortion": (["--elastic", "-1"], "--elastic -1.0 must be >= 0"),
+    "augmentation shaped but turned off": (
+        ["--no-augment", "--max-rotation", "10"],
+        "--max-rotation 10.0 is read by --augment only; give --augment too, or leave --max-rotation out",
+    ),
     "cutout larger than the image": (["--strong-cutout", "1.5"], "--strong-cutout 1.5 must be in [0, 1]"),
     "negative entropy-minimization weight": (["--lambda-entmin", "-1"], "--lambda-entmin -1.0 must be >= 0"),
     "teacher evaluation without a teacher": (["--eval-teacher"], "--eval-teacher evaluates the EMA teacher"),

@@ -58,11 +58,26 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
         (dict(dataset="imagenet"), r"dataset='imagenet' is not one of \['cifar10'"),
         (dict(mode="weak"), r"mode='weak' is not one of"),
         (dict(batch_size=0), r"batch_size=0 must be >= 1"),
-        (dict(augment=False, input_noise=0.1), r"--input-noise shapes the augmentation, which --no-augment turns off"),
-        (dict(augment=False, max_shift=3), r"--max-shift shapes the augmentation, which --no-augment turns off"),
-        (dict(augment=False, max_rotation=10), r"--max-rotation shapes the augmentation, which --no-augment turns off"),
-        (dict(augment=False, max_scale=0.1), r"--max-scale shapes the augmentation, which --no-augment turns off"),
-        (dict(augment=False, elastic=1.0), r"--elastic shapes the augmentation, which --no-augment turns off"),
+        (
+            dict(augment=False, input_noise=0.1),
+            r"input_noise=0.1 is read by augment only; give augment too, or leave input_noise out",
+        ),
+        (
+            dict(augment=False, max_shift=3),
+            r"max_shift=3 is read by augment only; give augment too, or leave max_shift out",
+        ),
+        (
+            dict(augment=False, max_rotation=10),
+            r"max_rotation=10.0 is read by augment only; give augment too, or leave max_rotation out",
+        ),
+        (
+            dict(augment=False, max_scale=0.1),
+            r"max_scale=0.1 is read by augment only; give augment too, or leave max_scale out",
+        ),
+        (
+            dict(augment=False, elastic=1.0),
+            r"elastic=1.0 is read by augment only; give augment too, or leave elastic out",
+        ),
         (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
         (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
         (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
