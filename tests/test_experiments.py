@@ -89,7 +89,13 @@ def test_baseline_matches_its_partner_config_but_for_the_objective(path):
 
 
 @pytest.mark.parametrize(
-    "best", ["mnist-100-e40-meanteacher", "mnist-100-e25-meanteacher-vat", "mnist-100-e25-meanteacher-vat-entmin"]
+    "best",
+    [
+        "mnist-100-e40-meanteacher",
+        "mnist-100-e25-meanteacher-vat",
+        "mnist-100-e25-meanteacher-vat-entmin",
+        "mnist-100-e20-meanteacher-vat-entmin-fixmatch",
+    ],
 )
 def test_the_pretraining_config_feeds_the_best_configs_a_fast_dev_run_each(tmp_path, best):
     """SWWAE pretraining then the fine-tune into a best row, as docs/results.md shows them, one batch each."""
