@@ -375,6 +375,15 @@ def test_vat_grows_with_its_radius_and_trains_the_network_on_the_perturbed_pass_
     assert all(p.grad is not None for p in net.head.parameters())
 
 
+def test_the_vat_divergence_is_never_negative_when_two_predictions_all_but_agree():
+    # Unclamped, about half of these rounded sums come out a few ulps below zero, on any vector unit.
+    torch.manual_seed(0)
+    clean = torch.randn(200, 16, 10)
+    divergences = [kl_from(a, a + 1e-7 * torch.randn_like(a)) for a in clean]
+    assert min(d.item() for d in divergences) == 0.0
+    assert max(d.item() for d in divergences) < 1e-6
+
+
 def test_vat_leaves_batch_norm_running_statistics_as_the_clean_pass_left_them():
     torch.manual_seed(0)
     net = StackedWhatWhere("4C3-BN-MP2-FC16", 1, 8, 3).train()

@@ -32,13 +32,17 @@ def unit_rows(d: Tensor) -> Tensor:
 
 
 def kl_from(target_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(softmax(target) || softmax(logits)), summed over classes, averaged over rows."""
+    """KL(softmax(target) || softmax(logits)), summed over classes, averaged over rows.
+
+    A divergence is never negative, but its rounded sum can be, by a few ulps, when the two predictions
+    all but agree (the sign then depends on the CPU's vector unit): it is clamped at 0, which leaves
+    every positive value and its gradient as they were."""
     return F.kl_div(
         F.log_softmax(logits.float(), 1),
         F.log_softmax(target_logits.float(), 1),
         log_target=True,
         reduction="batchmean",
-    )
+    ).clamp_min(0.0)
 
 
 @contextmanager
