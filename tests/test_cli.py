@@ -83,6 +83,20 @@ def test_semi_supervised_training_learns_the_tiny_task(tmp_path, tiny_dataset):
     assert results["test_error"] < 0.3  # chance is 0.75
 
 
+def test_last_ckpt_is_the_end_of_the_last_epoch_even_when_validation_stops_improving(tmp_path, tiny_dataset):
+    # A learning rate this small leaves the validation error where epoch 0 put it: best.ckpt stays at epoch 0.
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "3", "--lr", "1e-12") == 0
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0 and best["global_step"] == results["global_step"] // 3
+    assert last["epoch"] == 2 and last["global_step"] == results["global_step"]
+    # under Lightning's own state key, so resuming keeps comparing against epoch 0's score
+    (key,) = [k for k in last["callbacks"] if k.startswith("ModelCheckpoint{")]
+    assert last["callbacks"][key]["best_model_score"] == best["callbacks"][key]["best_model_score"]
+
+
 class InterruptAfterFirstEpoch(pl.Callback):
     """Ctrl-C at the end of the first epoch, as a user would press it."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -82,6 +82,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``best.ckpt`` when the monitored error improves, and ``last.ckpt`` at the end of every epoch, whatever it did.
+
+    Lightning's ``save_last=True`` writes ``last.ckpt`` only in a step where a best file is saved too,
+    so once validation stops improving, ``--resume last`` (after a kill, a requeue, a power cut) would
+    throw away every epoch since, and the final weights would be saved nowhere.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(save_last=True, **kwargs)
+
+    @property
+    def state_key(self) -> str:  # the key Lightning's own class gives: checkpoints keep restoring the best score
+        return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def _save_last_at_epoch_end(self, trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skipped where this step's best save wrote it already
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
 
 
 class InterruptCheckpoint(Callback):

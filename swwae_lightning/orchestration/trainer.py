@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 from .. import settings as S
 from ..objectives import DECODER, needs_of
-from .checkpoints import AtomicCheckpointIO, InterruptCheckpoint
+from .checkpoints import AtomicCheckpointIO, BestAndLastCheckpoint, InterruptCheckpoint
 from .run_files import RunCSVLogger, RunRecord
 from .tracking import WandbRunId, tensorboard_logger, wandb_logger
 
@@ -272,12 +272,11 @@ def build_trainer(
     validate = cfg["limit_val_batches"] is None or cfg["limit_val_batches"] > 0
     # Without labels the classifier is untrained: the best unsupervised model reconstructs best.
     monitor = "val/rec" if cfg["mode"] == "unsupervised" else "val/error"
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestAndLastCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor if validate else None,
         mode="min",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
