@@ -11,10 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_extending
 import torch
 import yaml
+from PIL import Image
 
 import train
 from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, settings
@@ -185,6 +187,70 @@ def test_a_two_process_ddp_run_sees_the_plugin_on_both_ranks(plugin_file, tmp_pa
         ("0", "2"),
         ("1", "2"),
     ]
+
+
+def test_a_checkpoint_or_run_folder_from_elsewhere_never_imports_the_plugins_it_names_unless_chosen(
+    plugin_file, tmp_path
+):
+    marker = tmp_path / "imported"
+    shipped = tmp_path / "download" / "helpers.py"  # a file shipped beside a checkpoint someone published
+    shipped.parent.mkdir()
+    shipped.write_text(PLUGIN + f"open({str(marker)!r}, 'a').write('imported')\n")
+    run_dir = tmp_path / "run"
+    train_py = str(REPO / "train.py")
+    trained = run_py(
+        train_py, "--plugins", str(shipped), *SMALL, "--max-epochs", "1", "--run-dir", str(run_dir), cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    marker.unlink()
+    best = run_dir / "checkpoints" / "best.ckpt"
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 60 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    readers = {
+        "checkpoint": [
+            [train_py, "--evaluate", str(best)],
+            [train_py, "--predict", str(best), "--images", str(images)],
+        ],
+        "run folder": [["-m", "swwae_lightning.orchestration.report", str(run_dir), "--out", str(tmp_path / "report")]],
+    }
+    for source, commands in readers.items():
+        for command in commands:
+            refused = run_py(*command, cwd=tmp_path)
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            (line,) = refused.stderr.strip().splitlines()
+            assert line.startswith(f"error: {source} ") and line.endswith(
+                f"names plugin(s) {shipped}, which would run their code: "
+                f"if you trust them, allow them with --plugins {shipped}"
+            ), line
+            assert not marker.exists()
+    assert not (best.parent / "results.json").exists() and not (tmp_path / "report").exists()
+    assert not (run_dir / "predictions.csv").exists()
+    # --finetune-from reads weights only: another plugin (the dataset, without the shipped file) is all it needs
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "blobs.py").write_text(PLUGIN)
+    finetuned = run_py(
+        train_py,
+        "--plugins",
+        str(tmp_path / "mine" / "blobs.py"),
+        *SMALL,
+        "--max-epochs",
+        "1",
+        "--finetune-from",
+        str(best),
+        "--run-dir",
+        str(tmp_path / "finetuned"),
+        cwd=tmp_path,
+    )
+    assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+    assert not marker.exists()
+    # chosen with --plugins, each reader works
+    for command in [*readers["checkpoint"], *readers["run folder"]]:
+        allowed = run_py(*command, "--plugins", str(shipped), cwd=tmp_path)
+        assert allowed.returncode == 0, allowed.stderr[-3000:]
+        assert marker.read_text() == "imported"
+        marker.unlink()
 
 
 def test_an_installed_package_registers_a_term_through_the_entry_point_group(tmp_path):

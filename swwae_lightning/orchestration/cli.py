@@ -4,7 +4,8 @@
 
 Precedence, lowest first: built-in defaults < the run's own config.yaml (with
 --resume) or the checkpoint's config (with --evaluate) < --config FILE.yaml < flags.
-Plugins named in any of these are imported before any of them is read.
+Plugins named in any of these are imported before any of them is read; a checkpoint's are
+imported only where the command line chose them too (see ``plugins``).
 
 Errors by kind: bad input (settings, files, checkpoints, data found before training
 starts) ends with one line on stderr and exit status 2, and nothing is written before
@@ -77,20 +78,11 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
-def _plugins_in(path: Path) -> list[str]:
-    """The ``plugins`` key of a config file; anything else wrong with the file is reported when it is read."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return []
-    value = data.get("plugins") if isinstance(data, dict) else None
-    return plugins.plugins_value(value) if value else []
-
-
 def load_requested_plugins(argv: list[str]) -> list[str]:
-    """Import every plugin the command names, before any setting is parsed (a plugin declares settings):
-    ``--plugins``, the ``--config`` file's ``plugins:``, the resumed run's config.yaml, the evaluated
-    checkpoint's config, and those handed down by the process that started this one."""
+    """Import every plugin the command chooses, before any setting is parsed (a plugin declares settings):
+    ``--plugins``, the ``--config`` file's ``plugins:``, the resumed run's config.yaml, and those handed down
+    by the process that started this one. The checkpoint of ``--evaluate`` or ``--predict`` came from
+    elsewhere: the plugins it names must be among those (or installed), or the command ends in one line."""
     pre = _Parser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
     pre.add_argument("--plugins", nargs="+")
     for flag in ("--config", "--resume", "--run-dir", "--run_dir", "--evaluate", "--predict"):
@@ -101,13 +93,15 @@ def load_requested_plugins(argv: list[str]) -> list[str]:
     if "resume" in known:
         files.append(_find_resume(known["resume"], known.get("run_dir"))[1] / "config.yaml")
     for path in files:
-        specs += _plugins_in(path)
+        specs += plugins.named_in_config(path)
+    chosen = plugins.load(specs + plugins.from_environment())
     for reads in ("evaluate", "predict"):
         if reads in known:
             from .checkpoints import load_checkpoint
 
-            specs += plugins.plugins_value(load_checkpoint(known[reads]).get("swwae_config", {}).get("plugins") or [])
-    return list(dict.fromkeys(plugins.load(specs + plugins.from_environment())))
+            named = load_checkpoint(known[reads]).get("swwae_config", {}).get("plugins")
+            chosen += plugins.require_chosen(named, f"checkpoint {known[reads]!r}")
+    return list(dict.fromkeys(chosen))
 
 
 def resolve_config(argv: list[str]) -> dict:

@@ -117,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--check", action="store_true", help="exit 1 naming each block or page that differs")
     action.add_argument("--update", action="store_true", help="rewrite them from their sources, then check")
     parser.add_argument("--root", type=Path, default=REPO, help="the repository whose pages these are")
+    parser.add_argument(
+        "--plugins", nargs="+", default=[], help="plugins that committed runs name (their code runs: trust them)"
+    )
     args = parser.parse_args(argv)
     try:
+        from .plugins import load
+
+        load(args.plugins)
         if args.update:
             print(f"rewrote {update(args.root)} marked block(s) and {CLI_REFERENCE}")
         problems = check(args.root)
-    except (ValueError, OSError) as error:  # a block naming a file or an experiment that is not there
+    except (ValueError, OSError, ImportError) as error:  # a missing file or experiment; a plugin not chosen
         print(f"error: {error}", file=sys.stderr)
         return 1
     for line in problems:

@@ -5,6 +5,11 @@ A plugin registers poolings, loss terms or datasets when it is imported. It is n
 passed on to every process the framework starts (DDP ranks, report sweeps, ``--resume``), so
 its settings are known wherever the run goes. Installed packages register through the
 entry-point group ``swwae_lightning.plugins`` and are found without any flag.
+
+A plugin runs code, so only the person at the command line chooses one: ``--plugins``, their
+``--config`` file, their own run's config.yaml on ``--resume``, or an installed package. A file
+from elsewhere (a checkpoint for ``--evaluate`` or ``--predict``, someone's run folder given to the
+report) may *name* plugins, but naming one never imports it (``require_chosen``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
+import yaml
+
 from .. import settings as S
 
 ENTRY_POINT_GROUP = "swwae_lightning.plugins"
@@ -26,6 +33,7 @@ ENVIRONMENT = "SWWAE_PLUGINS"  # os.pathsep-separated, for processes started wit
 
 _loaded: dict[str, ModuleType] = {}
 _installed_loaded = False
+_installed_modules: set[str] = set()  # the modules the entry points name: chosen by installing their package
 
 
 class PluginError(ImportError):
@@ -98,6 +106,16 @@ def load(specs: Iterable[str]) -> list[str]:
     return names
 
 
+def named_in_config(path: Path) -> list[str]:
+    """The ``plugins`` key of a config file; anything else wrong with the file is reported when it is read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    value = data.get("plugins") if isinstance(data, dict) else None
+    return plugins_value(value) if value else []
+
+
 def from_environment() -> list[str]:
     return [s for s in os.environ.get(ENVIRONMENT, "").split(os.pathsep) if s]
 
@@ -110,6 +128,22 @@ def load_installed() -> None:
     _installed_loaded = True
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         entry_point.load()
+        _installed_modules.add(entry_point.module)
+
+
+def require_chosen(named, source: str) -> list[str]:
+    """The plugins ``source`` (a file from elsewhere) names, each of which must already be chosen: given with
+    ``--plugins`` (or by another trusted source) and so imported, or installed. Raises PluginError otherwise,
+    before anything is imported or written; returns their canonical names."""
+    names = plugins_value(named) if named else []
+    load_installed()
+    unchosen = [name for name in names if name not in _loaded and name not in _installed_modules]
+    if unchosen:
+        raise PluginError(
+            f"{source} names plugin(s) {', '.join(unchosen)}, which would run their code: "
+            f"if you trust them, allow them with --plugins {' '.join(unchosen)}"
+        )
+    return names
 
 
 def loaded() -> list[str]:
@@ -124,9 +158,11 @@ __all__ = [
     "canonical",
     "plugins_value",
     "load",
+    "named_in_config",
     "from_environment",
     "load_installed",
     "loaded",
+    "require_chosen",
 ]
 
 

@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plugin_specs = plugins.load(args.plugins)
         configs = list(args.sweep or []) + (plan_configs(args.plan, args.runs_root) if args.plan else [])
+        for config in configs:  # the caller's own files: their plugins are chosen, as train.py --config's are
+            plugins.load(plugins.named_in_config(Path(config)))
     except (ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         paths += [d for d in run_dirs if (d / "results.json").is_file()]
     try:
         rows = write_report(paths, args.out)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:  # ImportError: a run names a plugin not chosen
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(rows), end="")

@@ -80,7 +80,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
                 continue
             seen.add(run_dir)
             config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-            plugins.load(config.get("plugins") or [])  # the terms and settings the run was trained with
+            # the terms and settings the run was trained with: its plugins, if the reader chose them
+            plugins.require_chosen(config.get("plugins"), f"run folder {str(run_dir)!r}")
             runs.append(Run(results_file.parent, config, results))
     return runs
 
