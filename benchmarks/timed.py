@@ -189,7 +189,7 @@ def train_lightning(
     ops = OpProfile(profile, bench.device, warmup, steps)
     window = StepWindow(clock, cfg["seed"], ops)
     callbacks = [
-        trainer_module.ProgressBar(refresh_rate=cfg["progress_every"]),
+        trainer_module.TerminalProgressBar(refresh_rate=cfg["progress_every"]),
         LearningRateMonitor(logging_interval="step"),
         window,
     ]

@@ -2,13 +2,19 @@
 packages register through the entry-point group; the loss-term contract is explicit."""
 
 import csv
+import fcntl
 import inspect
 import json
 import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +77,44 @@ def plugin_file(tmp_path_factory) -> Path:
 
 
 def run_py(
-    *args: str, cwd: Path, timeout: float = 600, one_stream: bool = False, **env: str
+    *args: str, cwd: Path, timeout: float = 600, one_stream: bool = False, terminal: bool = False, **env: str
 ) -> subprocess.CompletedProcess:
-    """``one_stream`` writes stderr into stdout, in the order a terminal would show the two."""
+    """``one_stream`` writes stderr into stdout, in the order a terminal would show the two; ``terminal``
+    runs the process on a pseudo-terminal (stdout and stderr both), as a person at a shell sees it."""
+    command, env = [sys.executable, *args], {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    if terminal:
+        return _run_on_a_terminal(command, cwd, timeout, env)
     return subprocess.run(
-        [sys.executable, *args],
+        command,
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if one_stream else subprocess.PIPE,
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        env=env,
     )
+
+
+def _run_on_a_terminal(command: list[str], cwd: Path, timeout: float, env: dict) -> subprocess.CompletedProcess:
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    shown, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([controller], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the process closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(controller)
+    returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return subprocess.CompletedProcess(command, returncode, shown.decode(errors="replace").replace("\r\n", "\n"), "")
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -443,7 +475,23 @@ def test_in_a_terminal_the_error_line_of_a_bug_comes_after_the_progress_bar(plug
         """)
     )
     argv = [*SMALL, "--lambda-fragile", "1", "--max-epochs", "1", "--run-dir", str(tmp_path / "run")]
-    proc = run_py(str(REPO / "train.py"), "--plugins", str(fragile), *argv, cwd=tmp_path, timeout=300, one_stream=True)
+    proc = run_py(str(REPO / "train.py"), "--plugins", str(fragile), *argv, cwd=tmp_path, timeout=300, terminal=True)
     assert proc.returncode == 1, proc.stdout[-3000:]
     lines = [line for line in re.split(r"[\r\n]", proc.stdout) if line.strip()]
     assert "Epoch 0" in proc.stdout and lines[-1].startswith("error: training stopped by ValueError"), lines[-3:]
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_a_terminal_gets_the_bar(plugin_file, tmp_path):
+    argv = [str(REPO / "train.py"), "--plugins", str(plugin_file), *SMALL, "--max-epochs", "2"]
+    logged_run = run_py(*argv, "--run-dir", str(tmp_path / "logged"), cwd=tmp_path)
+    assert logged_run.returncode == 0, logged_run.stderr[-3000:]
+    assert "\r" not in logged_run.stdout and "Epoch 0" not in logged_run.stdout
+    epochs = [line for line in logged_run.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[:2] for line in epochs] == [["epoch 1/2", "step 2"], ["epoch 2/2", "step 4"]], epochs
+    assert all(
+        re.search(r"  train/loss [\d.e+-]+  .*  val/error \d+\.\d\d%  .*  \d+\.\d s$", line) for line in epochs
+    ), epochs
+    shown = run_py(*argv, "--run-dir", str(tmp_path / "shown"), cwd=tmp_path, terminal=True)
+    assert shown.returncode == 0, shown.stdout[-3000:]
+    assert "Epoch 1" in shown.stdout and "\r" in shown.stdout  # the bar, redrawn in place
+    assert not [line for line in shown.stdout.splitlines() if line.startswith("epoch ")]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 from .. import settings as S
@@ -167,7 +169,7 @@ S.declare(
     S.Setting(
         "progress_every",
         10,
-        "refresh the progress bar every N steps",
+        "refresh the progress bar every N steps (on a terminal; a log file gets one line per epoch)",
         "run",
         type=int,
         check=S.at_least(1),
@@ -240,7 +242,7 @@ def image_callbacks(cfg: dict, run_dir: Path) -> list:
     ]
 
 
-class ProgressBar(TQDMProgressBar):
+class TerminalProgressBar(TQDMProgressBar):
     """Lightning's bar, with the training loss read from the logged metrics, closed when training fails.
 
     Lightning turns every ``prog_bar`` value of the training step into a Python number after every
@@ -260,6 +262,42 @@ class ProgressBar(TQDMProgressBar):
         for bar in vars(self).values():
             if isinstance(bar, Tqdm):
                 bar.close()
+
+
+class EpochLines(ProgressBar):
+    """One line per epoch where stdout is not a terminal (SLURM, nohup, CI): a bar's hundreds of
+    carriage-return redraws would fill a log file with one unreadable line per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self._enabled, self._epoch_started = True, 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
+        parts += [f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("train/")]
+        parts += [f"{k} {100 * float(metrics[k]):.2f}%" for k in ("val/error",) if k in metrics]
+        parts += [f"{k} {float(metrics[k]):.4g}" for k in ("val/rec",) if k in metrics]
+        parts.append(f"{time.perf_counter() - self._epoch_started:.1f} s")
+        print("  ".join(parts), flush=True)
+
+
+def progress_callback(cfg: dict) -> ProgressBar:
+    """A bar on a terminal, a line per epoch in a log file."""
+    if sys.stdout.isatty():
+        return TerminalProgressBar(refresh_rate=cfg["progress_every"])
+    return EpochLines()
 
 
 def build_trainer(
@@ -284,7 +322,7 @@ def build_trainer(
         checkpoint,
         InterruptCheckpoint(run_dir / "checkpoints" / "last.ckpt"),
         RunRecord(run_dir, cfg, finetuned_from),
-        ProgressBar(refresh_rate=cfg["progress_every"]),
+        progress_callback(cfg),
     ]
     if cfg["logger"] == "wandb":
         callbacks.append(WandbRunId())
