@@ -24,7 +24,14 @@ from .sources import ImageSplits
 PRESET_OF_SIZE = {28: PRESETS["mnist"], 32: PRESETS["cifar"], 96: PRESETS["stl10"]}
 
 
-_described: dict[tuple, DatasetInfo] = {}
+_described: dict[tuple, tuple[DatasetInfo, Path, int]] = {}  # -> (info, its cache's data file, that file's size)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _say(line: str) -> None:
@@ -62,8 +69,8 @@ def describe(settings: dict) -> DatasetInfo:
     )
     channels = settings.get("channels") or folder.dominant_channels(root, entries)
     key = (root, image_size, channels, folder.cache_key(entries, image_size, channels))
-    if key in _described:
-        return _described[key]
+    if key in _described and _size(_described[key][1]) == _described[key][2]:
+        return _described[key][0]  # the same files, and a cache still whole (else it is checked and rebuilt)
     manifest, data_path = folder.cached(root, entries, image_size, channels)
     splits_of = np.asarray(manifest["splits"])
     labels = np.asarray(manifest["labels"], dtype=np.int64)
@@ -122,5 +129,5 @@ def describe(settings: dict) -> DatasetInfo:
         preset=PRESET_OF_SIZE.get(image_size, ""),
         class_names=tuple(classes),
     )
-    _described[key] = info
+    _described[key] = (info, data_path, _size(data_path))
     return info

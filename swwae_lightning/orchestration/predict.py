@@ -17,7 +17,7 @@ import torch
 
 from datamodules import augment
 from datamodules.datasets import DATASETS
-from datamodules.folder import decode, failure_reason, files_under
+from datamodules.folder import decode, failure_reason, files_under, printable, read_regular
 
 from .. import settings as S
 from ..module import SWWAEModule
@@ -105,9 +105,11 @@ def predict(cfg: dict) -> dict:
         root = Path(cfg["images"])
         if not root.is_dir():
             raise ValueError(f"--images {cfg['images']!r} is not a folder")
-        files = [root.joinpath(*parts) for parts, _ in files_under(root)]
+        unusable: list[tuple[tuple[str, ...], str]] = []  # FIFOs, link loops, names no text file can hold
+        files = [root.joinpath(*parts) for parts, _ in files_under(root, unusable)]
+        listed = [(root.joinpath(*parts), reason) for parts, reason in unusable]
     elif cfg["dataset"] == "folder":
-        root, files = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint)
+        root, files, listed = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint), []
     else:
         raise ValueError(
             f"--predict of a {cfg['dataset']!r} checkpoint needs --images DIR (only a folder "
@@ -117,7 +119,7 @@ def predict(cfg: dict) -> dict:
     unreadable_path = out.with_name(out.stem + ".unreadable.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
     k = min(TOP_K, len(names))
-    histogram, confident, unreadable, rows, correct, with_truth = Counter(), 0, [], 0, 0, 0
+    histogram, confident, unreadable, rows, correct, with_truth = Counter(), 0, listed, 0, 0, 0
     with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", f"top_{k}"])
@@ -127,7 +129,7 @@ def predict(cfg: dict) -> dict:
             batch, kept = [], []
             for path in files[start : start + BATCH]:
                 try:
-                    batch.append(torch.from_numpy(decode(path.read_bytes(), pre["image_size"], pre["channels"])))
+                    batch.append(torch.from_numpy(decode(read_regular(path), pre["image_size"], pre["channels"])))
                     kept.append(path)
                 except Exception as error:  # a file that does not decode is listed, never a crash
                     unreadable.append((path, failure_reason(error)))
@@ -147,7 +149,7 @@ def predict(cfg: dict) -> dict:
                     with_truth += 1
                     correct += truth == names[c[0]]
             rows += len(kept)
-    unreadable_path.write_text("".join(f"{p}\t{reason}\n" for p, reason in unreadable))
+    unreadable_path.write_text("".join(f"{printable(str(p))}\t{reason}\n" for p, reason in unreadable))
     summary = {
         "images": rows,
         "unreadable": len(unreadable),
