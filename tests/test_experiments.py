@@ -558,3 +558,17 @@ def test_validation_curves_name_a_run_without_metrics_and_write_nothing(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bare has no metrics.csv" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_flags_an_experiment_whose_seeds_ended_at_different_global_steps(capsys):
+    from swwae_lightning.orchestration.results import find_runs, summarize
+
+    runs = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist-1000-objectives" / "runs"
+    wide = [runs / f"fashion-mnist-1000-e25-meanteacher-vat-wide-seed{seed}" for seed in range(3)]
+    (row,) = summarize(find_runs(wide))  # seed 2 was resumed once and lost a step: 10,549 against 10,550
+    assert row["steps_differ"]
+    assert "its seeds ended at different global steps (seed 0: 10550, seed 1: 10550, seed 2: 10549)" in (
+        capsys.readouterr().err
+    )
+    (same,) = summarize(find_runs(wide[:2]))
+    assert not same["steps_differ"]

@@ -1,10 +1,16 @@
 """Exact resume, interruption, the NaN guard, atomic and safe checkpoints."""
 
+import fcntl
 import json
 import os
+import pty
+import random
+import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -123,6 +129,98 @@ def test_mid_epoch_interrupt_and_resume_is_bit_exact_and_sees_each_example_once(
         assert torch.equal(value, split["state_dict"][key]), key
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "split")]
     assert results[0]["test_error"] == results[1]["test_error"]
+
+
+class StopWhere(pl.Callback):
+    """Stops a run once, at a named point of epoch 0 (``batch`` for a training batch): by Ctrl-C, by SIGTERM (the
+    flag Lightning's handler sets, acted on where Lightning checks it), or by SIGKILL during epoch 1 (nothing
+    saved then: only the epoch-end last.ckpt is left, put back over the interrupt's)."""
+
+    def __init__(self, how: str, where: str, batch: int | None, run_dir: Path):
+        self.how, self.where, self.batch, self.run_dir, self.done = how, where, batch, run_dir, False
+
+    def _stop(self, trainer, where: str, batch_idx: int | None = None) -> None:
+        epoch = 1 if self.how == "sigkill" else 0
+        if self.done or trainer.sanity_checking or trainer.current_epoch != epoch or where != self.where:
+            return
+        if self.batch is not None and batch_idx != self.batch:
+            return
+        self.done = True
+        if self.how == "sigterm":
+            trainer._signal_connector.received_sigterm = True
+            return
+        if self.how == "sigkill":
+            shutil.copy(self.run_dir / "checkpoints" / "last.ckpt", self.run_dir / "epoch-end.ckpt")
+        raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._stop(trainer, "training batch", batch_idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._stop(trainer, "validation batch", batch_idx)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._stop(trainer, "validation end")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._stop(trainer, "epoch end")
+
+
+STEPS_PER_EPOCH = 10  # TINY: 310 unlabeled images in batches of 32
+DRAW = random.Random(51)  # the stop points, drawn once: the same in every run of the suite
+STOPS = [
+    *[("ctrl-c", "training batch", DRAW.randrange(STEPS_PER_EPOCH - 1)) for _ in range(2)],
+    *[("sigterm", "training batch", DRAW.randrange(STEPS_PER_EPOCH - 1)) for _ in range(2)],
+    *[(how, "training batch", STEPS_PER_EPOCH - 1) for how in ("ctrl-c", "sigterm")],  # the epoch's last batch
+    *[(how, "validation batch", DRAW.randrange(3)) for how in ("ctrl-c", "sigterm")],
+    *[(how, where, None) for how in ("ctrl-c", "sigterm") for where in ("validation end", "epoch end")],
+    *[("sigkill", "training batch", DRAW.randrange(STEPS_PER_EPOCH))],
+]
+TEACHER_AND_STRONG_VIEW = ["--lambda-fixmatch", "1", "--fixmatch-threshold", "0.3", "--lambda-consistency", "1"]
+
+
+@pytest.fixture(scope="module")
+def unstopped(tmp_path_factory):
+    """The run never stopped, once for every stop point (the tiny dataset registered for this module only)."""
+    from conftest import make_tiny_splits
+
+    from datamodules import datasets
+
+    splits = make_tiny_splits()
+    info = datasets.DatasetInfo(
+        "tiny", lambda *_, **__: splits, (1, 8, 8), 4, (0.3,), (0.3,), False, preset="4C3-MP2-FC16"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(datasets.DATASETS._items, "tiny", info)
+        patch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
+        tmp_path = tmp_path_factory.mktemp("unstopped")
+        assert run(tmp_path, "tiny", "full", *TEACHER_AND_STRONG_VIEW) == 0
+    return tmp_path / "full"
+
+
+@pytest.mark.parametrize("how, where, batch", STOPS, ids=[f"{h}-{w.replace(' ', '-')}-{b}" for h, w, b in STOPS])
+def test_a_run_stopped_anywhere_and_resumed_ends_bit_identical_to_the_run_never_stopped(
+    tmp_path, tiny_dataset, extra_callback, unstopped, how, where, batch
+):
+    run_dir = tmp_path / "stopped"
+    extra_callback[:] = [StopWhere(how, where, batch, run_dir)]
+    if how == "sigterm":
+        assert run(tmp_path, tiny_dataset, "stopped", *TEACHER_AND_STRONG_VIEW) == 128 + signal.SIGTERM
+    else:
+        with pytest.raises(SystemExit):
+            run(tmp_path, tiny_dataset, "stopped", *TEACHER_AND_STRONG_VIEW)
+    if how == "sigkill":  # the interrupt's own save never happened
+        shutil.copy(run_dir / "epoch-end.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    stopped_at = final_state(run_dir)["global_step"]
+    extra_callback[:] = []
+    assert train.main(["--resume", "last", "--run-dir", str(run_dir)]) == 0
+    full, resumed = final_state(unstopped), final_state(run_dir)
+    assert resumed["global_step"] == full["global_step"] == 2 * STEPS_PER_EPOCH
+    assert (run_dir / "split.json").read_text() == (unstopped / "split.json").read_text()
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert json.loads((run_dir / "results.json").read_text())["resumed_at_steps"] == [stopped_at]
+    assert "resumed_at_steps" not in json.loads((unstopped / "results.json").read_text())
 
 
 def test_two_ranks_resumed_mid_epoch_cover_the_epoch_exactly_once():
@@ -256,15 +354,29 @@ def test_sigterm_mid_epoch_saves_last_and_resume_continues_from_that_step(tmp_pa
         str(run_dir),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # On a terminal, where the progress bar says which step the run has reached (a log file hears only of epochs).
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+
+    def read() -> str:
+        try:
+            return os.read(controller, 4096).decode(errors="replace")
+        except OSError:  # the process closed the terminal
+            return ""
+
     output = ""
     deadline = time.time() + 240
     while "Epoch 0:" not in output or "10/" not in output.split("Epoch 0:")[-1]:
-        chunk = proc.stdout.read(200)
+        chunk = read()
         assert chunk and time.time() < deadline, output[-2000:]
         output += chunk
     proc.send_signal(signal.SIGTERM)
-    output += proc.communicate(timeout=120)[0]
+    while chunk := read():
+        output += chunk
+    proc.wait(timeout=120)
+    os.close(controller)
     assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
     assert "Continue with: python train.py --resume" in output
     saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -136,6 +136,11 @@ def paper_error(run: Run) -> tuple[float, str] | None:
     return PAPER_ERRORS.get((r["dataset"], labels, r["mode"]))
 
 
+def _resumed_text(run: Run) -> str:
+    resumed = run.results.get("resumed_at_steps")
+    return f" (resumed at step {', '.join(map(str, resumed))})" if resumed else ""
+
+
 def summarize(runs: list[Run]) -> list[dict]:
     """One row per experiment, sorted by dataset, label count, then SWWAE before its baseline."""
     groups: dict[tuple, list[Run]] = {}
@@ -154,6 +159,10 @@ def summarize(runs: list[Run]) -> list[dict]:
             print(
                 f"warning: {', '.join(names)}: several runs share a seed ({seeds}); each counts as one", file=sys.stderr
             )
+        steps = [m.results.get("global_step") for m in members]
+        if len(set(steps)) > 1:  # one experiment's seeds take the same number of steps, unless a stop lost some
+            said = ", ".join(f"seed {seed}: {step}{_resumed_text(m)}" for seed, step, m in zip(seeds, steps, members))
+            print(f"warning: {', '.join(names)}: its seeds ended at different global steps ({said})", file=sys.stderr)
         settings = first.settings
         rows.append(
             {
@@ -174,6 +183,7 @@ def summarize(runs: list[Run]) -> list[dict]:
                 "paper_error": paper[0] if paper else None,
                 "paper_note": paper[1] if paper else None,
                 "steps": round(mean_std([m.results.get("global_step", 0) for m in members])[0]),
+                "steps_differ": len(set(steps)) > 1,
                 "minutes_mean": mean_std([m.minutes for m in members])[0],
                 "finetune_from": settings["finetune_from"],
                 "hardware": sorted({str(m.results.get("hardware", "?")) for m in members}),

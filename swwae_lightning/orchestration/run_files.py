@@ -69,6 +69,8 @@ class RunRecord(Callback):
         self.finetuned_from = finetuned_from  # {checkpoint, train_seconds} of the weights it started from
         self._started: float | None = None
         self._elapsed = 0.0  # this segment's seconds up to the last training batch, epoch or validation
+        self.resumed_at: list[int] = []  # the global step each resumed segment started from
+        self._restored = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
@@ -92,11 +94,16 @@ class RunRecord(Callback):
         return self.seconds_before + self._elapsed
 
     def state_dict(self) -> dict:
-        return {"train_seconds": self.train_seconds(), "finetuned_from": self.finetuned_from}
+        return {
+            "train_seconds": self.train_seconds(),
+            "finetuned_from": self.finetuned_from,
+            "resumed_at": self.resumed_at,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.seconds_before = float(state_dict.get("train_seconds", 0.0))
         self.finetuned_from = state_dict.get("finetuned_from", self.finetuned_from)
+        self.resumed_at, self._restored = list(state_dict.get("resumed_at", [])), True
 
     @classmethod
     def seconds_in(cls, checkpoint: dict) -> float | None:
@@ -118,6 +125,9 @@ class RunRecord(Callback):
         return {"checkpoint": path, "train_seconds": seconds}
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self._restored:  # a resumed segment: where it started, so a reader can check its step count
+            self.resumed_at.append(trainer.global_step)
+            self._restored = False
         datamodule = trainer.datamodule
         if trainer.is_global_zero and hasattr(datamodule, "write_run_files"):
             datamodule.write_run_files(self.run_dir)

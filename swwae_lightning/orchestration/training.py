@@ -101,13 +101,28 @@ def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
     return {**_split_results("test", results[0] if results else {}), **_machine(trainer)}
 
 
+def cpu_model() -> str:
+    """The CPU's vendor and model: the math libraries (MKL above all) pick their code paths by them, so two
+    machines that agree on threads, vector instructions and torch can still round differently."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    model, vendor = fields.get("model name") or platform.processor() or platform.machine(), fields.get("vendor_id")
+    return f"{model} ({vendor})" if vendor else model
+
+
 def _machine(trainer: pl.Trainer) -> dict:
     return {
         "hardware": _hardware(trainer),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
         "torch_version": torch.__version__,
-    }  # the thread count, the CPU's vector instructions (which kernels run) and torch change float results
+    }  # the thread count, the CPU's vector instructions and model (which kernels run) and torch change float results
 
 
 def load_finetune_weights(module: SWWAEModule, checkpoint: dict, path: str) -> None:
@@ -175,7 +190,7 @@ def fit(
     # file must be trusted, like any pickle; only --evaluate/--finetune-from read untrusted files.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
     record = next(c for c in trainer.callbacks if isinstance(c, RunRecord))
-    train_seconds = record.train_seconds()
+    train_seconds, resumed_at = record.train_seconds(), list(record.resumed_at)  # before test() restores best.ckpt's
     if trainer.world_size > 1:  # every rank says where it stopped: DDP needs them in step
         print(f"[rank {trainer.global_rank}] finished training at global step {trainer.global_step}", flush=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -196,6 +211,8 @@ def fit(
         "best_checkpoint": best,
         "run_dir": str(run_dir),
     }
+    if resumed_at:  # the steps its resumed segments started from: how it was stopped and continued
+        results["resumed_at_steps"] = resumed_at
     if record.finetuned_from:  # what its starting weights cost: a pretrained row counts the pretraining's time
         results["finetuned_from"] = record.finetuned_from
     if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
