@@ -14,6 +14,7 @@ import torch
 import train
 
 TINY = [
+    "--test",
     "--arch",
     "4C3-MP2-8C3-MP2",
     "--labels",

@@ -39,6 +39,7 @@ def test_two_process_ddp_run_of_train_py(tmp_path, capsys):
         "2",
         "--strategy",
         "ddp",
+        "--test",
     ]
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600

@@ -124,6 +124,7 @@ def one_step(tmp_path, *args) -> dict:
     """train.py's main, one training step (plus one validation and one test batch); returns results.json."""
     run_dir = tmp_path / "run"
     argv = [
+        "--test",
         "--dataset",
         "blobs",
         "--labels",

@@ -27,6 +27,7 @@ from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO, Checkp
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
+    "--test",
     "--arch",
     "4C3-BN-MP2-8C3-MP2-FC16-D0.5",
     "--labels",

@@ -15,6 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
+from . import ledger
 from .results import difference_text, error_text, find_runs, model_text, summarize
 
 KINDS = ("table", "benchmark", "scatter", "figures", "excerpt", "versions")
@@ -47,6 +48,12 @@ def results_table(report_dir: Path, experiments: list[str] | None = None) -> str
             f"| {difference_text(row['vs_baseline'])} "
             f"| {difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |"
         )
+    runs, experiments = ledger.reads(report_dir / "runs")
+    lines += [
+        "",
+        f"Test reads on record in this study (`{report_dir.name}/runs/{ledger.LEDGER}`): {runs} run(s) "
+        f"of {experiments} experiment(s).",
+    ]
     return "\n".join(lines) + "\n"
 
 

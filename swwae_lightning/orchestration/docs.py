@@ -96,8 +96,11 @@ def update_page(page: Path, root: Path = REPO) -> int:
 
 
 def check(root: Path = REPO) -> list[str]:
-    """Every page's stale blocks, and the CLI reference when it is not what the settings give."""
-    problems = [line for page in pages(root) for line in check_page(page, root)]
+    """Every page's stale blocks, the CLI reference when it is not what the settings give, and every committed
+    test error that the ledger does not record."""
+    from . import ledger
+
+    problems = [line for page in pages(root) for line in check_page(page, root)] + ledger.check(root)
     reference = root / CLI_REFERENCE
     if not reference.is_file() or reference.read_text() != cli_reference():
         problems.append(f"{reference}: not what the declared settings give; regenerate it with --update")
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="exit 1 naming each block or page that differs")
     action.add_argument("--update", action="store_true", help="rewrite them from their sources, then check")
+    action.add_argument(
+        "--backfill-ledger",
+        action="store_true",
+        help="record in the ledgers, marked reconstructed, the committed test errors that predate them; then check",
+    )
     parser.add_argument("--root", type=Path, default=REPO, help="the repository whose pages these are")
     parser.add_argument(
         "--plugins", nargs="+", default=[], help="plugins that committed runs name (their code runs: trust them)"
@@ -127,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         load(args.plugins)
         if args.update:
             print(f"rewrote {update(args.root)} marked block(s) and {CLI_REFERENCE}")
+        if args.backfill_ledger:
+            from . import ledger
+            from .plugins import declare_all_settings
+
+            declare_all_settings()
+            print(f"recorded {ledger.backfill(args.root)} test read(s) as reconstructed")
         problems = check(args.root)
     except (ValueError, OSError, ImportError) as error:  # a missing file or experiment; a plugin not chosen
         print(f"error: {error}", file=sys.stderr)

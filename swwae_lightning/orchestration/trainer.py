@@ -109,9 +109,18 @@ S.declare(
         type=str,
     ),
     S.Setting(
+        "test",
+        False,
+        "after training, measure the kept checkpoint on the test split (a final row's run; every read is "
+        "appended to the study's test-reads.jsonl); without it the test split stays sealed",
+        "run",
+        flag="switch",
+        affects_result=False,
+    ),
+    S.Setting(
         "evaluate",
         None,
-        "test this checkpoint on the official test split and exit",
+        "test this checkpoint on the official test split and exit (the read is appended to the ledger)",
         "run",
         type=str,
         affects_result=False,

@@ -20,6 +20,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule
 from .. import settings as S
 from ..module import SWWAEModule, module_settings
 from ..objectives import views_needed
+from . import ledger
 from .checkpoints import check_compatible, has_teacher, load_checkpoint, load_measured_weights, without_teacher
 from .run_files import RunRecord, write_json
 from .tracking import finish_wandb, write_summary
@@ -95,10 +96,6 @@ def _split_results(split: str, metrics: dict) -> dict:
         f"{split}_{key}": float(metrics.get(f"{split}/{name}", float("nan")))
         for key, name in (("error", "error"), ("accuracy", "acc"))
     }
-
-
-def _test_results(trainer: pl.Trainer, results: list[dict]) -> dict:
-    return {**_split_results("test", results[0] if results else {}), **_machine(trainer)}
 
 
 def cpu_model() -> str:
@@ -181,7 +178,7 @@ def fit(
     resume_from: str | None = None,
     trainer: pl.Trainer | None = None,
 ) -> dict:
-    """Train, then test the best checkpoint on the official test split; returns results.json's content.
+    """Train, then (with ``test``) test the kept checkpoint on the official test split; returns results.json's content.
 
     ``trainer`` is ``build_trainer``'s for this run, when the caller built it already.
     """
@@ -197,14 +194,16 @@ def fit(
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if best_score is not None:  # the metric the checkpoint was chosen by, at its best: what a sweep optimizes
         write_summary(trainer, trainer.checkpoint_callback.monitor, float(best_score))
-    if len(datamodule.splits.test_images):
+    has_test = len(datamodule.splits.test_images) > 0  # a folder without test/ has none (said when it was read)
+    if cfg["test"] and has_test:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
-    else:  # a folder without test/: the validation error is the result (said when the folder was read)
+    else:  # sealed: the kept checkpoint's validation error is the result
         tested = []
     results = {
         **result_settings(cfg),
         "arch": module.hparams.arch,
-        **_test_results(trainer, tested),
+        **(_split_results("test", tested[0] if tested else {}) if tested else {}),
+        **_machine(trainer),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "train_seconds": round(train_seconds, 1),
@@ -215,15 +214,16 @@ def fit(
         results["resumed_at_steps"] = resumed_at
     if record.finetuned_from:  # what its starting weights cost: a pretrained row counts the pretraining's time
         results["finetuned_from"] = record.finetuned_from
-    if not tested and best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
-        results["val_error"] = float(best_score)  # what a run without a test set reports
+    if best_score is not None and trainer.checkpoint_callback.monitor == "val/error":
+        results["val_error"] = float(best_score)  # the kept checkpoint's: what runs are chosen by
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
-        said = (
-            f"test error {100 * results['test_error']:.2f}%"
-            if tested
-            else f"validation error {100 * results.get('val_error', float('nan')):.2f}% (no test set)"
-        )
+        if tested:
+            ledger.record(run_dir / "results.json", results, best, "train --test")
+            said = f"test error {100 * results['test_error']:.2f}%"
+        else:
+            why = "the test split stays sealed; --test reads it" if has_test else "no test set"
+            said = f"validation error {100 * results.get('val_error', float('nan')):.2f}% ({why})"
         rank_zero_info(f"{said} ; run directory: {run_dir}")
     finish_wandb(trainer)
     return results
@@ -268,5 +268,9 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
     name = "results.json" if split == "test" else f"results-{split}.json"
     if trainer.is_global_zero:
         write_json(out_dir / name, results)
+        if split == "test":
+            ledger.record(
+                checkpoint_path, {**checkpoint.get("swwae_config", {}), **results}, checkpoint_path, "evaluate"
+            )
         rank_zero_info(f"{split} error {100 * results[f'{split}_error']:.2f}% ; wrote {out_dir / name}")
     return results
