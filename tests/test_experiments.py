@@ -15,7 +15,7 @@ from experiments import equivariance, validation_curves, where_ablation
 from swwae_lightning import pooling as P
 from swwae_lightning import settings as S
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.orchestration import report, sweep, training
+from swwae_lightning.orchestration import ledger, report, sweep, training
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -145,6 +145,7 @@ def fake_run(
     config.update(arch=None, max_epochs=6, run_dir=str(directory), logger="wandb", **config_extra)
     (directory / "results.json").write_text(json.dumps(results))
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    ledger.record(directory / "results.json", results, "best.ckpt", "train --test")  # as a run with --test leaves it
     return directory
 
 
@@ -232,9 +233,11 @@ def test_report_pairs_a_pretrained_row_with_the_same_training_from_scratch_and_c
 
 
 def test_report_command_line_and_sweep_run_each_seed_once(tmp_path, monkeypatch, capsys):
-    calls = []
+    calls, run = [], subprocess.run
 
     def fake_train(command, **kwargs):  # stands in for `python train.py ...`
+        if command[0] == "git":  # the ledger asks git for the code's commit
+            return run(command, **kwargs)
         calls.append(command)
         run_dir = Path(command[command.index("--run-dir") + 1])
         seed = int(command[command.index("--seed") + 1])
@@ -292,9 +295,11 @@ def test_plan_configs_apply_common_then_each_variants_settings_to_the_base(tmp_p
 
 
 def test_report_plan_trains_every_variant_and_seed_in_parallel_with_logs_in_the_run_dirs(tmp_path, monkeypatch):
-    calls, two_at_once = [], threading.Barrier(2, timeout=30)
+    calls, two_at_once, run = [], threading.Barrier(2, timeout=30), subprocess.run
 
     def fake_train(command, **kwargs):  # each run's output goes to its train.log with --jobs > 1
+        if command[0] == "git":  # the ledger asks git for the code's commit
+            return run(command, **kwargs)
         run_dir = Path(command[command.index("--run-dir") + 1])
         calls.append((command, kwargs))
         two_at_once.wait()  # --jobs 2: runs go in pairs (breaks, and the sweep raises, if they ran one by one)

@@ -65,7 +65,6 @@ def practitioner_tree(root: Path, labeled: int = 20, unlabeled: int = 120, val: 
 
 
 SMALL = [
-    "--test",
     "--dataset",
     "folder",
     "--image-size",
@@ -86,6 +85,7 @@ SMALL = [
     "0",
     "--overview-every",
     "0",
+    "--test",
 ]
 
 

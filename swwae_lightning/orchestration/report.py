@@ -12,11 +12,12 @@ The rows come from ``results``, the figure from ``results_plot``, the runs from 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
-from . import plugins
+from . import ledger, plugins
 from .results import Run, difference_text, error_text, find_runs, labels_text, model_text, summarize
 from .results_plot import plot_error_vs_labels
 from .sweep import plan_configs, sweep
@@ -54,7 +55,9 @@ RUN_FILES = ("config.yaml", "split.json", "results.json")  # small: what a table
 
 def archive_runs(runs: list[Run], out_dir: Path) -> None:
     """Copy each run's config.yaml, split.json and results.json to out_dir/runs/<run directory's name>/,
-    so a committed report keeps the files behind every number (run directories are not committed)."""
+    so a committed report keeps the files behind every number (run directories are not committed), and
+    its test reads to the archive's ledger, so the record of who saw which test error travels with them."""
+    archived = out_dir / "runs" / ledger.LEDGER
     for run in runs:
         target = out_dir / "runs" / run.path.name
         if target.resolve() == run.path.resolve():
@@ -63,6 +66,10 @@ def archive_runs(runs: list[Run], out_dir: Path) -> None:
         for name in RUN_FILES:
             if (run.path / name).is_file():
                 shutil.copyfile(run.path / name, target / name)
+        known = ledger.entries(archived)
+        read = [e for e in ledger.entries(run.path.parent / ledger.LEDGER) if e["run"] == run.path.name]
+        with open(archived, "a") as handle:
+            handle.writelines(json.dumps(e) + "\n" for e in read if e not in known)
 
 
 def without_archived_twins(runs: list[Run], out_dir: Path) -> list[Run]:
