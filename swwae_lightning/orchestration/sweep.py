@@ -62,7 +62,8 @@ def sweep(
     plugin_specs: list[str] | None = None,
 ) -> tuple[list[Path], list[str]]:
     """The training command line once per (config, seed) into runs_root/<config>-seed<S>, ``jobs`` at a time,
-    each given ``plugin_specs`` (a config's own ``plugins:`` key reaches its run by itself).
+    each given ``plugin_specs`` (a config's own ``plugins:`` key reaches its run by itself). A sweep makes a
+    results table's rows, so each run reads the test split (``--test``), and its ledger records the read.
 
     A finished run (results.json) is kept; an interrupted one (last.ckpt, no results.json) is resumed.
     With jobs > 1 each run's output goes to its run directory's train.log instead of the terminal.
@@ -86,6 +87,7 @@ def sweep(
                 str(seed),
                 "--run-dir",
                 str(run_dir),
+                "--test",
                 *(["--plugins", *plugin_specs] if plugin_specs else []),
                 *(train_args or []),
             ]
