@@ -191,11 +191,13 @@ def unstopped(tmp_path_factory):
     info = datasets.DatasetInfo(
         "tiny", lambda *_, **__: splits, (1, 8, 8), 4, (0.3,), (0.3,), False, preset="4C3-MP2-FC16"
     )
+    deterministic = torch.are_deterministic_algorithms_enabled()  # --deterministic sets it for the process
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(datasets.DATASETS._items, "tiny", info)
         patch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
         tmp_path = tmp_path_factory.mktemp("unstopped")
         assert run(tmp_path, "tiny", "full", *TEACHER_AND_STRONG_VIEW) == 0
+    torch.use_deterministic_algorithms(deterministic)
     return tmp_path / "full"
 
 

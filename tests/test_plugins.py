@@ -231,7 +231,16 @@ def test_a_checkpoint_or_run_folder_from_elsewhere_never_imports_the_plugins_it_
     run_dir = tmp_path / "run"
     train_py = str(REPO / "train.py")
     trained = run_py(
-        train_py, "--plugins", str(shipped), *SMALL, "--max-epochs", "1", "--run-dir", str(run_dir), cwd=tmp_path
+        train_py,
+        "--plugins",
+        str(shipped),
+        *SMALL,
+        "--max-epochs",
+        "1",
+        "--test",
+        "--run-dir",
+        str(run_dir),
+        cwd=tmp_path,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     marker.unlink()
