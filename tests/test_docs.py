@@ -31,7 +31,7 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
     text = page.read_text()
     assert (
         "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 "
-        "| -4.00 ± 1.41 (2) |"
+        "| -4.00 ± 1.41 (2) [-16.71, +8.71] level |"
         in text
         and text.endswith("<!-- /table -->\n\nText.\n")
     )
@@ -48,7 +48,9 @@ def test_a_headline_table_shows_the_experiments_it_names_with_differences_over_e
     report.write_report([tmp_path / "live"], tmp_path / "reports" / "table")
     table = doc_tables.computed_table("table", ["reports/table", "swwae"], tmp_path)
     rows = [line for line in table.splitlines() if line.startswith("| swwae") or line.startswith("| baseline")]
-    assert len(rows) == 1 and "| -4.00 ± 1.41 (2) |" in rows[0]  # paired with the baseline it leaves out
+    assert (
+        len(rows) == 1 and "| -4.00 ± 1.41 (2) [-16.71, +8.71] level |" in rows[0]
+    )  # paired with the baseline it leaves out
     with pytest.raises(ValueError, match="has no experiment swwea"):
         doc_tables.computed_table("table", ["reports/table", "swwae", "swwea"], tmp_path)
     (tmp_path / "README.md").write_text("<!-- table: reports/table swwea -->\n<!-- /table -->\n")

@@ -181,7 +181,7 @@ def test_report_pairs_each_swwae_row_with_its_baseline_seed_by_seed(tmp_path):
     mean, std, n = rows["swwae"]["vs_baseline"]
     assert n == 2 and mean == pytest.approx(-1.5) and std == pytest.approx(0.7071, abs=1e-4)  # -1 and -2 points
     assert rows["other"]["vs_baseline"] is None and rows["baseline"]["vs_baseline"] is None
-    assert "| -1.50 ± 0.71 (2) |" in (tmp_path / "rep" / "results.md").read_text()
+    assert "| -1.50 ± 0.71 (2) [-7.85, +4.85] level |" in (tmp_path / "rep" / "results.md").read_text()
 
 
 def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_objective_alone(tmp_path):
@@ -199,7 +199,9 @@ def test_report_pairs_what_where_terms_on_top_of_another_objective_with_that_obj
     assert rows["fixmatch"]["vs_without_what_where"] is None  # nothing what-where to take away
     assert rows["fixmatch"]["vs_baseline"][0] == pytest.approx(-2.5)
     table = (tmp_path / "rep" / "results.md").read_text()
-    assert "| +0.25 ± 1.06 (2) |" in table and "| 1.50 / 4.00 |" in table  # per-seed errors in the table
+    assert (
+        "| +0.25 ± 1.06 (2) [-9.28, +9.78] level |" in table and "| 1.50 / 4.00 |" in table
+    )  # per-seed errors in the table
     archived = tmp_path / "rep" / "runs" / "fixmatch-swwae-seed1"
     assert json.loads((archived / "results.json").read_text())["test_error"] == 0.040
     assert yaml.safe_load((archived / "config.yaml").read_text())["lambda_fixmatch"] == 1.0
@@ -577,3 +579,29 @@ def test_the_report_flags_an_experiment_whose_seeds_ended_at_different_global_st
     )
     (same,) = summarize(find_runs(wide[:2]))
     assert not same["steps_differ"]
+
+
+def test_a_paired_difference_is_called_lower_or_higher_only_beyond_its_95_percent_interval():
+    from swwae_lightning.orchestration.results import difference_text, interval, verdict
+
+    low, high = interval(-1.0, 0.5, 3)  # t(0.975, 2 degrees of freedom) = 4.303
+    assert low == pytest.approx(-1.0 - 4.3027 * 0.5 / 3**0.5, abs=1e-4) and high == pytest.approx(-2 - low)
+    assert verdict((-1.0, 0.5, 3)) == "level" and verdict((-3.0, 0.5, 3)) == "lower"
+    assert verdict((3.0, 0.5, 3)) == "higher" and verdict((0.5, None, 1)) == ""
+    assert difference_text((-3.0, 0.5, 3)) == "-3.00 ± 0.50 (3) [-4.24, -1.76] lower"
+    assert difference_text((0.5, None, 1)) == "+0.50 ± — (1)"  # one seed: no interval, no verdict
+
+
+def test_a_row_over_its_studys_budget_is_marked_in_the_table(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path / "live" / f"slow-seed{seed}", seed, 0.1, minutes=45)
+        fake_run(tmp_path / "live" / f"fast-seed{seed}", seed, 0.2, lambda_rec=0.0, mode="semi", minutes=10)
+    report.write_report([tmp_path / "live"], tmp_path / "reports" / "study")
+    from swwae_lightning.orchestration import doc_tables
+
+    unbudgeted = doc_tables.results_table(tmp_path / "reports" / "study")
+    assert "| 45.0 |" in unbudgeted and "over" not in unbudgeted
+    (tmp_path / "reports" / "study" / "study.yaml").write_text("minutes_budget: 30\n")
+    budgeted = doc_tables.results_table(tmp_path / "reports" / "study")
+    assert "| 45.0 (over 30) |" in budgeted and "| 10.0 |" in budgeted
+    assert doc_tables.lowest_row(tmp_path / "reports" / "study") == "`slow`, 10.00 ± 0.00 % over 2 seeds\n"

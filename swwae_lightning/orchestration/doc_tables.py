@@ -2,6 +2,7 @@
 
 <!-- table: reports/X -->          results: the runs archived in reports/X/runs
 <!-- table: reports/X A B -->      the same, only the experiments named A and B (a headline table)
+<!-- lowest: reports/X A B -->     a prose claim kept true: which of A and B has the lowest mean test error
 <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                    or several, side by side in ms per step
 <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
@@ -15,10 +16,12 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 from . import ledger
 from .results import difference_text, error_text, find_runs, model_text, summarize
 
-KINDS = ("table", "benchmark", "scatter", "figures", "excerpt", "versions")
+KINDS = ("table", "lowest", "benchmark", "scatter", "figures", "excerpt", "versions")
 
 
 def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[dict]:
@@ -33,12 +36,29 @@ def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[d
     return rows
 
 
+def lowest_row(report_dir: Path, experiments: list[str] | None = None) -> str:
+    """A prose claim the checker keeps true: which of the named rows has the lowest mean test error."""
+    row = min(table_rows(report_dir, experiments), key=lambda r: r["error_mean"])
+    return f"`{row['experiment']}`, {error_text(row)} % over {len(row['errors'])} seeds\n"
+
+
+def study_budget(report_dir: Path) -> float | None:
+    """The minutes a run of the study may take (``study.yaml``'s ``minutes_budget``), if it states one."""
+    study = report_dir / "study.yaml"
+    return yaml.safe_load(study.read_text()).get("minutes_budget") if study.is_file() else None
+
+
+def minutes_text(minutes: float, budget: float | None) -> str:
+    return f"{minutes:.1f}" + (f" (over {budget:g})" if budget is not None and minutes > budget else "")
+
+
 def results_table(report_dir: Path, experiments: list[str] | None = None) -> str:
     """The short form of a results report: per seed, mean ± std, the paired differences, minutes."""
     rows = table_rows(report_dir, experiments)
+    budget = study_budget(report_dir)
     lines = [
-        "| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds "
-        "| what-where terms' effect, same seeds | minutes per run |",
+        "| experiment | objective | test error %, per seed | mean ± std | vs baseline, same seeds [95 % interval] "
+        "| what-where terms' effect, same seeds [95 % interval] | minutes per run |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
@@ -46,7 +66,7 @@ def results_table(report_dir: Path, experiments: list[str] | None = None) -> str
             f"| {row['experiment']} | {model_text(row)} "
             f"| {' / '.join(f'{e:.2f}' for e in row['errors'])} | {error_text(row)} "
             f"| {difference_text(row['vs_baseline'])} "
-            f"| {difference_text(row['vs_without_what_where'])} | {row['minutes_mean']:.1f} |"
+            f"| {difference_text(row['vs_without_what_where'])} | {minutes_text(row['minutes_mean'], budget)} |"
         )
     runs, experiments = ledger.reads(report_dir / "runs")
     lines += [
@@ -188,6 +208,8 @@ def computed_table(kind: str, sources: list[str], root: Path) -> str:
     """What the block of ``kind`` over ``sources`` (paths relative to ``root``) must hold."""
     if kind == "table":
         return results_table(root / sources[0], sources[1:])
+    if kind == "lowest":
+        return lowest_row(root / sources[0], sources[1:])
     if kind == "excerpt":
         return first_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import scipy.stats
 import yaml
 
 from .. import settings as S
@@ -258,11 +259,30 @@ def add_paired_differences(rows: list[dict]) -> None:
             row["vs_without_what_where"] = _paired(row, without[0])
 
 
+def interval(mean: float, std: float | None, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided Student-t interval of a mean difference over ``n`` paired seeds (None from one seed)."""
+    if std is None or n < 2:
+        return None
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def verdict(difference: tuple | None) -> str:
+    """'lower' or 'higher' where the 95 % interval of a paired difference excludes 0, 'level' where it holds it."""
+    bounds = interval(*difference) if difference else None
+    if bounds is None:
+        return ""
+    return "lower" if bounds[1] < 0 else "higher" if bounds[0] > 0 else "level"
+
+
 def difference_text(difference: tuple | None) -> str:
+    """Mean ± std (seeds), its 95 % interval and what the interval says: a difference is claimed only beyond it."""
     if difference is None:
         return "—"
     mean, std, n = difference
-    return f"{mean:+.2f} ± {'—' if std is None else f'{std:.2f}'} ({n})"
+    text = f"{mean:+.2f} ± {'—' if std is None else f'{std:.2f}'} ({n})"
+    bounds = interval(mean, std, n)
+    return text if bounds is None else f"{text} [{bounds[0]:+.2f}, {bounds[1]:+.2f}] {verdict(difference)}"
 
 
 def uses_decoder(row: dict) -> bool:

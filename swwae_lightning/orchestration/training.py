@@ -24,7 +24,7 @@ from . import ledger
 from .checkpoints import check_compatible, has_teacher, load_checkpoint, load_measured_weights, without_teacher
 from .run_files import RunRecord, write_json
 from .tracking import finish_wandb, write_summary
-from .trainer import build_trainer, devices
+from .trainer import build_trainer, devices, progress_callback
 
 S.declare(
     S.Setting(
@@ -253,6 +253,7 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,
         enable_checkpointing=False,
+        callbacks=[progress_callback(cfg)],  # a bar on a terminal only
     )
     split = cfg["evaluate_split"]
     measure = trainer.validate if split == "val" else trainer.test
