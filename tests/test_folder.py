@@ -539,7 +539,7 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     assert train.main(["--predict", best, "--images", str(tree / "test"), "--out", str(out)]) == 0
     said = capsys.readouterr().out.strip().splitlines()[-1]
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
-    assert len(rows) == 40 and set(rows[0]) == {"path", "predicted", "probability", "top_3"}
+    assert len(rows) == 40 and set(rows[0]) == {"path", "predicted", "probability", "top_3", "unknown_score", "label"}
     assert (
         tmp_path / "test-predictions.unreadable.txt"
     ).read_text() == f"{tree / 'test' / 'dog' / 'broken.png'}\tempty file (0 bytes)\n"
@@ -562,6 +562,19 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     evaluated = json.loads((run_dir / "checkpoints" / "results.json").read_text())["test_error"]
     assert said.startswith("predicted 40 images under") and "1 unreadable" in said
     assert f"error against the class folders {100 * evaluated:.2f}%" in said
+
+    # unknown: rows whose score is above the threshold that 5 % of the run's own validation images pass
+    from swwae_lightning.orchestration import predict
+
+    datamodule = predict._run_data(train.resolve_config(["--predict", best]), checkpoint)
+    validation = predict.validation_scores(module, datamodule, pre)
+    assert len(validation) == len(datamodule.val_indices) > 0
+    threshold = predict.unknown_threshold(validation, 0.05)
+    assert (validation > threshold).float().mean() <= 0.05 < (validation >= threshold).float().mean()
+    assert f"labelled unknown (unknown score above {threshold:.4g}, which 5% of the validation images pass)" in said
+    for row in rows:
+        assert (row["label"] == "unknown") == (float(row["unknown_score"]) > float(f"{threshold:.6g}"))
+        assert row["label"] in ("unknown", row["predicted"])
 
     # without --images: the run's own unlabeled pool, into predictions.csv in the run directory
     assert train.main(["--predict", best]) == 0
@@ -696,3 +709,13 @@ def test_a_two_process_ddp_run_of_a_folder_trains_each_rank_on_its_own_half_of_t
     seen = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 64  # 128 images, 16 a step, 4 steps on each rank
     assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 128  # disjoint, all of the pool
+
+
+def test_the_unknown_threshold_lets_the_given_share_of_validation_scores_above_it():
+    from swwae_lightning.orchestration.predict import unknown_score, unknown_threshold
+
+    scores = torch.arange(100, dtype=torch.float32)
+    assert unknown_threshold(scores, 0.05) == 94.0  # 95..99 lie above: 5 of 100
+    assert unknown_threshold(scores, 0.5) == 49.0 and unknown_threshold(scores, 0) == float("inf")
+    confident, unsure = unknown_score(torch.tensor([[30.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    assert 0 < confident < 1e-12 and unsure == pytest.approx(float(torch.log(torch.tensor(3.0))))

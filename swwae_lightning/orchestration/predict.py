@@ -9,6 +9,7 @@ Unreadable files go to a list beside it, never into the CSV and never a crash.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..module import SWWAEModule
 from .checkpoints import load_checkpoint, load_measured_weights
 
 TOP_K = 3
+UNKNOWN = "unknown"  # the label of a row whose unknown-class score is above the validation threshold
 CONFIDENT = 0.95  # the summary line's share of images above this probability
 BATCH = 256
 
@@ -43,6 +45,17 @@ S.declare(
         "--predict: the folder of images to classify (any depth)",
         "run",
         type=str,
+        affects_result=False,
+        part_of="predict",
+    ),
+    S.Setting(
+        "unknown_rate",
+        0.05,
+        "--predict: the share of the run's own validation images (all of known classes) that the unknown-class "
+        "threshold would call unknown; rows whose score is above it are labelled unknown (0: never)",
+        "run",
+        type=float,
+        check=S.within(0.0, 1.0, closed_low=True),
         affects_result=False,
         part_of="predict",
     ),
@@ -79,15 +92,43 @@ def _run_dir(checkpoint_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _pool_files(cfg: dict, checkpoint: dict) -> list[Path]:
-    """The unlabeled pool of the run the checkpoint comes from, with its own split."""
+def _run_data(cfg: dict, checkpoint: dict):
+    """The data of the run the checkpoint comes from, with its own split."""
     from .training import build_datamodule
 
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     if "SemiSupervisedDataModule" in checkpoint:
         datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
-    return [Path(p) for p in datamodule.unlabeled_paths()]
+    return datamodule
+
+
+def unknown_score(logits: torch.Tensor) -> torch.Tensor:
+    """How unlike the known classes an image looks: minus the log of its top class's probability,
+    log(1 + the other classes' mass relative to the top one). It ranks images as the top probability
+    does, summed so that a confident image keeps a score above 0 where the probability rounds to 1."""
+    z = logits.float()
+    top = z.argmax(dim=1, keepdim=True)
+    others = torch.exp(z - z.gather(1, top)).scatter(1, top, 0.0)
+    return torch.log1p(others.sum(dim=1))
+
+
+def unknown_threshold(scores: torch.Tensor, rate: float) -> float:
+    """The score above which at most ``rate`` of ``scores`` (the validation images', all of known classes) lie."""
+    if rate <= 0 or not len(scores):
+        return float("inf")
+    ordered = scores.sort().values
+    return float(ordered[max(0, math.ceil((1 - rate) * len(ordered)) - 1)])
+
+
+def validation_scores(module: SWWAEModule, datamodule, pre: dict) -> torch.Tensor:
+    """The unknown-class score of every image of the run's own validation split."""
+    scores = []
+    with torch.no_grad():
+        for images, _ in datamodule.val_dataloader():
+            x = augment.normalize(images, tuple(pre["mean"]), tuple(pre["std"]))
+            scores.append(unknown_score(module(x)))
+    return torch.cat(scores) if scores else torch.zeros(0)
 
 
 def predict(cfg: dict) -> dict:
@@ -109,20 +150,25 @@ def predict(cfg: dict) -> dict:
         files = [root.joinpath(*parts) for parts, _ in files_under(root, unusable)]
         listed = [(root.joinpath(*parts), reason) for parts, reason in unusable]
     elif cfg["dataset"] == "folder":
-        root, files, listed = Path(cfg["data_dir"]), _pool_files(cfg, checkpoint), []
+        root, listed = Path(cfg["data_dir"]), []
     else:
         raise ValueError(
             f"--predict of a {cfg['dataset']!r} checkpoint needs --images DIR (only a folder "
             f"dataset's run has an unlabeled pool of files)"
         )
+    datamodule = _run_data(cfg, checkpoint)
+    if not cfg["images"]:
+        files = [Path(p) for p in datamodule.unlabeled_paths()]
+    threshold = unknown_threshold(validation_scores(module, datamodule, pre), cfg["unknown_rate"])
     out = Path(cfg["out"]) if cfg["out"] else _run_dir(checkpoint_path) / "predictions.csv"
     unreadable_path = out.with_name(out.stem + ".unreadable.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
     k = min(TOP_K, len(names))
     histogram, confident, unreadable, rows, correct, with_truth = Counter(), 0, listed, 0, 0, 0
+    unknown = 0
     with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
         writer = csv.writer(handle)
-        writer.writerow(["path", "predicted", "probability", f"top_{k}"])
+        writer.writerow(["path", "predicted", "probability", f"top_{k}", "unknown_score", "label"])
         for start in tqdm(
             range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr, disable=len(files) <= BATCH
         ):
@@ -136,12 +182,14 @@ def predict(cfg: dict) -> dict:
             if not batch:
                 continue
             x = augment.normalize(torch.stack(batch), tuple(pre["mean"]), tuple(pre["std"]))
-            probabilities = torch.softmax(module(x).float(), dim=1)
+            logits = module(x)
+            probabilities = torch.softmax(logits.float(), dim=1)
             top_p, top_c = probabilities.topk(k, dim=1)
-            for path, p, c in zip(kept, top_p.tolist(), top_c.tolist()):
-                writer.writerow(
-                    [str(path), names[c[0]], f"{p[0]:.6f}", ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))]
-                )
+            for path, p, c, score in zip(kept, top_p.tolist(), top_c.tolist(), unknown_score(logits).tolist()):
+                label = UNKNOWN if score > threshold else names[c[0]]
+                unknown += label == UNKNOWN
+                top = ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))
+                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}", top, f"{score:.6g}", label])
                 histogram[names[c[0]]] += 1
                 confident += p[0] > CONFIDENT
                 truth = path.parent.name
@@ -155,13 +203,17 @@ def predict(cfg: dict) -> dict:
         "unreadable": len(unreadable),
         "histogram": dict(histogram.most_common()),
         "confident_share": confident / rows if rows else float("nan"),
+        "unknown": unknown,
+        "unknown_threshold": threshold,
         "csv": str(out),
         "error": 1 - correct / with_truth if with_truth == rows and rows else None,
     }
     line = (
         f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
         f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
-        f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}"
+        f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}; "
+        f"{unknown:,} labelled unknown (unknown score above {threshold:.4g}, which "
+        f"{100 * cfg['unknown_rate']:g}% of the validation images pass)"
     )
     if summary["error"] is not None:
         line += f"; error against the class folders {100 * summary['error']:.2f}%"
