@@ -23,6 +23,13 @@ def class_folder(name: str) -> str:
     return name.replace("/", " or ").strip() or "unnamed"
 
 
+def save_image(image, path: Path) -> None:
+    """One (C, H, W) uint8 image as a PNG file, its folder made first."""
+    array = image.numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))).save(path)
+
+
 def export(dataset: str, out: Path, data_dir: Path = Path("data")) -> dict[str, int]:
     """Write every train and test image of ``dataset`` under ``out``; returns the count per split."""
     from tqdm.auto import tqdm
@@ -37,12 +44,10 @@ def export(dataset: str, out: Path, data_dir: Path = Path("data")) -> dict[str, 
     ):
         for name in names:
             (out / split / name).mkdir(parents=True, exist_ok=True)
-        array = images.numpy()
-        width = len(str(len(array)))
-        for i in tqdm(range(len(array)), desc=f"writing {split}/", unit="img", file=sys.stderr):
-            pixels = array[i][0] if array.shape[1] == 1 else np.ascontiguousarray(array[i].transpose(1, 2, 0))
-            Image.fromarray(pixels).save(out / split / names[int(labels[i])] / f"{i:0{width}d}.png")
-        counts[split] = len(array)
+        width = len(str(len(images)))
+        for i in tqdm(range(len(images)), desc=f"writing {split}/", unit="img", file=sys.stderr):
+            save_image(images[i], out / split / names[int(labels[i])] / f"{i:0{width}d}.png")
+        counts[split] = len(images)
     return counts
 
 

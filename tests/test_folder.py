@@ -639,6 +639,58 @@ def test_the_exporter_writes_the_academic_layout_and_the_folder_dataset_reads_ba
     assert torch.equal(splits.test_labels, original.test_labels[order])
 
 
+def test_the_mismatch_exporter_keeps_the_pool_size_hides_its_truth_and_labels_known_classes_only(
+    tmp_path, tiny_dataset
+):
+    from datamodules import export_mismatch
+
+    trees = {}
+    for share in (0.0, 0.5, 1.0):
+        out = tmp_path / f"mismatch-{share}"
+        assert (
+            export_mismatch.main(
+                [
+                    "--dataset",
+                    tiny_dataset,
+                    "--out",
+                    str(out),
+                    "--known",
+                    "0",
+                    "1",
+                    "--unknown-share",
+                    str(share),
+                    "--pool",
+                    "60",
+                    "--labels-per-class",
+                    "5",
+                    "--val-per-class",
+                    "10",
+                ]
+            )
+            == 0
+        )
+        truth = list(csv.DictReader(open(out / export_mismatch.TRUTH, encoding="utf-8")))
+        trees[share] = truth
+        assert (
+            sorted(p.name for p in (out / "labeled").iterdir())
+            == ["0", "1"]
+            == sorted(p.name for p in (out / "val").iterdir())
+            == sorted(p.name for p in (out / "test").iterdir())
+        )
+        assert len(list((out / "labeled").rglob("*.png"))) == 10 and len(list((out / "val").rglob("*.png"))) == 20
+        assert len(list((out / "test").rglob("*.png"))) == 50  # every test image of classes 0 and 1
+        assert len(truth) == len(list((out / "unlabeled").glob("*.png"))) == 60  # a fixed pool, whatever the share
+        assert sum(r["kind"] == "unknown" for r in truth) == round(60 * share)
+        assert all((r["kind"] == "unknown") == (r["class"] in ("2", "3")) for r in truth)
+        _, classes, entries, _ = folder.index(out)  # the truth file is hidden: the dataset never reads it
+        assert classes == ["0", "1"] and not any("truth" in e.path for e in entries)
+    # a skewed pool: its known classes 10:1, first to last
+    assert export_mismatch.pool_mix([0, 1], 110, 0.0, 10.0) == {"0": 100, "1": 10, "unknown": 0}
+    assert export_mismatch.pool_mix([0, 1, 2], 60, 0.5, 1.0) == {"0": 10, "1": 10, "2": 10, "unknown": 30}
+    assert export_mismatch.main(["--dataset", tiny_dataset, "--out", str(tmp_path / "x"), "--unknown-share", "2"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_per_channel_mean_and_std_are_those_of_the_training_images(tmp_path):
     path = tmp_path / "images.u8"
     array = np.random.default_rng(0).integers(0, 256, (300, 3, 4, 4), dtype=np.uint8)
