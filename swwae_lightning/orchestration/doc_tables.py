@@ -42,6 +42,15 @@ def lowest_row(report_dir: Path, experiments: list[str] | None = None) -> str:
     return f"`{row['experiment']}`, {error_text(row)} % over {len(row['errors'])} seeds\n"
 
 
+def labels_in_all(rows: list[dict]) -> str:
+    """The labels a row's run used, those that chose its checkpoints and configurations included."""
+    used = sorted({(row["labels"], row["val_size"]) for row in rows if isinstance(row["labels"], int)})
+    said = "; ".join(
+        f"{n + v:,} a run ({n:,} to train, {v:,} to choose checkpoints and configurations)" for n, v in used
+    )
+    return f"Labels in all: {said}." if said else "Labels in all: every training label."
+
+
 def study_budget(report_dir: Path) -> float | None:
     """The minutes a run of the study may take (``study.yaml``'s ``minutes_budget``), if it states one."""
     study = report_dir / "study.yaml"
@@ -71,6 +80,7 @@ def results_table(report_dir: Path, experiments: list[str] | None = None) -> str
     runs, experiments = ledger.reads(report_dir / "runs")
     lines += [
         "",
+        labels_in_all(rows),
         f"Test reads on record in this study (`{report_dir.name}/runs/{ledger.LEDGER}`): {runs} run(s) "
         f"of {experiments} experiment(s).",
     ]

@@ -170,6 +170,7 @@ def summarize(runs: list[Run]) -> list[dict]:
                 "experiment": names[0] if len(names) == 1 else " / ".join(names),
                 "dataset": settings["dataset"],
                 "labels": settings["labels"],
+                "val_size": settings["val_size"],
                 "fold": settings["fold"],
                 "mode": settings["mode"],
                 "pooling": settings["pooling"],
