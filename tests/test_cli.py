@@ -98,6 +98,14 @@ def test_last_ckpt_is_the_end_of_the_last_epoch_even_when_validation_stops_impro
     assert last["callbacks"][key]["best_model_score"] == best["callbacks"][key]["best_model_score"]
 
 
+def test_with_checkpoint_ties_later_a_level_validation_error_keeps_the_later_epoch(tmp_path, tiny_dataset):
+    # The error is level from epoch 0 on (lr 1e-12): earlier keeps epoch 0 (the plateau test above), later the last.
+    assert run(tmp_path, tiny_dataset, "--max-epochs", "3", "--lr", "1e-12", "--checkpoint-ties", "later") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 2 and best["global_step"] == results["global_step"]
+
+
 class InterruptAfterFirstEpoch(pl.Callback):
     """Ctrl-C at the end of the first epoch, as a user would press it."""
 

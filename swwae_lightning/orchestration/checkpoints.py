@@ -92,8 +92,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     throw away every epoch since, and the final weights would be saved nowhere.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, ties_to_later: bool = False, **kwargs):
         super().__init__(save_last=True, **kwargs)
+        self.ties_to_later = ties_to_later
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        """With ``ties_to_later``, an epoch that equals the best error replaces it: on a validation set of a few
+        dozen images the error is often level for many epochs, and the first of them is the least trained."""
+        if self.ties_to_later and current is not None and self.best_k_models and self.save_top_k == 1:
+            if bool(torch.eq(current, self.best_k_models[self.kth_best_model_path])):
+                return trainer.strategy.reduce_boolean_decision(True)
+        return super().check_monitor_top_k(trainer, current)
 
     @property
     def state_key(self) -> str:  # the key Lightning's own class gives: checkpoints keep restoring the best score

@@ -30,6 +30,15 @@ S.declare(
         check=S.at_least(1),
     ),
     S.Setting(
+        "checkpoint_ties",
+        "earlier",
+        "which of two epochs with the same validation error is kept as best.ckpt: earlier, or later (for a "
+        "validation set of a few dozen images, where the error is often level for many epochs)",
+        "optimization",
+        type=str,
+        choices=lambda: ("earlier", "later"),
+    ),
+    S.Setting(
         "deterministic",
         False,
         "deterministic algorithms (bit-exact resume on CPU)",
@@ -326,6 +335,7 @@ def build_trainer(
         mode="min",
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        ties_to_later=cfg["checkpoint_ties"] == "later",
     )
     callbacks = [
         checkpoint,
