@@ -606,4 +606,6 @@ def test_a_row_over_its_studys_budget_is_marked_in_the_table(tmp_path):
     assert "| 45.0 (over 30) |" in budgeted and "| 10.0 |" in budgeted
     # the validation labels count: they chose the checkpoints (the default 5,000 here)
     assert "Labels in all: 5,100 a run (100 to train, 5,000 to choose checkpoints and configurations)." in budgeted
-    assert doc_tables.lowest_row(tmp_path / "reports" / "study") == "`slow`, 10.00 ± 0.00 % over 2 seeds\n"
+    assert doc_tables.lowest_row(tmp_path / "reports" / "study") == (
+        "`slow`, 10.00 ± 0.00 % over 2 seeds, 95 % interval of the mean [10.00, 10.00] %\n"
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import ledger
-from .results import difference_text, error_text, find_runs, model_text, summarize
+from .results import difference_text, error_text, find_runs, interval, model_text, summarize
 
 KINDS = ("table", "lowest", "benchmark", "scatter", "figures", "excerpt", "versions")
 
@@ -39,7 +39,9 @@ def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[d
 def lowest_row(report_dir: Path, experiments: list[str] | None = None) -> str:
     """A prose claim the checker keeps true: which of the named rows has the lowest mean test error."""
     row = min(table_rows(report_dir, experiments), key=lambda r: r["error_mean"])
-    return f"`{row['experiment']}`, {error_text(row)} % over {len(row['errors'])} seeds\n"
+    bounds = interval(row["error_mean"], row["error_std"], len(row["errors"]))
+    within = f", 95 % interval of the mean [{bounds[0]:.2f}, {bounds[1]:.2f}] %" if bounds else ""
+    return f"`{row['experiment']}`, {error_text(row)} % over {len(row['errors'])} seeds{within}\n"
 
 
 def labels_in_all(rows: list[dict]) -> str:
