@@ -202,7 +202,7 @@ def fit(
     results = {
         **result_settings(cfg),
         "arch": module.hparams.arch,
-        **(_split_results("test", tested[0] if tested else {}) if tested else {}),
+        **(_split_results("test", tested[0]) if tested else {}),
         **_machine(trainer),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
