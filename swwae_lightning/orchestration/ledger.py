@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .. import settings as S
+from .run_files import experiment_name
 
 LEDGER = "test-reads.jsonl"
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +65,6 @@ def code_commit() -> str | None:
     return said.stdout.strip() or None if said.returncode == 0 else None
 
 
-def experiment_of(run_name: str) -> str:
-    from .results import experiment_name
-
-    return experiment_name(run_name)
-
-
 def record(path: str | Path, results: dict, checkpoint: str, how: str) -> Path:
     """Append one test read (``how``: train --test, or evaluate) of the run ``path`` belongs to; returns the ledger."""
     ledger, run = ledger_and_run(path)
@@ -77,7 +72,7 @@ def record(path: str | Path, results: dict, checkpoint: str, how: str) -> Path:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "how": how,
         "run": run,
-        "experiment": experiment_of(run),
+        "experiment": experiment_name(run),
         "config_hash": config_hash(results),
         "seed": results.get("seed"),
         "checkpoint": str(checkpoint),
@@ -149,7 +144,7 @@ def backfill(root: Path = REPO) -> int:
             "time": date,
             "how": "reconstructed from a committed results.json",
             "run": run,
-            "experiment": experiment_of(run),
+            "experiment": experiment_name(run),
             "config_hash": config_hash(results),
             "seed": results.get("seed"),
             "checkpoint": results.get("best_checkpoint") or results.get("checkpoint"),

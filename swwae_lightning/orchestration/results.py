@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from .. import settings as S
 from ..objectives import TERMS, active_terms, is_baseline
 from . import plugins
+from .run_files import experiment_name
 
 plugins.declare_all_settings()  # every setting's default, for runs whose config predates it
 
@@ -111,11 +111,6 @@ def comparison_key(run: Run) -> tuple:
 def run_name(run: Run) -> str:
     """The run directory's name without its seed or timestamp suffix: runs/mnist-100-seed2 -> mnist-100."""
     return experiment_name(run.path.name)
-
-
-def experiment_name(run_dir_name: str) -> str:
-    name = re.sub(r"-seed\d+$", "", run_dir_name)
-    return re.sub(r"-(\d{8}-\d{6}|slurm\d+)$", "", name)
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

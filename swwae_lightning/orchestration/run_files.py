@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -33,6 +34,12 @@ class RunCSVLogger(CSVLogger):
             os.makedirs(self.log_dir, exist_ok=True)
             self._experiment = AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def experiment_name(run_dir_name: str) -> str:
+    """A run directory's name without its seed or timestamp suffix: mnist-100-seed2 -> mnist-100."""
+    name = re.sub(r"-seed\d+$", "", run_dir_name)
+    return re.sub(r"-(\d{8}-\d{6}|slurm\d+)$", "", name)
 
 
 @rank_zero_only
