@@ -1,8 +1,12 @@
 """The sealed test split: a run reads it only with --test, --evaluate on request, and every read is on record."""
 
 import json
+import re
+import subprocess
+from datetime import datetime
 from pathlib import Path
 
+import yaml
 from test_cli import TINY
 
 import train
@@ -58,3 +62,21 @@ def test_every_test_error_committed_under_reports_is_on_record():
     assert ledger.check(REPO) == []
     reconstructed = [e for p in (REPO / "reports").rglob(ledger.LEDGER) for e in ledger.entries(p)]
     assert len(reconstructed) >= 135 and all(e["commit"] for e in reconstructed)
+
+
+def test_the_fresh_seed_rows_were_read_on_test_only_after_the_rule_that_chose_them_was_committed():
+    rule_file = REPO / "reports" / "mnist-100-rechoice" / "rule.yaml"
+    rule = yaml.safe_load(rule_file.read_text())
+    added = subprocess.run(
+        ["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%cI", "--", str(rule_file.relative_to(REPO))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    chosen = re.search(r"Chosen: `([^`]+)`", (rule_file.parent / "choice.md").read_text())[1]
+    runs = {f"{name}-seed{seed}" for name in (chosen, rule["candidates"][chosen]) for seed in rule["fresh_seeds"]}
+    reads = [e for path in (REPO / "reports").rglob(ledger.LEDGER) for e in ledger.entries(path) if e["run"] in runs]
+    assert {e["run"] for e in reads} == runs  # every fresh seed of the chosen row and its baseline was read ...
+    first = min(datetime.fromisoformat(e["time"]) for e in reads)
+    assert first > datetime.fromisoformat(added)  # ... and none before the rule was committed
+    assert not any(e.get("reconstructed") for e in reads) and all(e["how"] == "train --test" for e in reads)
