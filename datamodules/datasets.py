@@ -8,31 +8,12 @@ network the model uses when ``--arch`` is not given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from swwae_lightning.presets import PRESETS
 from swwae_lightning.registry import Registry
 
 from . import rgb_sources, sources
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    load: Callable[..., "sources.ImageSplits"]
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
-    std: tuple[float, ...]
-    hflip: bool  # horizontal flips are label-preserving (never for digits)
-    preset: str  # the architecture string used when --arch is not given
-    folds: int = 0  # predefined labeled folds (--fold 0..folds-1); the loader returns them in ImageSplits.folds
-    class_names: tuple[str, ...] = ()  # what --predict writes; class indices where empty
-    # For a dataset whose shape, classes and statistics come from its files (the folder dataset):
-    # the data settings -> the DatasetInfo of those files.
-    describe: Callable[[dict], "DatasetInfo"] | None = None
-
+from .dataset_info import DatasetInfo
+from .folder_dataset import describe as describe_folder
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
@@ -105,13 +86,7 @@ for _info in (
     DATASETS.register(_info)
 
 
-def _describe_folder(settings: dict) -> DatasetInfo:
-    from .folder_dataset import describe  # it builds on this module
-
-    return describe(settings)
-
-
-DATASETS.register(DatasetInfo("folder", None, (0, 0, 0), 0, (), (), True, "", describe=_describe_folder))
+DATASETS.register(DatasetInfo("folder", None, (0, 0, 0), 0, (), (), True, "", describe=describe_folder))
 
 
 def dataset_info(settings: dict) -> DatasetInfo:

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from swwae_lightning.presets import PRESETS
 
 from . import folder
-from .datasets import DatasetInfo
+from .dataset_info import DatasetInfo
 from .sources import ImageSplits
 
 PRESET_OF_SIZE = {28: PRESETS["mnist"], 32: PRESETS["cifar"], 96: PRESETS["stl10"]}
