@@ -2,7 +2,7 @@
 
 import sys
 
-from swwae_lightning.orchestration.cli import main, resolve_config  # noqa: F401  (tests and scripts use both)
+from orchestration.cli import main, resolve_config  # noqa: F401  (tests and scripts use both)
 
 if __name__ == "__main__":
     sys.exit(main())

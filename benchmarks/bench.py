@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, wh
 from datamodules.datasets import DATASETS  # noqa: E402
 from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
+from orchestration import plugins, training  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.network import StackedWhatWhere  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
-from swwae_lightning.orchestration import plugins, training  # noqa: E402
 
 PREPARED_BATCHES = 8  # the plain loop cycles through these, already on the device
 RANDOM_TRAIN_IMAGES = 4096  # per synthetic dataset, on top of the validation hold-out

@@ -16,7 +16,7 @@ if ! "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; 
   echo "gpu_check: $PYTHON has no torch with a CUDA device" >&2
   exit 2
 fi
-if ! "$PYTHON" -c 'import swwae_lightning.orchestration.training, datamodules.semi_supervised, callbacks' 2>/dev/null; then
+if ! "$PYTHON" -c 'import orchestration.training, datamodules.semi_supervised, callbacks' 2>/dev/null; then
   echo "gpu_check: dependencies missing; installing into .gpu-venv"
   "$PYTHON" -m venv --system-site-packages .gpu-venv &&
     { .gpu-venv/bin/pip install --quiet -e ".[mnist]" || .gpu-venv/bin/pip install --quiet -e .; } ||

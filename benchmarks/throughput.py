@@ -42,9 +42,9 @@ from benchmarks.timed import (  # noqa: E402
     train_lightning,
     train_plain,
 )
+from orchestration import plugins, training  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
 from swwae_lightning.log_levels import raised_level  # noqa: E402
-from swwae_lightning.orchestration import plugins, training  # noqa: E402
 from swwae_lightning.pooling import POOLINGS  # noqa: E402
 
 FULL = {

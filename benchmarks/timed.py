@@ -14,12 +14,12 @@ from pytorch_lightning.profilers import SimpleProfiler
 from benchmarks.bench import Bench, device_batches, images_per_step, new_network, objective
 from benchmarks.measuring import OpProfile, PeakMemory, StepClock, top_hooks
 from benchmarks.table import Row
+from orchestration import trainer as trainer_module
+from orchestration import training
+from orchestration.run_files import RunCSVLogger
 from swwae_lightning.module import EMATeacher, adam
 from swwae_lightning.nan_guard import NonFiniteGuard
 from swwae_lightning.objectives import is_baseline
-from swwae_lightning.orchestration import trainer as trainer_module
-from swwae_lightning.orchestration import training
-from swwae_lightning.orchestration.run_files import RunCSVLogger
 
 
 def train_plain(bench: Bench, cfg: dict, warmup: int, steps: int, name: str, profile: bool = False) -> Row:

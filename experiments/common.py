@@ -10,11 +10,11 @@ from pathlib import Path
 from torch import Tensor
 
 from datamodules.datasets import DATASETS
+from orchestration.checkpoints import load_checkpoint
+from orchestration.training import result_settings
 from swwae_lightning import settings as S
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.orchestration.checkpoints import load_checkpoint
-from swwae_lightning.orchestration.training import result_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -26,7 +26,7 @@ def train_or_reuse(argv: list[str], run_dir: Path) -> Path:
     A finished run (results.json) is reused as it is, an interrupted one is resumed, so a
     study can be rerun to redo only its tables and pictures.
     """
-    from swwae_lightning.orchestration.cli import main
+    from orchestration.cli import main
 
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def validation_error(weights: Path, scratch: Path) -> float:
     """The kept checkpoint's error on its run's own validation images, measured in a scratch copy."""
-    from swwae_lightning.orchestration.cli import main
+    from orchestration.cli import main
 
     copy = scratch / weights.parent.parent.name / "best.ckpt"
     copy.parent.mkdir(parents=True, exist_ok=True)

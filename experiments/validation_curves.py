@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from orchestration import results
 from swwae_lightning import settings as S
-from swwae_lightning.orchestration import results
 
 
 def read_run(run_dir: Path) -> dict:

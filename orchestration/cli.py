@@ -1,6 +1,6 @@
 """Command line for SWWAE experiments: `python train.py --help` lists every flag with its default.
 
-``train.py`` at the repository root and ``python -m swwae_lightning.orchestration.cli`` both run ``main``.
+``train.py`` at the repository root and ``python -m orchestration.cli`` both run ``main``.
 
 Precedence, lowest first: built-in defaults < the run's own config.yaml (with
 --resume) or the checkpoint's config (with --evaluate) < --config FILE.yaml < flags.
@@ -33,7 +33,8 @@ except ImportError:  # not POSIX: run directories are not locked
 
 import yaml
 
-from .. import settings as S
+from swwae_lightning import settings as S
+
 from . import plugins
 
 
@@ -310,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from datamodules.sources import DatasetNotFound
+    from swwae_lightning.module import NonFiniteLossError
 
-    from ..module import NonFiniteLossError
     from . import training
     from .checkpoints import load_checkpoint
     from .run_files import RunRecord, write_yaml

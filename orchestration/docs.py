@@ -1,7 +1,7 @@
 """Documentation that cannot drift: the README and every page under ``docs/`` are checked here.
 
-    python -m swwae_lightning.orchestration.docs --check     # exit 1 naming each stale block or page
-    python -m swwae_lightning.orchestration.docs --update    # rewrite them from their sources
+    python -m orchestration.docs --check     # exit 1 naming each stale block or page
+    python -m orchestration.docs --update    # rewrite them from their sources
 
 Two things are generated rather than written: each marked block (``doc_tables`` says what a
 block of each kind holds, computed from files committed under ``reports/``), and
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .doc_tables import KINDS, computed_table
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CLI_REFERENCE = "docs/cli.md"
 BLOCK = re.compile(
     r"(<!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<sources>[^>]+?) -->\n)(?P<table>.*?)"
@@ -47,7 +47,8 @@ def _default_text(setting) -> str:
 
 def cli_reference() -> str:
     """docs/cli.md: every flag of train.py, by group, with its default, allowed values and help."""
-    from .. import settings as S
+    from swwae_lightning import settings as S
+
     from .plugins import declare_all_settings
 
     declare_all_settings()
@@ -55,7 +56,7 @@ def cli_reference() -> str:
         "# Command-line reference",
         "",
         "Every flag of `python train.py`, generated from the declared settings by "
-        "`python -m swwae_lightning.orchestration.docs --update`; a test fails when this page is stale.",
+        "`python -m orchestration.docs --update`; a test fails when this page is stale.",
         "",
         "`--config FILE` reads flag values from a YAML file (snake_case or kebab-case keys); flags given "
         "on the command line override it. Every flag is also accepted in snake_case (`--batch_size`), "

@@ -19,11 +19,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import settings as S
+from swwae_lightning import settings as S
+
 from .run_files import experiment_name
 
 LEDGER = "test-reads.jsonl"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_FOLDERS = ("checkpoints", "weights")  # RUN/checkpoints/best.ckpt, RUN/weights/best.ckpt
 
 

@@ -37,7 +37,7 @@ def check_csv_writer(writer_class: type = ExperimentWriter) -> None:
     if missing:
         raise ImportError(
             f"pytorch_lightning {pl.__version__}'s CSV ExperimentWriter no longer has "
-            f"{', '.join(missing)}: swwae_lightning.orchestration.lightning_private must be updated so a resumed "
+            f"{', '.join(missing)}: orchestration.lightning_private must be updated so a resumed "
             f"run keeps its metrics.csv"
         )
 

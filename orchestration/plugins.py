@@ -26,7 +26,7 @@ from types import ModuleType
 
 import yaml
 
-from .. import settings as S
+from swwae_lightning import settings as S
 
 ENTRY_POINT_GROUP = "swwae_lightning.plugins"
 ENVIRONMENT = "SWWAE_PLUGINS"  # os.pathsep-separated, for processes started without our command line
@@ -121,7 +121,7 @@ def from_environment() -> list[str]:
 
 
 def load_installed() -> None:
-    """Import every installed package's entry point in ``swwae_lightning.orchestration.plugins`` (once per process)."""
+    """Import every installed package's entry point in ``orchestration.plugins`` (once per process)."""
     global _installed_loaded
     if _installed_loaded:
         return
@@ -170,8 +170,8 @@ def declare_all_settings() -> None:
     """Import the modules that declare the built-in settings (their import declares them), then the
     installed plugins and those this process was handed by the one that started it."""
     import datamodules.semi_supervised  # noqa: F401
+    from swwae_lightning import module, objectives, pooling  # noqa: F401
 
-    from .. import module, objectives, pooling  # noqa: F401
     from . import predict, tracking, trainer, training  # noqa: F401
 
     load_installed()

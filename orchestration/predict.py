@@ -19,9 +19,9 @@ import torch
 from datamodules import augment
 from datamodules.datasets import DATASETS
 from datamodules.folder import decode, failure_reason, files_under, printable, read_regular
+from swwae_lightning import settings as S
+from swwae_lightning.module import SWWAEModule
 
-from .. import settings as S
-from ..module import SWWAEModule
 from .checkpoints import load_checkpoint, load_measured_weights
 
 TOP_K = 3

@@ -5,7 +5,7 @@ state: together more than twice the weights, and only resuming needs them. The p
 the weights, the settings the network is built from, the run's resolved config and its data split,
 so ``--evaluate``, ``--finetune-from`` and ``--predict`` read it as they read the full checkpoint.
 
-    python -m swwae_lightning.orchestration.publish runs/NAME/checkpoints/best.ckpt weights.ckpt
+    python -m orchestration.publish runs/NAME/checkpoints/best.ckpt weights.ckpt
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Results tables and plots from finished runs, and the seed sweeps that produce them.
 
-    python -m swwae_lightning.orchestration.report RUNS_DIR... --out reports/
-    python -m swwae_lightning.orchestration.report --sweep configs/mnist-100.yaml --seeds 0 1 2 \
+    python -m orchestration.report RUNS_DIR... --out reports/
+    python -m orchestration.report --sweep configs/mnist-100.yaml --seeds 0 1 2 \
         --out reports/ [-- TRAIN.PY OPTIONS]
-    python -m swwae_lightning.orchestration.report --plan configs/sweeps/mnist-100.yaml --jobs 8 \
+    python -m orchestration.report --plan configs/sweeps/mnist-100.yaml --jobs 8 \
         --out reports/sweep-mnist-100
 
 The rows come from ``results``, the figure from ``results_plot``, the runs from ``sweep``.

@@ -17,8 +17,9 @@ from pathlib import Path
 import scipy.stats
 import yaml
 
-from .. import settings as S
-from ..objectives import TERMS, active_terms, is_baseline
+from swwae_lightning import settings as S
+from swwae_lightning.objectives import TERMS, active_terms, is_baseline
+
 from . import plugins
 from .run_files import experiment_name
 

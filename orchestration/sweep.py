@@ -80,7 +80,7 @@ def sweep(
             command = [
                 sys.executable,
                 "-m",
-                "swwae_lightning.orchestration.cli",
+                "orchestration.cli",
                 "--config",
                 str(config),
                 "--seed",

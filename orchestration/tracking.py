@@ -25,7 +25,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from .. import settings as S
+from swwae_lightning import settings as S
+
 from .lightning_private import without_anonymous
 
 PUBLIC_SERVER = "https://api.wandb.ai"

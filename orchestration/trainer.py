@@ -11,8 +11,9 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
-from .. import settings as S
-from ..objectives import DECODER, needs_of
+from swwae_lightning import settings as S
+from swwae_lightning.objectives import DECODER, needs_of
+
 from .checkpoints import AtomicCheckpointIO, BestAndLastCheckpoint, InterruptCheckpoint
 from .run_files import RunCSVLogger, RunRecord
 from .tracking import WandbRunId, tensorboard_logger, wandb_logger

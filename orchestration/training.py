@@ -16,10 +16,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from datamodules.datasets import dataset_info
 from datamodules.semi_supervised import SemiSupervisedDataModule
+from swwae_lightning import settings as S
+from swwae_lightning.module import SWWAEModule, module_settings
+from swwae_lightning.objectives import views_needed
 
-from .. import settings as S
-from ..module import SWWAEModule, module_settings
-from ..objectives import views_needed
 from . import ledger
 from .checkpoints import check_compatible, has_teacher, load_checkpoint, load_measured_weights, without_teacher
 from .run_files import RunRecord, write_json

@@ -2,7 +2,7 @@
 
 The core is the model and what it is trained with: settings, the network, poolings, loss
 terms and the LightningModule. It imports nothing from the data (``datamodules``), the
-pictures (``callbacks``) or the orchestration (``swwae_lightning.orchestration``), which all
+pictures (``callbacks``) or the orchestration (``orchestration``), which all
 build on it, so importing it here whole cannot make a cycle.
 
 Extension points: ``POOLINGS`` (what/where poolings), ``TERMS`` (loss terms) and ``Setting`` /

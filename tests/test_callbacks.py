@@ -24,10 +24,10 @@ from callbacks.sheet import Sheet, cell_scale
 from callbacks.switch_maps import Backdrop, ink_shares
 from callbacks.switch_stats import live_windows, mean_switch_offset, pooling_layers, switch_density, switch_histogram
 from datamodules import datasets
+from orchestration.run_files import RunCSVLogger
 from swwae_lightning import pooling as P
 from swwae_lightning.module import SWWAEModule
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.orchestration.run_files import RunCSVLogger
 
 HARD, SOFT = P.make_pooling("hard"), P.make_pooling("soft")
 SIDE = 28

@@ -116,7 +116,7 @@ class InterruptAfterFirstEpoch(pl.Callback):
 
 @pytest.fixture
 def interrupt_after_first_epoch(monkeypatch):
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     original = trainer_module.image_callbacks
     monkeypatch.setattr(
@@ -133,7 +133,7 @@ def test_ctrl_c_saves_last_and_resume_last_continues_epoch_step_and_split(
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     split = json.loads((run_dir / "split.json").read_text())
     assert not (run_dir / "results.json").exists()
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
     # The training time so far travels in the checkpoint; made large here so that the resumed
@@ -158,7 +158,7 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
     assert run(tmp_path, tiny_dataset, "--max-epochs", "1", "--mode", "unsupervised", "--labels", "all") == 0
     source = tmp_path / "run" / "checkpoints" / "last.ckpt"
     pretrained = encoder_weights(torch.load(source, weights_only=True)["state_dict"])
-    from swwae_lightning.orchestration import training
+    from orchestration import training
 
     loaded = {}
     original = training.load_finetune_weights
@@ -189,8 +189,8 @@ def test_finetune_starts_from_equal_encoder_weights_and_freeze_keeps_them(tmp_pa
 
 
 def test_finetune_weights_without_a_teacher_feed_a_mean_teacher_whose_teacher_starts_from_them(tmp_path):
+    from orchestration.training import load_finetune_weights
     from swwae_lightning.module import SWWAEModule
-    from swwae_lightning.orchestration.training import load_finetune_weights
 
     pretrained = SWWAEModule("4C3-MP2", 1, 8, 4)  # SWWAE pretraining keeps no teacher
     saved = {"hyper_parameters": dict(pretrained.hparams)}
@@ -227,7 +227,7 @@ def test_a_finetuned_run_records_its_starting_weights_and_their_training_time(tm
 
 
 def test_checkpoints_and_results_of_one_point_of_a_run_carry_one_training_time(tmp_path, monkeypatch):
-    from swwae_lightning.orchestration import run_files
+    from orchestration import run_files
 
     clock = iter([100.0, 104.0, 105.0, 107.5])
     monkeypatch.setattr(run_files, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
@@ -340,7 +340,7 @@ def test_resume_continues_the_same_wandb_run(tmp_path, tiny_dataset, interrupt_a
 
     wandb.finish()  # the interrupted process would have exited here
     run_id = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "image_callbacks", lambda cfg, run_dir: [])
     assert train.main(["--resume", "last", "--run-dir", str(tmp_path / "run")]) == 0

@@ -9,8 +9,8 @@ from test_objectives import tiny_config
 from torch._dynamo.utils import counters
 
 from datamodules.sampling import EpochSampler
-from swwae_lightning.orchestration import plugins
-from swwae_lightning.orchestration.training import build_datamodule, build_module
+from orchestration import plugins
+from orchestration.training import build_datamodule, build_module
 
 plugins.declare_all_settings()
 

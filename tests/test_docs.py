@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_experiments import fake_run
 
+from orchestration import doc_tables, docs, report
 from swwae_lightning import settings
-from swwae_lightning.orchestration import doc_tables, docs, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_every_marked_block_of_the_readme_and_docs_matches_its_committed_files_a
     # A fresh process: tests here register plugins' settings, which the CLI page must not list.
     env = {k: v for k, v in os.environ.items() if k != "SWWAE_PLUGINS"}
     checked = subprocess.run(
-        [sys.executable, "-m", "swwae_lightning.orchestration.docs", "--check"],
+        [sys.executable, "-m", "orchestration.docs", "--check"],
         cwd=REPO,
         env=env,
         capture_output=True,

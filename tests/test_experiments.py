@@ -12,10 +12,10 @@ import yaml
 
 import train
 from experiments import equivariance, validation_curves, where_ablation
+from orchestration import ledger, report, sweep, training
 from swwae_lightning import pooling as P
 from swwae_lightning import settings as S
 from swwae_lightning.network import StackedWhatWhere
-from swwae_lightning.orchestration import ledger, report, sweep, training
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -568,7 +568,7 @@ def test_validation_curves_name_a_run_without_metrics_and_write_nothing(tmp_path
 
 
 def test_the_report_flags_an_experiment_whose_seeds_ended_at_different_global_steps(capsys):
-    from swwae_lightning.orchestration.results import find_runs, summarize
+    from orchestration.results import find_runs, summarize
 
     runs = Path(__file__).resolve().parents[1] / "reports" / "fashion-mnist-1000-objectives" / "runs"
     wide = [runs / f"fashion-mnist-1000-e25-meanteacher-vat-wide-seed{seed}" for seed in range(3)]
@@ -582,7 +582,7 @@ def test_the_report_flags_an_experiment_whose_seeds_ended_at_different_global_st
 
 
 def test_a_paired_difference_is_called_lower_or_higher_only_beyond_its_95_percent_interval():
-    from swwae_lightning.orchestration.results import difference_text, interval, verdict
+    from orchestration.results import difference_text, interval, verdict
 
     low, high = interval(-1.0, 0.5, 3)  # t(0.975, 2 degrees of freedom) = 4.303
     assert low == pytest.approx(-1.0 - 4.3027 * 0.5 / 3**0.5, abs=1e-4) and high == pytest.approx(-2 - low)
@@ -597,7 +597,7 @@ def test_a_row_over_its_studys_budget_is_marked_in_the_table(tmp_path):
         fake_run(tmp_path / "live" / f"slow-seed{seed}", seed, 0.1, minutes=45)
         fake_run(tmp_path / "live" / f"fast-seed{seed}", seed, 0.2, lambda_rec=0.0, mode="semi", minutes=10)
     report.write_report([tmp_path / "live"], tmp_path / "reports" / "study")
-    from swwae_lightning.orchestration import doc_tables
+    from orchestration import doc_tables
 
     unbudgeted = doc_tables.results_table(tmp_path / "reports" / "study")
     assert "| 45.0 |" in unbudgeted and "over" not in unbudgeted

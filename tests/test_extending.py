@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 import swwae_lightning as swwae
 from datamodules import DATASETS, DatasetInfo, ImageSplits
+from orchestration import main, plugins
 from swwae_lightning import POOLINGS, TERMS, LossTerm, Pooling, Setting, settings
-from swwae_lightning.orchestration import main, plugins
 from swwae_lightning.pooling import hard_positions, hard_unpool
 
 REPO = Path(__file__).resolve().parents[1]

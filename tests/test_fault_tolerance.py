@@ -21,9 +21,9 @@ import torch
 import train
 from datamodules.batches import InMemoryBatches, ResumableLoader
 from datamodules.sampling import EpochSampler
+from orchestration import trainer as trainer_module
+from orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from swwae_lightning.module import SWWAEModule
-from swwae_lightning.orchestration import trainer as trainer_module
-from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -276,7 +276,7 @@ def test_bad_files_are_skipped_listed_with_their_reasons_and_training_goes_on(tm
 def test_a_file_corrupted_between_epochs_neither_stops_the_run_nor_is_used_by_the_next(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     tree = academic_tree(tmp_path / "tree")
 
@@ -433,7 +433,7 @@ def test_disk_images_read_batches_exactly_and_views_read_nothing_until_indexed(t
 def test_a_folder_run_interrupted_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     from test_fault_tolerance import StopAt, final_state
 
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     tree = academic_tree(tmp_path / "tree")
     added = []
@@ -564,7 +564,7 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     assert f"error against the class folders {100 * evaluated:.2f}%" in said
 
     # unknown: rows whose score is above the threshold that 5 % of the run's own validation images pass
-    from swwae_lightning.orchestration import predict
+    from orchestration import predict
 
     datamodule = predict._run_data(train.resolve_config(["--predict", best]), checkpoint)
     validation = predict.validation_scores(module, datamodule, pre)
@@ -764,7 +764,7 @@ def test_a_two_process_ddp_run_of_a_folder_trains_each_rank_on_its_own_half_of_t
 
 
 def test_the_unknown_threshold_lets_the_given_share_of_validation_scores_above_it():
-    from swwae_lightning.orchestration.predict import unknown_score, unknown_threshold
+    from orchestration.predict import unknown_score, unknown_threshold
 
     scores = torch.arange(100, dtype=torch.float32)
     assert unknown_threshold(scores, 0.05) == 94.0  # 95..99 lie above: 5 of 100

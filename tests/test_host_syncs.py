@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
-from swwae_lightning.orchestration import trainer as trainer_module
+from orchestration import trainer as trainer_module
 
 # aten ops that hand a tensor's value to the host, or make a tensor from host data
 HOST_READS = {"_local_scalar_dense", "is_nonzero", "equal", "lift_fresh"}

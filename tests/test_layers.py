@@ -1,5 +1,6 @@
-"""The layers the layout shows: the core imports neither data, pictures nor orchestration, and data and
-pictures build on the core only, so every package imports eagerly, in any order, without a cycle."""
+"""The layers are the top-level folders: the core (``swwae_lightning/``) imports neither data, pictures
+nor orchestration, data and pictures build on the core only, and the orchestration on all three, so
+every package imports eagerly, in any order, without a cycle."""
 
 import ast
 import itertools
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ORCHESTRATION = "swwae_lightning.orchestration"
+ORCHESTRATION = "orchestration"
 # layer -> the top-level names its modules may not import
 FORBIDDEN = {
     "core": ("datamodules", "callbacks", ORCHESTRATION),
@@ -19,13 +20,12 @@ FORBIDDEN = {
 }
 
 
+# top-level folder -> its layer
+LAYERS = {"swwae_lightning": "core", "datamodules": "data", "callbacks": "pictures", ORCHESTRATION: "orchestration"}
+
+
 def layer_of(path: Path) -> str:
-    parts = path.relative_to(REPO).parts
-    if parts[0] == "datamodules":
-        return "data"
-    if parts[0] == "callbacks":
-        return "pictures"
-    return "orchestration" if parts[:2] == ("swwae_lightning", "orchestration") else "core"
+    return LAYERS[path.relative_to(REPO).parts[0]]
 
 
 def module_name(path: Path) -> str:
@@ -59,7 +59,7 @@ def layer_violations(path: Path, source: str) -> list[str]:
 
 
 def package_modules() -> list[Path]:
-    return sorted(p for top in ("swwae_lightning", "datamodules", "callbacks") for p in (REPO / top).rglob("*.py"))
+    return sorted(p for top in LAYERS for p in (REPO / top).rglob("*.py"))
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
@@ -72,9 +72,9 @@ def test_no_module_imports_from_a_layer_above_its_own():
     "path, source",
     [
         ("swwae_lightning/module.py", "def f():\n    from datamodules.sampling import EpochSampler\n"),
-        ("swwae_lightning/pooling/soft.py", "from ..orchestration import plugins\n"),
+        ("swwae_lightning/pooling/soft.py", "from orchestration import plugins\n"),
         ("datamodules/folder.py", "import callbacks\n"),
-        ("callbacks/sheet.py", "from swwae_lightning.orchestration.training import fit\n"),
+        ("callbacks/sheet.py", "from orchestration.training import fit\n"),
     ],
 )
 def test_the_layer_rule_catches_an_import_from_above(path, source):
@@ -83,7 +83,7 @@ def test_the_layer_rule_catches_an_import_from_above(path, source):
 
 def test_the_report_and_the_documentation_checker_do_not_import_each_other():
     def imports(name):
-        path = REPO / "swwae_lightning" / "orchestration" / f"{name}.py"
+        path = REPO / ORCHESTRATION / f"{name}.py"
         return imported_modules(path.read_text(), f"{ORCHESTRATION}.{name}", False)
 
     assert not {f"{ORCHESTRATION}.docs", f"{ORCHESTRATION}.doc_tables"} & imports("report")

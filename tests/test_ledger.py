@@ -10,7 +10,7 @@ import yaml
 from test_cli import TINY
 
 import train
-from swwae_lightning.orchestration import ledger
+from orchestration import ledger
 
 REPO = Path(__file__).resolve().parents[1]
 SEALED = [arg for arg in TINY if arg != "--test"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from swwae_lightning.orchestration import lightning_private
+from orchestration import lightning_private
 
 
 def test_the_installed_lightning_has_what_the_metrics_csv_override_uses():
@@ -41,7 +41,7 @@ def test_an_offline_wandb_run_starts_without_the_anonymous_deprecation_warning(t
     # W&B warns once per process and WANDB_SILENT hides it, so the run starts in a fresh, unsilenced process.
     script = (
         f"from pathlib import Path\nfrom swwae_lightning import settings\n"
-        f"from swwae_lightning.orchestration import tracking\n"
+        f"from orchestration import tracking\n"
         f"config = dict(settings.defaults(), dataset='mnist', labels=100, mode='semi')\n"
         f"logger = tracking.wandb_logger(Path({str(tmp_path)!r}), config, None)\n"
         f"logger.experiment.finish()\n"

@@ -6,9 +6,9 @@ import pytorch_lightning as pl
 import torch
 
 import train
+from orchestration import trainer as trainer_module
+from orchestration.checkpoints import load_checkpoint
 from swwae_lightning.module import SWWAEModule
-from swwae_lightning.orchestration import trainer as trainer_module
-from swwae_lightning.orchestration.checkpoints import load_checkpoint
 
 TINY = [
     "--arch",

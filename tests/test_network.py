@@ -151,9 +151,9 @@ def test_100_adam_steps_on_one_mnist_batch_cut_the_reconstruction_loss_by_80_per
 
 def test_channels_last_module_computes_the_same_losses_and_gradients():
     """--channels-last changes only the memory layout: same loss and gradients, channels-last weights."""
+    from orchestration import plugins
+    from orchestration.training import build_module
     from swwae_lightning import settings
-    from swwae_lightning.orchestration import plugins
-    from swwae_lightning.orchestration.training import build_module
 
     plugins.declare_all_settings()
     cfg = {**settings.defaults(), "arch": "4C5-BN-MP2-8C3-MP2-FC16", "lr": 1e-3, "schedule": "cosine"}

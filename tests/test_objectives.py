@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import train
+from orchestration import plugins
+from orchestration.training import build_datamodule, build_module
 from swwae_lightning import settings as S
 from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.objectives import (
@@ -25,8 +27,6 @@ from swwae_lightning.objectives import (
     views_needed,
 )
 from swwae_lightning.objectives.virtual_adversarial import adversarial_direction, kl_from, unit_rows
-from swwae_lightning.orchestration import plugins
-from swwae_lightning.orchestration.training import build_datamodule, build_module
 
 plugins.declare_all_settings()
 

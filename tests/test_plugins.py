@@ -25,9 +25,9 @@ import yaml
 from PIL import Image
 
 import train
+from orchestration import plugins
 from swwae_lightning import TERMS, LossTerm, Objective, StackedWhatWhere, settings
 from swwae_lightning.objectives import TermContractError
-from swwae_lightning.orchestration import plugins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_a_config_files_plugins_key_reaches_every_run_of_a_report_sweep_and_the_
     train_args = [*SMALL, "--max-epochs", "1", "--recon-every", "0", "--switch-every", "0", "--overview-every", "0"]
     proc = run_py(
         "-m",
-        "swwae_lightning.orchestration.report",
+        "orchestration.report",
         "--sweep",
         *configs,
         "--seeds",
@@ -254,7 +254,7 @@ def test_a_checkpoint_or_run_folder_from_elsewhere_never_imports_the_plugins_it_
             [train_py, "--evaluate", str(best)],
             [train_py, "--predict", str(best), "--images", str(images)],
         ],
-        "run folder": [["-m", "swwae_lightning.orchestration.report", str(run_dir), "--out", str(tmp_path / "report")]],
+        "run folder": [["-m", "orchestration.report", str(run_dir), "--out", str(tmp_path / "report")]],
     }
     for source, commands in readers.items():
         for command in commands:

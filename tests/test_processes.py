@@ -28,8 +28,8 @@ import pytorch_lightning as pl
 import yaml
 
 import train
-from swwae_lightning.orchestration import cli
-from swwae_lightning.orchestration.checkpoints import load_checkpoint, remove_stale_temporaries
+from orchestration import cli
+from orchestration.checkpoints import load_checkpoint, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -47,10 +47,10 @@ import train  # noqa: F401  (everything train.py's main imports, imported once f
 from conftest import make_tiny_splits
 from datamodules import DATASETS, DatasetInfo
 from swwae_lightning import settings
-from swwae_lightning.orchestration import trainer as trainer_module
-from swwae_lightning.orchestration import training
-from swwae_lightning.orchestration.checkpoints import AtomicCheckpointIO
-from swwae_lightning.orchestration.cli import build_parser
+from orchestration import trainer as trainer_module
+from orchestration import training
+from orchestration.checkpoints import AtomicCheckpointIO
+from orchestration.cli import build_parser
 
 build_parser()
 splits = make_tiny_splits()
@@ -474,7 +474,7 @@ class Steps(pl.Callback):
 def test_a_requeued_slurm_job_without_an_hpc_checkpoint_continues_from_last_ckpt(tmp_path, tiny_dataset, monkeypatch):
     """Requeued after a plain SIGTERM (preemption, or a node failure with --requeue; no --signal=SIGUSR1):
     Lightning finds no hpc checkpoint, but last.ckpt holds the state the job saved when it was stopped."""
-    from swwae_lightning.orchestration import trainer as trainer_module
+    from orchestration import trainer as trainer_module
 
     run_dir = tmp_path / "run"
     argv = tiny(tmp_path, "--run-dir", str(run_dir))

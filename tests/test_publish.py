@@ -13,7 +13,7 @@ import torch
 from test_cli import run
 
 import train
-from swwae_lightning.orchestration import publish
+from orchestration import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = {  # one committed run per table whose weights are published: the default job, each study's best row
@@ -151,7 +151,7 @@ def assert_weights_committed(run_dir: Path) -> None:
 
 def shown_tables(page: Path) -> list[tuple[str, list[str]]]:
     """(study, the experiments it shows) for each results table marked on ``page``."""
-    from swwae_lightning.orchestration import docs
+    from orchestration import docs
 
     return [
         (m["sources"].split()[0], m["sources"].split()[1:])
@@ -161,7 +161,7 @@ def shown_tables(page: Path) -> list[tuple[str, list[str]]]:
 
 
 def test_every_run_of_every_results_table_in_the_readme_has_its_weights_committed():
-    from swwae_lightning.orchestration.doc_tables import table_rows
+    from orchestration.doc_tables import table_rows
 
     tables = shown_tables(ROOT / "README.md")
     assert [study for study, _ in tables] == [
@@ -176,8 +176,8 @@ def test_every_run_of_every_results_table_in_the_readme_has_its_weights_committe
 
 
 def test_the_best_row_of_every_results_table_has_the_weights_of_each_of_its_runs():
-    from swwae_lightning.orchestration import docs
-    from swwae_lightning.orchestration.doc_tables import table_rows
+    from orchestration import docs
+    from orchestration.doc_tables import table_rows
 
     tables = {(study, *shown) for page in docs.pages(ROOT) for study, shown in shown_tables(page)}
     assert {study for study, *_ in tables} >= {"reports/fashion-mnist-1000-folder", "reports/mnist-100-objectives"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import test_bad_input
 
-from swwae_lightning.orchestration import docs
+from orchestration import docs
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = "\n".join(page.read_text() for page in docs.pages())

@@ -18,7 +18,7 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 import train
-from swwae_lightning.orchestration import tracking
+from orchestration import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
