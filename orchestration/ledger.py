@@ -7,8 +7,8 @@ read appends one line to ``test-reads.jsonl`` in the folder that holds the run d
 study's runs; a loose checkpoint's own folder): the time, the run and its experiment, a hash of the
 settings that change the result, the seed, the checkpoint, the error and the commit the code ran
 from. The ledger travels with the run files: commit it beside them. The documentation checker
-(``docs --check``) fails on a committed test error that no entry records, and
-``docs --backfill-ledger`` records those that predate the ledger.
+(``python -m orchestration.doc_checker --check``) fails on a committed test error that no entry records, and
+``--backfill-ledger`` records those that predate the ledger.
 """
 
 from __future__ import annotations

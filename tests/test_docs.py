@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_experiments import fake_run
 
-from orchestration import doc_tables, docs, report
+from orchestration import doc_checker, doc_tables, report
 from swwae_lightning import settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
     page.write_text("# A\n\n<!-- table: reports/table -->\nstale\n<!-- /table -->\n\nText.\n")
-    assert docs.main(["--update", "--root", str(tmp_path)]) == 0
+    assert doc_checker.main(["--update", "--root", str(tmp_path)]) == 0
     text = page.read_text()
     assert (
         "| swwae | semi, hard pool, where unpool, what top, λ: rec 1 + mid 0.1 | 10.00 / 12.00 | 11.00 ± 1.41 "
@@ -35,9 +35,9 @@ def test_results_tables_are_recomputed_from_committed_runs_and_a_hand_edit_in_a_
         in text
         and text.endswith("<!-- /table -->\n\nText.\n")
     )
-    assert docs.main(["--check", "--root", str(tmp_path)]) == 0
+    assert doc_checker.main(["--check", "--root", str(tmp_path)]) == 0
     page.write_text(text.replace("11.00 ± 1.41", "10.00 ± 1.41"))  # a figure edited by hand
-    assert docs.main(["--check", "--root", str(tmp_path)]) == 1
+    assert doc_checker.main(["--check", "--root", str(tmp_path)]) == 1
     assert "docs/results.md: the table of reports/table differs" in capsys.readouterr().err
 
 
@@ -54,7 +54,7 @@ def test_a_headline_table_shows_the_experiments_it_names_with_differences_over_e
     with pytest.raises(ValueError, match="has no experiment swwea"):
         doc_tables.computed_table("table", ["reports/table", "swwae", "swwea"], tmp_path)
     (tmp_path / "README.md").write_text("<!-- table: reports/table swwea -->\n<!-- /table -->\n")
-    assert docs.main(["--check", "--root", str(tmp_path)]) == 1  # one line, no traceback
+    assert doc_checker.main(["--check", "--root", str(tmp_path)]) == 1  # one line, no traceback
 
 
 def throughput_json(precision: str = "32-true", plain_ms: float = 200.0) -> dict:
@@ -110,7 +110,7 @@ def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(t
     (tmp_path / "reports" / "cpu.json").write_text(json.dumps(throughput_json()))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark: reports/cpu.json -->\nold\n<!-- /benchmark -->\n")
-    assert docs.update_page(readme, tmp_path) == 1
+    assert doc_checker.update_page(readme, tmp_path) == 1
     text = readme.read_text()
     assert "CPU (2 cores), cifar10 preset (`8C3-MP2-FC16`), batch 16 + 16, 32-true; data: random uint8" in text
     assert "| plain | hard | 1,280 | 200.0 | 210 |  |" in text
@@ -119,7 +119,7 @@ def test_a_benchmark_table_comes_from_its_json_and_a_hand_edit_fails_the_check(t
     assert "soft / hard" not in text  # a ratio this run could not measure is left out, not shown as n/a
     assert "plain 20.0 GFLOP/s (25 %), lightning 16.0 GFLOP/s (20 %) of the 80.0 GFLOP/s" in text
     readme.write_text(text.replace("| 0.800 |", "| 0.950 |"))  # a ratio edited by hand
-    assert docs.check_page(readme, tmp_path) == [
+    assert doc_checker.check_page(readme, tmp_path) == [
         f"{readme}: the benchmark of reports/cpu.json differs from what its "
         "committed files give; regenerate it with --update"
     ]
@@ -142,7 +142,7 @@ def test_several_benchmark_jsons_sit_side_by_side_in_ms_per_step(tmp_path):
     (tmp_path / "bf16.json").write_text(json.dumps(bf16))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark: fp32.json bf16.json -->\n<!-- /benchmark -->\n")
-    docs.update_page(readme, tmp_path)
+    doc_checker.update_page(readme, tmp_path)
     assert readme.read_text() == (
         "<!-- benchmark: fp32.json bf16.json -->\n| row, ms/step | 32-true | bf16-mixed |\n"
         "| --- | --- | --- |\n| plain | 200.00 | 150.00 |\n| lightning | 250.00 | 250.00 |\n"
@@ -154,10 +154,10 @@ def test_a_study_excerpt_is_the_first_table_of_its_report(tmp_path):
     (tmp_path / "study.md").write_text("# Study\n\nText.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n| other |\n")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 3 |\n<!-- /excerpt -->\n")
-    assert docs.check_page(readme, tmp_path) != []  # 3 where the report says 2
-    docs.update_page(readme, tmp_path)
+    assert doc_checker.check_page(readme, tmp_path) != []  # 3 where the report says 2
+    doc_checker.update_page(readme, tmp_path)
     assert readme.read_text() == "<!-- excerpt: study.md -->\n| a | b |\n| --- | --- |\n| 1 | 2 |\n<!-- /excerpt -->\n"
-    assert docs.check_page(readme, tmp_path) == []
+    assert doc_checker.check_page(readme, tmp_path) == []
 
 
 def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
@@ -170,7 +170,7 @@ def test_a_versions_table_shows_each_rows_best_ms_and_the_ratio(tmp_path):
     (tmp_path / "versions.json").write_text(json.dumps(result))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- versions: versions.json -->\n<!-- /versions -->\n")
-    docs.update_page(readme, tmp_path)
+    doc_checker.update_page(readme, tmp_path)
     assert readme.read_text() == (
         "<!-- versions: versions.json -->\n"
         "| row, ms/step (best of 3 rounds) | abc123 | this version | old / new |\n"
@@ -184,8 +184,8 @@ def test_a_scatter_sentence_is_computed_from_the_rounds_of_its_jsons(tmp_path):
     (tmp_path / "cpu.json").write_text(json.dumps(result))
     page = tmp_path / "page.md"
     page.write_text("<!-- scatter: cpu.json -->\nrounds vary 5 to 25 %\n<!-- /scatter -->\n")
-    assert docs.check_page(page, tmp_path) != []  # typed, not computed
-    docs.update_page(page, tmp_path)
+    assert doc_checker.check_page(page, tmp_path) != []  # typed, not computed
+    doc_checker.update_page(page, tmp_path)
     assert page.read_text() == (
         "<!-- scatter: cpu.json -->\nFrom round to round a row's ms per step varied by 5 to "
         "40 % (slowest round over fastest, 2 rows).\n<!-- /scatter -->\n"
@@ -196,7 +196,7 @@ def test_every_marked_block_of_the_readme_and_docs_matches_its_committed_files_a
     # A fresh process: tests here register plugins' settings, which the CLI page must not list.
     env = {k: v for k, v in os.environ.items() if k != "SWWAE_PLUGINS"}
     checked = subprocess.run(
-        [sys.executable, "-m", "orchestration.docs", "--check"],
+        [sys.executable, "-m", "orchestration.doc_checker", "--check"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -204,22 +204,22 @@ def test_every_marked_block_of_the_readme_and_docs_matches_its_committed_files_a
         timeout=300,
     )
     assert checked.returncode == 0, checked.stderr
-    assert len(docs.pages()) > 3  # the README and the pages under docs/ are all read
+    assert len(doc_checker.pages()) > 3  # the README and the pages under docs/ are all read
 
 
 def test_a_changed_setting_makes_the_cli_page_stale(tmp_path, monkeypatch):
     (tmp_path / "README.md").write_text("# A\n")
-    docs.update(tmp_path)
-    assert docs.check(tmp_path) == []
+    doc_checker.update(tmp_path)
+    assert doc_checker.check(tmp_path) == []
     lr = settings.SETTINGS["lr"]
     monkeypatch.setitem(settings.SETTINGS, "lr", dataclasses.replace(lr, default=0.1))
-    assert docs.check(tmp_path) == [
-        f"{tmp_path / docs.CLI_REFERENCE}: not what the declared settings give; regenerate it with --update"
+    assert doc_checker.check(tmp_path) == [
+        f"{tmp_path / doc_checker.CLI_REFERENCE}: not what the declared settings give; regenerate it with --update"
     ]
 
 
 def test_the_cli_page_lists_every_flag_with_its_default():
-    text = (REPO / docs.CLI_REFERENCE).read_text()
+    text = (REPO / doc_checker.CLI_REFERENCE).read_text()
     for name in ("consistency_warmup", "overview_every", "wandb_group", "wandb_job_type", "plugins"):
         assert f"`{settings.SETTINGS[name].option}`" in text
     assert "| `--lr` | `0.003` |" in text and "| `--augment` / `--no-augment` | `true` |" in text
@@ -227,15 +227,15 @@ def test_the_cli_page_lists_every_flag_with_its_default():
 
 def test_every_page_under_docs_is_linked_from_the_readme():
     readme = (REPO / "README.md").read_text()
-    for page in docs.pages()[1:]:
+    for page in doc_checker.pages()[1:]:
         assert f"]({page.relative_to(REPO)})" in readme, f"{page} is not linked from the README"
 
 
 def test_every_committed_benchmark_json_is_shown_in_a_page():
     shown = {
         source
-        for page in docs.pages()
-        for match in docs.BLOCK.finditer(page.read_text())
+        for page in doc_checker.pages()
+        for match in doc_checker.BLOCK.finditer(page.read_text())
         if match["kind"] in ("benchmark", "versions")
         for source in match["sources"].split()
     }
@@ -251,8 +251,8 @@ def test_a_figures_block_lists_every_figure_of_its_json_as_written(tmp_path):
     (tmp_path / "cache.json").write_text(json.dumps({"files": 70000, "first_s": 9.86, "targets": {"first_s": 60}}))
     page = tmp_path / "page.md"
     page.write_text("<!-- figures: cache.json -->\n| files | 70,000 |\n<!-- /figures -->\n")
-    assert docs.check_page(page, tmp_path) != []
-    docs.update_page(page, tmp_path)
+    assert doc_checker.check_page(page, tmp_path) != []
+    doc_checker.update_page(page, tmp_path)
     assert page.read_text() == (
         "<!-- figures: cache.json -->\n| figure | value |\n| --- | --- |\n| files | 70000 |\n"
         "| first_s | 9.86 |\n| targets.first_s | 60 |\n<!-- /figures -->\n"

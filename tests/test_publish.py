@@ -151,11 +151,11 @@ def assert_weights_committed(run_dir: Path) -> None:
 
 def shown_tables(page: Path) -> list[tuple[str, list[str]]]:
     """(study, the experiments it shows) for each results table marked on ``page``."""
-    from orchestration import docs
+    from orchestration import doc_checker
 
     return [
         (m["sources"].split()[0], m["sources"].split()[1:])
-        for m in docs.BLOCK.finditer(page.read_text())
+        for m in doc_checker.BLOCK.finditer(page.read_text())
         if m["kind"] == "table"
     ]
 
@@ -176,10 +176,10 @@ def test_every_run_of_every_results_table_in_the_readme_has_its_weights_committe
 
 
 def test_the_best_row_of_every_results_table_has_the_weights_of_each_of_its_runs():
-    from orchestration import docs
+    from orchestration import doc_checker
     from orchestration.doc_tables import table_rows
 
-    tables = {(study, *shown) for page in docs.pages(ROOT) for study, shown in shown_tables(page)}
+    tables = {(study, *shown) for page in doc_checker.pages(ROOT) for study, shown in shown_tables(page)}
     assert {study for study, *_ in tables} >= {"reports/fashion-mnist-1000-folder", "reports/mnist-100-objectives"}
     for study, *shown in tables:
         best = min(table_rows(ROOT / study, shown), key=lambda r: r["error_mean"])

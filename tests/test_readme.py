@@ -6,10 +6,10 @@ from pathlib import Path
 
 import test_bad_input
 
-from orchestration import docs
+from orchestration import doc_checker
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = "\n".join(page.read_text() for page in docs.pages())
+PAGES = "\n".join(page.read_text() for page in doc_checker.pages())
 
 
 def test_every_test_the_documentation_names_exists():

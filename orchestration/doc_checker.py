@@ -1,7 +1,7 @@
 """Documentation that cannot drift: the README and every page under ``docs/`` are checked here.
 
-    python -m orchestration.docs --check     # exit 1 naming each stale block or page
-    python -m orchestration.docs --update    # rewrite them from their sources
+    python -m orchestration.doc_checker --check     # exit 1 naming each stale block or page
+    python -m orchestration.doc_checker --update    # rewrite them from their sources
 
 Two things are generated rather than written: each marked block (``doc_tables`` says what a
 block of each kind holds, computed from files committed under ``reports/``), and
@@ -56,7 +56,7 @@ def cli_reference() -> str:
         "# Command-line reference",
         "",
         "Every flag of `python train.py`, generated from the declared settings by "
-        "`python -m orchestration.docs --update`; a test fails when this page is stale.",
+        "`python -m orchestration.doc_checker --update`; a test fails when this page is stale.",
         "",
         "`--config FILE` reads flag values from a YAML file (snake_case or kebab-case keys); flags given "
         "on the command line override it. Every flag is also accepted in snake_case (`--batch_size`), "
