@@ -27,3 +27,8 @@ class DatasetInfo:
     # For a dataset whose shape, classes and statistics come from its files (the folder dataset):
     # the data settings -> the DatasetInfo of those files.
     describe: Callable[[dict], "DatasetInfo"] | None = None
+
+    @property
+    def from_files(self) -> bool:
+        """Its shape, classes and statistics are read from the user's files, so a run keeps them with its model."""
+        return self.describe is not None

@@ -54,7 +54,7 @@ def export(dataset: str, out: Path, data_dir: Path = Path("data")) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--dataset", default="fashion-mnist", choices=sorted(n for n in DATASETS.names() if n != "folder")
+        "--dataset", default="fashion-mnist", choices=sorted(n for n in DATASETS.names() if not DATASETS[n].from_files)
     )
     parser.add_argument("--data-dir", default="data", help="where the dataset is looked for (nothing is downloaded)")
     parser.add_argument("--out", required=True, help="the folder to write train/ and test/ into")

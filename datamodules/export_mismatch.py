@@ -94,7 +94,9 @@ def export(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=sorted(n for n in DATASETS.names() if n != "folder"))
+    parser.add_argument(
+        "--dataset", default="mnist", choices=sorted(n for n in DATASETS.names() if not DATASETS[n].from_files)
+    )
     parser.add_argument("--data-dir", default="data", help="where the dataset is looked for (nothing is downloaded)")
     parser.add_argument("--out", required=True, help="a new folder for the tree")
     parser.add_argument("--known", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="the labeled classes")

@@ -128,6 +128,7 @@ def describe(settings: dict) -> DatasetInfo:
         hflip=True,
         preset=PRESET_OF_SIZE.get(image_size, ""),
         class_names=tuple(classes),
+        describe=describe,
     )
     _described[key] = (info, data_path, _size(data_path))
     return info

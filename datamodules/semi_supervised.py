@@ -25,7 +25,7 @@ from swwae_lightning.objectives import VIEWS
 from . import augment
 from .batches import InMemoryBatches, ResumableLoader
 from .data_settings import FOLDER_ONLY
-from .datasets import dataset_info
+from .datasets import DATASETS, dataset_info
 from .sampling import (
     CyclingSampler,
     EpochSampler,
@@ -54,7 +54,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         values = S.complete(settings, [*S.names_in(["data"]), "seed"], "SemiSupervisedDataModule")
         dataset, labels, fold, mode = values["dataset"], values["labels"], values["fold"], values["mode"]
         given = [name for name in FOLDER_ONLY if values[name] is not None]
-        if given and dataset != "folder":
+        if given and not DATASETS[dataset].from_files:
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
         self.info = dataset_info(values)
         unknown = sorted(set(views) - set(VIEWS))
@@ -71,7 +71,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"fold={fold} must be in 0..{self.info.folds - 1} ({dataset} has {self.info.folds} predefined folds)"
             )
-        if mode == "semi" and labels is None and fold is None and dataset != "folder":  # a folder: all of labeled/
+        if mode == "semi" and labels is None and fold is None and not self.info.from_files:  # a folder: all of labeled/
             raise ValueError("mode='semi' needs labels=N (how many labeled examples) or, for stl10, a fold")
         if labels is not None:
             check_label_count(labels, self.info.num_classes)  # fail before loading any data
@@ -217,7 +217,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
     def use_preprocessing(self, saved: dict, class_names: bool) -> None:
         """A folder's images normalized with the statistics a checkpoint's model was trained with, not those of
         today's files (and, for the same run, its class names: a fine-tuned run names its own classes)."""
-        if self.dataset != "folder":
+        if not self.info.from_files:
             return
         names = tuple(saved["class_names"]) if class_names else self.info.class_names
         self.info = dataclasses.replace(

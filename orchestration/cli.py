@@ -270,8 +270,10 @@ def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | No
 def _keep_preprocessing(cfg: dict, checkpoint: dict, who: str) -> None:
     """A resumed or fine-tuned model sees a folder's images as it was trained to: its image size and
     channels (its mean and std are the DataModule's to restore), or one line."""
+    from datamodules.datasets import DATASETS
+
     saved = checkpoint.get("SemiSupervisedDataModule", {}).get("preprocessing")
-    if not saved or cfg["dataset"] != "folder":
+    if not saved or not DATASETS[cfg["dataset"]].from_files:
         return
     for name in ("image_size", "channels"):
         if cfg[name] is not None and cfg[name] != saved[name]:

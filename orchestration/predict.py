@@ -149,7 +149,7 @@ def predict(cfg: dict) -> dict:
         unusable: list[tuple[tuple[str, ...], str]] = []  # FIFOs, link loops, names no text file can hold
         files = [root.joinpath(*parts) for parts, _ in files_under(root, unusable)]
         listed = [(root.joinpath(*parts), reason) for parts, reason in unusable]
-    elif cfg["dataset"] == "folder":
+    elif DATASETS[cfg["dataset"]].from_files:
         root, listed = Path(cfg["data_dir"]), []
     else:
         raise ValueError(

@@ -159,7 +159,7 @@ def prepare(cfg: dict, finetune_source: dict | None = None) -> tuple[SWWAEModule
 
 def resolved_data_settings(datamodule: SemiSupervisedDataModule) -> dict:
     """The data settings a folder dataset resolved from its files (image size, channels), for config.yaml."""
-    if datamodule.dataset != "folder":
+    if not datamodule.info.from_files:
         return {}
     channels, size, _ = datamodule.info.image_shape
     return {"image_size": size, "channels": channels}

@@ -97,3 +97,23 @@ def test_the_packages_import_in_any_order_in_a_fresh_interpreter(order):
     script = "import importlib\n" + "".join(f"importlib.import_module({name!r})\n" for name in order)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def dataset_name_tests(source: str, names: set[str]) -> list[str]:
+    """Comparisons of a value with a registered dataset's name (``dataset == "folder"``): special cases."""
+    return [
+        ast.unparse(node)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Compare)
+        and any(isinstance(c, ast.Constant) and c.value in names for c in [node.left, *node.comparators])
+    ]
+
+
+def test_no_code_outside_the_data_layer_tests_a_datasets_name():
+    from datamodules.datasets import DATASETS
+
+    names = set(DATASETS.names())
+    outside = [p for p in package_modules() if layer_of(p) != "data"]
+    found = {module_name(p): dataset_name_tests(p.read_text(), names) for p in outside}
+    assert {m: tests for m, tests in found.items() if tests} == {}
+    assert dataset_name_tests('if cfg["dataset"] != "folder":\n    pass\n', names)  # the check sees one
