@@ -22,6 +22,17 @@ def mnist_batch(mnist_splits) -> torch.Tensor:
     return normalize(mnist_splits.train_images[:64], info.mean, info.std)
 
 
+# Image logging off: the pictures take longer than a tiny run's training.
+NO_PICTURES = ("--recon-every", "0", "--switch-every", "0", "--overview-every", "0")
+
+
+def tiny_run(*flags: str, batch_size: int = 16, labels: int | None = 40, pictures: bool = True) -> list[str]:
+    """train.py's arguments for a run of a few seconds: 50 validation images, CSV logs, then ``flags``."""
+    args = ["--val-size", "50", "--batch-size", str(batch_size), "--unlabeled-batch-size", str(2 * batch_size)]
+    args += ["--logger", "csv", *(["--labels", str(labels)] if labels is not None else [])]
+    return [*args, *(() if pictures else NO_PICTURES), *flags]
+
+
 def make_tiny_splits(num_train: int = 400, num_test: int = 100, num_classes: int = 4, size: int = 8) -> ImageSplits:
     """Class c is a bright square in quadrant c plus noise: learnable in a few steps."""
     g = torch.Generator().manual_seed(0)

@@ -6,24 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 
 import train
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--arch",
-    "4C3-MP2-8C3-MP2",
-    "--val-size",
-    "50",
-    "--batch-size",
-    "16",
-    "--unlabeled-batch-size",
-    "32",
-    "--logger",
-    "csv",
-    "--max-epochs",
-    "1",
-]
+SMALL = tiny_run("--arch", "4C3-MP2-8C3-MP2", "--max-epochs", "1", labels=None)
 
 
 @pytest.fixture

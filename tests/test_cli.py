@@ -10,28 +10,11 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_run
 
 import train
 
-TINY = [
-    "--test",
-    "--arch",
-    "4C3-MP2-8C3-MP2",
-    "--labels",
-    "40",
-    "--val-size",
-    "50",
-    "--batch-size",
-    "16",
-    "--unlabeled-batch-size",
-    "32",
-    "--logger",
-    "csv",
-    "--num-images",
-    "4",
-    "--lr",
-    "0.01",
-]
+TINY = tiny_run("--test", "--arch", "4C3-MP2-8C3-MP2", "--num-images", "4", "--lr", "0.01")
 
 
 def run(tmp_path, dataset, *args, run_dir="run"):

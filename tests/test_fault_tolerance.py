@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_run
 
 import train
 from datamodules.batches import InMemoryBatches, ResumableLoader
@@ -26,30 +27,9 @@ from orchestration.checkpoints import AtomicCheckpointIO, CheckpointError, load_
 from swwae_lightning.module import SWWAEModule
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--test",
-    "--arch",
-    "4C3-BN-MP2-8C3-MP2-FC16-D0.5",
-    "--labels",
-    "40",
-    "--val-size",
-    "50",
-    "--batch-size",
-    "16",
-    "--unlabeled-batch-size",
-    "32",
-    "--logger",
-    "csv",
-    "--recon-every",
-    "0",
-    "--switch-every",
-    "0",
-    "--overview-every",
-    "0",
-    "--deterministic",
-    "--max-epochs",
-    "2",
-]
+TINY = tiny_run(
+    "--test", "--arch", "4C3-BN-MP2-8C3-MP2-FC16-D0.5", "--deterministic", "--max-epochs", "2", pictures=False
+)
 
 
 class StopAt(pl.Callback):

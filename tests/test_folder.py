@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NO_PICTURES
 from PIL import Image
 
 import train
@@ -79,12 +80,7 @@ SMALL = [
     "csv",
     "--max-epochs",
     "1",
-    "--recon-every",
-    "0",
-    "--switch-every",
-    "0",
-    "--overview-every",
-    "0",
+    *NO_PICTURES,
     "--test",
 ]
 

@@ -4,34 +4,14 @@ on logging steps and checkpoint saves."""
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import tiny_run
 
 import train
 from orchestration import trainer as trainer_module
 from orchestration.checkpoints import load_checkpoint
 from swwae_lightning.module import SWWAEModule
 
-TINY = [
-    "--arch",
-    "4C3-BN-MP2-8C3-MP2-FC16",
-    "--labels",
-    "40",
-    "--val-size",
-    "50",
-    "--batch-size",
-    "16",
-    "--unlabeled-batch-size",
-    "32",
-    "--logger",
-    "csv",
-    "--recon-every",
-    "0",
-    "--switch-every",
-    "0",
-    "--overview-every",
-    "0",
-    "--max-epochs",
-    "2",
-]
+TINY = tiny_run("--arch", "4C3-BN-MP2-8C3-MP2-FC16", "--max-epochs", "2", pictures=False)
 STEPS_PER_EPOCH = 10  # (400 - 50 - 40) unlabeled images / 32
 
 

@@ -22,6 +22,7 @@ import pytest
 import test_extending
 import torch
 import yaml
+from conftest import tiny_run
 from PIL import Image
 
 import train
@@ -47,26 +48,9 @@ PLUGIN = "\n".join(
     ]
 )
 
-SMALL = [
-    "--dataset",
-    "blobs",
-    "--labels",
-    "40",
-    "--val-size",
-    "50",
-    "--batch-size",
-    "8",
-    "--unlabeled-batch-size",
-    "16",
-    "--logger",
-    "csv",
-    "--limit-train-batches",
-    "2",
-    "--limit-val-batches",
-    "1",
-    "--num-images",
-    "4",
-]
+SMALL = tiny_run(
+    "--dataset", "blobs", "--limit-train-batches", "2", "--limit-val-batches", "1", "--num-images", "4", batch_size=8
+)
 
 
 @pytest.fixture
