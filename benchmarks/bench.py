@@ -20,7 +20,7 @@ from datamodules.semi_supervised import SemiSupervisedDataModule  # noqa: E402
 from datamodules.sources import DatasetNotFound, ImageSplits  # noqa: E402
 from orchestration import plugins, training  # noqa: E402
 from swwae_lightning import settings as S  # noqa: E402
-from swwae_lightning.network import StackedWhatWhere  # noqa: E402
+from swwae_lightning.network import StackedWhatWhere, network_from_settings  # noqa: E402
 from swwae_lightning.objectives import VIEWS, Objective, is_baseline  # noqa: E402
 
 PREPARED_BATCHES = 8  # the plain loop cycles through these, already on the device
@@ -137,13 +137,7 @@ def new_network(cfg: dict, device: torch.device) -> StackedWhatWhere:
     pl.seed_everything(cfg["seed"], verbose=False)
     info = DATASETS[cfg["dataset"]]
     channels, height, _ = info.image_shape
-    net = StackedWhatWhere(
-        training.architecture(cfg),
-        channels,
-        height,
-        info.num_classes,
-        **{k: cfg[k] for k in S.names_in(["what-where"])},
-    )
+    net = network_from_settings(training.architecture(cfg), channels, height, info.num_classes, cfg)
     return net.to(device)
 
 

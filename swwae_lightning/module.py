@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import settings as S
 from .nan_guard import NonFiniteGuard, NonFiniteLossError  # noqa: F401  (the CLI catches the error from here)
-from .network import StackedWhatWhere
+from .network import StackedWhatWhere, network_from_settings
 from .objectives import LossParts, Objective
 from .schedules import SCHEDULES
 
@@ -125,8 +125,7 @@ class SWWAEModule(pl.LightningModule):
         self.save_hyperparameters(
             {"arch": arch, "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, **values}
         )
-        names = S.names_in(["what-where"])
-        self.net = StackedWhatWhere(arch, in_channels, image_size, num_classes, **{k: values[k] for k in names})
+        self.net = network_from_settings(arch, in_channels, image_size, num_classes, values)
         self.objective = Objective(**{k: values[k] for k in S.names_in(["objectives"])})
         if values["freeze_encoder"]:
             for p in self.net.encoder_parameters():

@@ -40,17 +40,6 @@ class SWWAEOutput:
 
 
 DECODER_TOPS = ("what", "label")
-S.declare(
-    S.Setting(
-        "decoder_top",
-        "what",
-        "where the decoder starts: the top what, or the class layer (one-hot label for labeled "
-        "rows, the classifier's softmax for unlabeled rows) decoded through layers mirroring the classifier",
-        "what-where",
-        type=str,
-        choices=lambda: DECODER_TOPS,
-    )
-)
 
 
 class ImageOutputConv2d(nn.Conv2d):
@@ -123,10 +112,12 @@ class WhatWhereStage(nn.Module):
 class StackedWhatWhere(nn.Module):
     """Convnet encoder + classifier head + deconvnet decoder unpooling with the switches.
 
-    ``settings`` are the what-where settings (``pooling`` and its variant's options,
-    ``unpool``, ``decoder_top``); missing ones take their declared defaults. ``pooling`` (a
-    ``Pooling``) and ``unpool`` are plain attributes, so a trained network can be switched at
-    run time (the where ablation reconstructs the same weights with ``unpool = "copy"``).
+    ``pooling``: a registered variant's name (with its default options) or a ``Pooling`` built
+    with options of its own (``SoftPooling(beta=20)``). ``unpool``: ``"where"`` unpools with
+    the switches, ``"copy"`` without them (the paper's ablation). ``decoder_top``: the decoder
+    starts from the top what, or from the class layer (``"label"``). ``pooling`` and ``unpool``
+    are plain attributes, so a trained network can be switched at run time (the where ablation
+    reconstructs the same weights with ``unpool = "copy"``).
     """
 
     def __init__(
@@ -135,17 +126,22 @@ class StackedWhatWhere(nn.Module):
         in_channels: int,
         image_size: int | tuple[int, int],
         num_classes: int,
-        **settings,
+        *,
+        pooling: str | P.Pooling = "hard",
+        unpool: str = "where",
+        decoder_top: str = "what",
     ):
         super().__init__()
-        options = S.complete(settings, S.names_in(["what-where"]), "StackedWhatWhere")
+        if isinstance(pooling, str):
+            pooling = P.make_pooling(S.check_all({"pooling": pooling}, style="python")["pooling"])
+        decoder_top = S.check_all({"decoder_top": decoder_top}, style="python")["decoder_top"]
         specs = parse_arch(arch) if isinstance(arch, str) else list(arch)
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         sizes = check_input_size(specs, height, width)
         self.arch = arch if isinstance(arch, str) else "-".join(map(str, specs))
-        self.pooling = P.make_pooling(options["pooling"], **options)
-        self.unpool = options["unpool"]
-        self.decoder_top = options["decoder_top"]
+        self.pooling = pooling
+        self.unpool = unpool
+        self.decoder_top = decoder_top
         batch_norm = any(isinstance(s, BatchNorm) for s in specs)
         dropout = next((s.p for s in specs if isinstance(s, Dropout)), 0.0)
 
@@ -261,3 +257,50 @@ class StackedWhatWhere(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The parameters a linear probe freezes: every encoder conv (not the head)."""
         return [p for s in self.stages for p in s.encoder.parameters()]
+
+
+def network_from_settings(
+    arch: str | list[LayerSpec], in_channels: int, image_size: int | tuple[int, int], num_classes: int, values: dict
+) -> StackedWhatWhere:
+    """The network a run's what-where settings describe (flags, a config file, a checkpoint's
+    hyper-parameters), its pooling built with the options of the chosen variant."""
+    return StackedWhatWhere(
+        arch,
+        in_channels,
+        image_size,
+        num_classes,
+        pooling=P.make_pooling(values["pooling"], **values),
+        unpool=values["unpool"],
+        decoder_top=values["decoder_top"],
+    )
+
+
+S.declare(
+    S.Setting(
+        "pooling",
+        S.default_of(StackedWhatWhere, "pooling"),
+        "what/where pooling",
+        "what-where",
+        type=str,
+        choices=P.POOLINGS.names,
+    ),
+    S.Setting(
+        "unpool",
+        S.default_of(StackedWhatWhere, "unpool"),
+        "decoder unpooling: with the switches, or copy (the paper's ablation)",
+        "what-where",
+        type=str,
+        choices=lambda: P.UNPOOLINGS,
+    ),
+)
+S.declare(
+    S.Setting(
+        "decoder_top",
+        S.default_of(StackedWhatWhere, "decoder_top"),
+        "where the decoder starts: the top what, or the class layer (one-hot label for labeled "
+        "rows, the classifier's softmax for unlabeled rows) decoded through layers mirroring the classifier",
+        "what-where",
+        type=str,
+        choices=lambda: DECODER_TOPS,
+    ),
+)

@@ -10,6 +10,7 @@ registers a new setting gets all of them without editing another file.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,14 +62,30 @@ class Setting:
 SETTINGS: dict[str, Setting] = {}
 
 
+def default_of(function: Callable, name: str) -> Any:
+    """The default ``function`` gives its parameter ``name``: a setting read from a constructor's
+    signature has its default written once, where ``help()`` and an IDE show it."""
+    parameter = inspect.signature(function).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise ValueError(f"{getattr(function, '__qualname__', function)} has no parameter {name!r} with a default")
+    return parameter.default
+
+
 def declare(*settings: Setting) -> tuple[Setting, ...]:
-    """Register settings; a name may be declared once (a second declaration is a programming error)."""
+    """Register settings; a name may be declared once (a second declaration is a programming error).
+
+    Settings that belong to a choice of one declared here (a pooling variant's options) move to
+    just after them, wherever they were declared first: ``--help`` lists an option under its owner.
+    """
     for s in settings:
         if s.group not in GROUPS:
             raise ValueError(f"setting {s.name!r}: group {s.group!r} is not one of {GROUPS}")
         if s.name in SETTINGS and SETTINGS[s.name] != s:
             raise ValueError(f"setting {s.name!r} is declared twice")
         SETTINGS[s.name] = s
+    names = {s.name for s in settings}
+    for owned in [o for o in SETTINGS.values() if o.owner and o.owner.partition("=")[0] in names]:
+        SETTINGS[owned.name] = SETTINGS.pop(owned.name)
     return settings
 
 
@@ -259,6 +276,7 @@ __all__ = [
     "SETTINGS",
     "declare",
     "defaults",
+    "default_of",
     "complete",
     "check_all",
     "convert",

@@ -165,7 +165,7 @@ def test_a_new_pooling_is_one_class_and_its_option_becomes_a_flag(tmp_path):
     cls = register_power_pooling()
     results = one_step(tmp_path, "--pooling", "power", "--power", "2")
     assert results["pooling"] == "power" and results["power"] == 2.0
-    net = swwae.StackedWhatWhere("4C3-MP2", 1, 8, 2, pooling="power", power=1.0)
+    net = swwae.StackedWhatWhere("4C3-MP2", 1, 8, 2, pooling=POOLINGS["power"](power=1.0))
     z = torch.rand(1, 4, 8, 8)
     what, where = net.pooling.pool(z, 2)
     assert isinstance(net.pooling, cls) and torch.allclose(what, F.avg_pool2d(z, 2) + 1e-6, atol=1e-5)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from swwae_lightning import pooling as P
 from swwae_lightning.arch import BatchNorm, Conv, Dropout, Linear, Pool, parse_arch
 from swwae_lightning.network import StackedWhatWhere
 from swwae_lightning.objectives import Objective
@@ -90,9 +91,9 @@ def test_pooling_and_unpooling_switch_at_run_time():
 
 def test_soft_pooling_rejects_non_positive_beta():
     with pytest.raises(ValueError, match="beta=0.0 must be > 0"):
-        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling="soft", beta=0)
+        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling=P.SoftPooling(beta=0))
     with pytest.raises(ValueError, match="beta=nan must be a finite number"):
-        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling="soft", beta=float("nan"))
+        StackedWhatWhere("4C3-MP2", 1, 8, 3, pooling=P.SoftPooling(beta=float("nan")))
 
 
 def test_wrong_input_shape_is_named():
@@ -193,3 +194,19 @@ def test_image_output_conv_runs_channels_last_on_cpu_with_the_plain_convs_values
         last.weight.grad, plain.weight.grad, atol=1e-5
     )
     assert last.weight.is_contiguous()  # the stored weights keep their layout (checkpoints unchanged)
+
+
+def test_every_what_where_option_is_a_typed_keyword_of_the_network_or_of_its_pooling():
+    """help(StackedWhatWhere) and an IDE show each option with its default: the settings read theirs from there."""
+    import inspect
+
+    from swwae_lightning import settings
+
+    network = inspect.signature(StackedWhatWhere).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in network.values())
+    for setting in (s for s in settings.SETTINGS.values() if s.group == "what-where"):
+        if setting.owner is None:
+            parameters = network
+        else:
+            parameters = inspect.signature(P.POOLINGS[setting.owner.partition("=")[2]]).parameters
+        assert parameters[setting.name].default == setting.default, setting.name

@@ -28,7 +28,8 @@ class Pooling:
         unknown = sorted(set(options) - set(own))
         if unknown:
             raise ValueError(f"pooling {self.name!r} got unknown option(s) {unknown}; it takes {sorted(own)}")
-        self.options = S.check_all({**own, **options}, style="python")
+        values = {**own, **options}
+        self.options = {s.name: S.convert(s, values[s.name], s.name, "=") for s in self.settings}
 
     def pool(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) -> (what (B, C, H/k, W/k), where in the variant's own layout)."""
@@ -61,18 +62,6 @@ def _own_settings(name: str, cls: type[Pooling]) -> None:
 
 POOLINGS: Registry[type[Pooling]] = Registry("pooling", on_register=_own_settings)
 UNPOOLINGS = ("where", "copy")
-
-S.declare(
-    S.Setting("pooling", "hard", "what/where pooling", "what-where", type=str, choices=POOLINGS.names),
-    S.Setting(
-        "unpool",
-        "where",
-        "decoder unpooling: with the switches, or copy (the paper's ablation)",
-        "what-where",
-        type=str,
-        choices=lambda: UNPOOLINGS,
-    ),
-)
 
 
 def make_pooling(name: str, **settings) -> Pooling:

@@ -166,8 +166,19 @@ class SoftPooling(Pooling):
     """Soft max and soft argmax; ``beta`` is the temperature (large beta: hard pooling)."""
 
     name = "soft"
+
+    def __init__(self, beta: float = 100.0):
+        super().__init__(beta=beta)
+
     settings = (
-        S.Setting("beta", 100.0, "soft pooling temperature (> 0)", "what-where", type=float, check=S.greater_than(0)),
+        S.Setting(
+            "beta",
+            S.default_of(__init__, "beta"),
+            "soft pooling temperature (> 0)",
+            "what-where",
+            type=float,
+            check=S.greater_than(0),
+        ),
     )
 
     def pool(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
