@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 from swwae_lightning import settings as S
@@ -312,6 +313,41 @@ class EpochLines(ProgressBar):
         print("  ".join(parts), flush=True)
 
 
+class KnownWarnings(Callback):
+    """Silences, while the Trainer runs and only then, the warnings a user of this project cannot act on.
+
+    - Under DDP Lightning advises ``sync_dist=True`` for epoch-level values; the accuracies are
+      torchmetrics', already reduced over every rank, and the pictures' numbers exist on rank 0 only.
+    - Lightning's own batch flattening builds torch's deprecated ``LeafSpec`` at every first validation.
+    - On one-channel images the first conv's weight gradient, shape (C, 1, k, k), can come back with
+      channels-last strides, the memory order of DDP's bucket: its "may impair performance" warning
+      is about nothing. Other shapes still warn.
+    """
+
+    def __init__(self) -> None:
+        self._caught: list[warnings.catch_warnings] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        caught = warnings.catch_warnings()
+        caught.__enter__()
+        self._caught.append(caught)
+        warnings.filterwarnings(
+            "ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'"
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+        )
+        warnings.filterwarnings(
+            "ignore",
+            message=r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]",
+            category=UserWarning,
+        )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._caught:
+            self._caught.pop().__exit__(None, None, None)
+
+
 def progress_callback(cfg: dict) -> ProgressBar:
     """A bar on a terminal, a line per epoch in a log file."""
     if sys.stdout.isatty():
@@ -351,18 +387,33 @@ def build_trainer(
     if with_images:
         callbacks += image_callbacks(cfg, run_dir)
     optional = {k: cfg[k] for k in ("limit_train_batches", "limit_val_batches") if cfg[k] is not None}
+    return _trainer(
+        cfg,
+        run_dir,
+        callbacks,
+        max_epochs=cfg["max_epochs"],
+        fast_dev_run=cfg["fast_dev_run"],
+        deterministic=cfg["deterministic"],
+        logger=loggers(cfg, run_dir, resume_id),
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=cfg["log_every"],
+        **optional,
+    )
+
+
+def evaluation_trainer(cfg: dict, out_dir: Path) -> pl.Trainer:
+    """A Trainer that reads one split of a checkpoint's model: no logger, no checkpoints, no pictures."""
+    return _trainer(cfg, out_dir, [progress_callback(cfg)], logger=False, enable_checkpointing=False)
+
+
+def _trainer(cfg: dict, root: Path, callbacks: list[Callback], **options) -> pl.Trainer:
+    """Every Trainer of this project: the devices the settings choose, our own samplers, known warnings quiet."""
     return pl.Trainer(
         **devices(cfg),
         num_nodes=cfg["num_nodes"],
         precision=cfg["precision"],
-        max_epochs=cfg["max_epochs"],
-        fast_dev_run=cfg["fast_dev_run"],
-        deterministic=cfg["deterministic"],
-        default_root_dir=str(run_dir),
-        logger=loggers(cfg, run_dir, resume_id),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(root),
         use_distributed_sampler=False,
-        log_every_n_steps=cfg["log_every"],
-        **optional,
+        callbacks=[*callbacks, KnownWarnings()],
+        **options,
     )

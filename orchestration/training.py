@@ -24,7 +24,7 @@ from . import ledger
 from .checkpoints import check_compatible, has_teacher, load_checkpoint, load_measured_weights, without_teacher
 from .run_files import RunRecord, write_json
 from .tracking import finish_wandb, write_summary
-from .trainer import build_trainer, devices, progress_callback
+from .trainer import build_trainer, devices, evaluation_trainer
 
 S.declare(
     S.Setting(
@@ -245,16 +245,7 @@ def evaluate(cfg: dict, checkpoint_path: str) -> dict:
     if "SemiSupervisedDataModule" in checkpoint:  # the run's own validation/labeled split
         datamodule.load_state_dict(checkpoint["SemiSupervisedDataModule"])
     out_dir = Path(checkpoint_path).resolve().parent
-    trainer = pl.Trainer(
-        **devices(cfg),
-        num_nodes=cfg["num_nodes"],
-        precision=cfg["precision"],
-        logger=False,
-        default_root_dir=str(out_dir),
-        use_distributed_sampler=False,
-        enable_checkpointing=False,
-        callbacks=[progress_callback(cfg)],  # a bar on a terminal only
-    )
+    trainer = evaluation_trainer(cfg, out_dir)
     split = cfg["evaluate_split"]
     measure = trainer.validate if split == "val" else trainer.test
     metrics = (measure(module, datamodule=datamodule, verbose=False) or [{}])[0]

@@ -7,7 +7,6 @@ Hyper-parameters are plain Python types only, so a checkpoint loads with
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -42,25 +41,6 @@ S.declare(
     ),
 )
 OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
-
-# Under DDP Lightning advises sync_dist=True for epoch-level values. The accuracies are computed by
-# torchmetrics, already reduced over every rank, and the pictures' numbers exist on rank 0 only: the
-# advice is a line the user cannot act on.
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('((val|test)/(acc|error|fixmatch_\w+)|images/\w+)'"
-)
-# Lightning's own batch flattening still builds torch's deprecated LeafSpec: a warning about
-# Lightning's code, printed at the first validation of every run.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-# On one-channel images the first conv's weight gradient, shape (C, 1, k, k), can come back with
-# channels-last strides: the same memory order as DDP's bucket, so its "may impair performance"
-# warning is about nothing. Other shapes still warn.
-warnings.filterwarnings(
-    "ignore",
-    message=r"(?s)Grad strides do not match bucket view strides.*"
-    r"grad\.sizes\(\) = \[\d+, 1, \d+, \d+\]",
-    category=UserWarning,
-)
 
 
 def module_settings() -> list[str]:

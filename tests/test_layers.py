@@ -117,3 +117,24 @@ def test_no_code_outside_the_data_layer_tests_a_datasets_name():
     found = {module_name(p): dataset_name_tests(p.read_text(), names) for p in outside}
     assert {m: tests for m, tests in found.items() if tests} == {}
     assert dataset_name_tests('if cfg["dataset"] != "folder":\n    pass\n', names)  # the check sees one
+
+
+def test_importing_the_packages_silences_none_of_the_warnings_the_trainer_quiets():
+    """A library that silences warnings at import silences them in its users' code too: the Trainer's
+    KnownWarnings callback quiets them while it runs, and only then."""
+    samples = [
+        "It is recommended to use `self.log('val/acc', ..., sync_dist=True)` when logging on epoch level",
+        "`isinstance(treespec, LeafSpec)` is deprecated",
+        "Grad strides do not match bucket view strides. grad.sizes() = [8, 1, 5, 5]",
+    ]
+    script = (
+        "import warnings, importlib, sys\n"
+        "for name in ('swwae_lightning.module', 'datamodules.semi_supervised', 'callbacks', 'orchestration'):\n"
+        "    importlib.import_module(name)\n"
+        f"samples = {samples!r}\n"
+        "quiet = [s for s in samples for f in warnings.filters if f[0] == 'ignore' and f[1] and f[1].match(s)]\n"
+        "print(len(quiet))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "0"
