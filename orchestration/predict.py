@@ -2,7 +2,9 @@
 
 Every image under DIR (by default the run's own unlabeled pool) is decoded with the checkpoint's
 own preprocessing (image size, channels, mean and std) and classified in batches; the CSV has a
-row per readable image with the predicted class name, its probability and the top classes.
+row per readable image with the predicted class name, its probability, the top classes and three
+unknown-class scores (``swwae_lightning.unknown_scores``); the one ``--unknown-score`` names labels a
+row ``unknown`` above the threshold that ``--unknown-rate`` of the run's own validation images pass.
 Unreadable files go to a list beside it, never into the CSV and never a crash.
 """
 
@@ -21,6 +23,7 @@ from datamodules.datasets import DATASETS
 from datamodules.folder import decode, failure_reason, files_under, printable, read_regular
 from swwae_lightning import settings as S
 from swwae_lightning.module import SWWAEModule
+from swwae_lightning.unknown_scores import SCORES, energy_score, probability_score, reconstruction_score
 
 from .checkpoints import load_checkpoint, load_measured_weights
 
@@ -56,6 +59,18 @@ S.declare(
         "run",
         type=float,
         check=S.within(0.0, 1.0, closed_low=True),
+        affects_result=False,
+        part_of="predict",
+    ),
+    S.Setting(
+        "unknown_score",
+        "probability",
+        "--predict: the score that labels a row unknown: minus the log of the top probability, the energy of "
+        "the logits (minus their log-sum-exp), or the what-where decoder's reconstruction error; the CSV "
+        "has all three",
+        "run",
+        type=str,
+        choices=lambda: SCORES,
         affects_result=False,
         part_of="predict",
     ),
@@ -103,14 +118,14 @@ def _run_data(cfg: dict, checkpoint: dict):
     return datamodule
 
 
-def unknown_score(logits: torch.Tensor) -> torch.Tensor:
-    """How unlike the known classes an image looks: minus the log of its top class's probability,
-    log(1 + the other classes' mass relative to the top one). It ranks images as the top probability
-    does, summed so that a confident image keeps a score above 0 where the probability rounds to 1."""
-    z = logits.float()
-    top = z.argmax(dim=1, keepdim=True)
-    others = torch.exp(z - z.gather(1, top)).scatter(1, top, 0.0)
-    return torch.log1p(others.sum(dim=1))
+def image_scores(module: SWWAEModule, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits of a batch and its unknown-class scores; the reconstruction's only where the decoder
+    was trained (a model without a reconstruction term never ran it)."""
+    logits = module(x)
+    scores = {"probability": probability_score(logits), "energy": energy_score(logits)}
+    if not module.encoder_only:
+        scores["reconstruction"] = reconstruction_score(module.evaluated_net(x).reconstruction, x)
+    return logits, scores
 
 
 def unknown_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -121,13 +136,13 @@ def unknown_threshold(scores: torch.Tensor, rate: float) -> float:
     return float(ordered[max(0, math.ceil((1 - rate) * len(ordered)) - 1)])
 
 
-def validation_scores(module: SWWAEModule, datamodule, pre: dict) -> torch.Tensor:
-    """The unknown-class score of every image of the run's own validation split."""
+def validation_scores(module: SWWAEModule, datamodule, pre: dict, score: str = "probability") -> torch.Tensor:
+    """The unknown-class score ``score`` of every image of the run's own validation split."""
     scores = []
     with torch.no_grad():
         for images, _ in datamodule.val_dataloader():
             x = augment.normalize(images, tuple(pre["mean"]), tuple(pre["std"]))
-            scores.append(unknown_score(module(x)))
+            scores.append(image_scores(module, x)[1][score])
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
@@ -159,7 +174,12 @@ def predict(cfg: dict) -> dict:
     datamodule = _run_data(cfg, checkpoint)
     if not cfg["images"]:
         files = [Path(p) for p in datamodule.unlabeled_paths()]
-    threshold = unknown_threshold(validation_scores(module, datamodule, pre), cfg["unknown_rate"])
+    if module.encoder_only and cfg["unknown_score"] == "reconstruction":
+        raise ValueError(
+            "--unknown-score reconstruction needs a model whose decoder was trained (a reconstruction term, "
+            "--lambda-rec > 0); this checkpoint's never ran: use probability or energy"
+        )
+    threshold = unknown_threshold(validation_scores(module, datamodule, pre, cfg["unknown_score"]), cfg["unknown_rate"])
     out = Path(cfg["out"]) if cfg["out"] else _run_dir(checkpoint_path) / "predictions.csv"
     unreadable_path = out.with_name(out.stem + ".unreadable.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +188,9 @@ def predict(cfg: dict) -> dict:
     unknown = 0
     with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
         writer = csv.writer(handle)
-        writer.writerow(["path", "predicted", "probability", f"top_{k}", "unknown_score", "label"])
+        writer.writerow(
+            ["path", "predicted", "probability", f"top_{k}", "unknown_score", "label", "energy", "reconstruction_error"]
+        )
         for start in tqdm(
             range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr, disable=len(files) <= BATCH
         ):
@@ -182,14 +204,17 @@ def predict(cfg: dict) -> dict:
             if not batch:
                 continue
             x = augment.normalize(torch.stack(batch), tuple(pre["mean"]), tuple(pre["std"]))
-            logits = module(x)
+            logits, scores = image_scores(module, x)
             probabilities = torch.softmax(logits.float(), dim=1)
             top_p, top_c = probabilities.topk(k, dim=1)
-            for path, p, c, score in zip(kept, top_p.tolist(), top_c.tolist(), unknown_score(logits).tolist()):
+            chosen, energy = scores[cfg["unknown_score"]].tolist(), scores["energy"].tolist()
+            rebuilt = scores["reconstruction"].tolist() if "reconstruction" in scores else [None] * len(kept)
+            for path, p, c, score, e, r in zip(kept, top_p.tolist(), top_c.tolist(), chosen, energy, rebuilt):
                 label = UNKNOWN if score > threshold else names[c[0]]
                 unknown += label == UNKNOWN
                 top = ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))
-                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}", top, f"{score:.6g}", label])
+                error = "" if r is None else f"{r:.6g}"
+                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}", top, f"{score:.6g}", label, f"{e:.6g}", error])
                 histogram[names[c[0]]] += 1
                 confident += p[0] > CONFIDENT
                 truth = path.parent.name
@@ -212,7 +237,7 @@ def predict(cfg: dict) -> dict:
         f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
         f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
         f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}; "
-        f"{unknown:,} labelled unknown (unknown score above {threshold:.4g}, which "
+        f"{unknown:,} labelled unknown ({cfg['unknown_score']} score above {threshold:.4g}, which "
         f"{100 * cfg['unknown_rate']:g}% of the validation images pass)"
     )
     if summary["error"] is not None:

@@ -535,7 +535,16 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     assert train.main(["--predict", best, "--images", str(tree / "test"), "--out", str(out)]) == 0
     said = capsys.readouterr().out.strip().splitlines()[-1]
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
-    assert len(rows) == 40 and set(rows[0]) == {"path", "predicted", "probability", "top_3", "unknown_score", "label"}
+    assert len(rows) == 40 and set(rows[0]) == {
+        "path",
+        "predicted",
+        "probability",
+        "top_3",
+        "unknown_score",
+        "label",
+        "energy",
+        "reconstruction_error",
+    }
     assert (
         tmp_path / "test-predictions.unreadable.txt"
     ).read_text() == f"{tree / 'test' / 'dog' / 'broken.png'}\tempty file (0 bytes)\n"
@@ -551,9 +560,12 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     for row in rows[:5]:
         x = torch.from_numpy(folder.decode(Path(row["path"]).read_bytes(), 8, 1))[None]
         with torch.no_grad():
-            p = torch.softmax(module(augment.normalize(x, tuple(pre["mean"]), tuple(pre["std"]))), dim=1)[0]
+            logits = module(augment.normalize(x, tuple(pre["mean"]), tuple(pre["std"])))
+        p = torch.softmax(logits, dim=1)[0]
         assert row["predicted"] == pre["class_names"][int(p.argmax())]
         assert float(row["probability"]) == pytest.approx(float(p.max()), abs=1e-6)
+        assert float(row["energy"]) == pytest.approx(-float(torch.logsumexp(logits[0], 0)), rel=1e-5)
+        assert float(row["reconstruction_error"]) > 0  # the default terms train the decoder
     assert train.main(["--evaluate", best, "--data-dir", str(tree)]) == 0
     evaluated = json.loads((run_dir / "checkpoints" / "results.json").read_text())["test_error"]
     assert said.startswith("predicted 40 images under") and "1 unreadable" in said
@@ -567,7 +579,7 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     assert len(validation) == len(datamodule.val_indices) > 0
     threshold = predict.unknown_threshold(validation, 0.05)
     assert (validation > threshold).float().mean() <= 0.05 < (validation >= threshold).float().mean()
-    assert f"labelled unknown (unknown score above {threshold:.4g}, which 5% of the validation images pass)" in said
+    assert f"labelled unknown (probability score above {threshold:.4g}, which 5% of the validation images pass)" in said
     for row in rows:
         assert (row["label"] == "unknown") == (float(row["unknown_score"]) > float(f"{threshold:.6g}"))
         assert row["label"] in ("unknown", row["predicted"])
@@ -760,7 +772,8 @@ def test_a_two_process_ddp_run_of_a_folder_trains_each_rank_on_its_own_half_of_t
 
 
 def test_the_unknown_threshold_lets_the_given_share_of_validation_scores_above_it():
-    from orchestration.predict import unknown_score, unknown_threshold
+    from orchestration.predict import unknown_threshold
+    from swwae_lightning.unknown_scores import probability_score as unknown_score
 
     scores = torch.arange(100, dtype=torch.float32)
     assert unknown_threshold(scores, 0.05) == 94.0  # 95..99 lie above: 5 of 100

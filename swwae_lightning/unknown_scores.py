@@ -1,0 +1,60 @@
+"""How unlike the known classes an image looks: three scores, higher meaning more likely unknown.
+
+A pool may hold classes nobody labeled. The classifier's own confidence is the usual guard, but a
+semi-supervised model trained to be confident on its pool is confident on those images too. The
+energy of the logits (minus their log-sum-exp) keeps the scale the softmax throws away, and the
+what-where decoder's reconstruction error asks a different question: does the image look like the
+images the auto-encoder learned to rebuild? ``auroc`` measures how well a score separates two sets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SCORES = ("probability", "energy", "reconstruction")
+
+
+def probability_score(logits: Tensor) -> Tensor:
+    """Minus the log of the top class's probability, as log(1 + the other classes' mass relative to the
+    top one): it ranks images as the top probability does, and stays above 0 where that rounds to 1."""
+    z = logits.float()
+    top = z.argmax(dim=1, keepdim=True)
+    others = torch.exp(z - z.gather(1, top)).scatter(1, top, 0.0)
+    return torch.log1p(others.sum(dim=1))
+
+
+def energy_score(logits: Tensor) -> Tensor:
+    """The energy of the logits, minus their log-sum-exp: low where some class scores high."""
+    return -torch.logsumexp(logits.float(), dim=1)
+
+
+def reconstruction_score(reconstruction: Tensor, images: Tensor) -> Tensor:
+    """The mean squared error of each image's reconstruction, on the normalized scale the network sees."""
+    return (reconstruction.float() - images.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def auroc(known: Tensor, unknown: Tensor) -> float:
+    """The chance that an unknown image scores above a known one (ties count half): 0.5 is a coin."""
+    scores = torch.cat([known.double(), unknown.double()])
+    ranks = _average_ranks(scores)
+    n_known, n_unknown = len(known), len(unknown)
+    if not n_known or not n_unknown:
+        return float("nan")
+    rank_sum = ranks[n_known:].sum().item()
+    return (rank_sum - n_unknown * (n_unknown + 1) / 2) / (n_known * n_unknown)
+
+
+def _average_ranks(values: Tensor) -> Tensor:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = values.argsort(stable=True)
+    ordered = values[order]
+    ranks = torch.empty_like(values)
+    start = 0
+    while start < len(ordered):
+        end = start
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
