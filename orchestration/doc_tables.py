@@ -3,6 +3,8 @@
 <!-- table: reports/X -->          results: the runs archived in reports/X/runs
 <!-- table: reports/X A B -->      the same, only the experiments named A and B (a headline table)
 <!-- lowest: reports/X A B -->     a prose claim kept true: which of A and B has the lowest mean test error
+<!-- rule: reports/R -->           a prose claim kept true: what the selection rule in R/rule.yaml read,
+                                   checked against the validation errors it measured (R/validation.json)
 <!-- benchmark: reports/Y.json --> performance: one throughput JSON (rows, ratios, FLOPs),
                                    or several, side by side in ms per step
 <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
@@ -21,7 +23,7 @@ import yaml
 from . import ledger
 from .results import difference_text, error_text, find_runs, interval, model_text, summarize
 
-KINDS = ("table", "lowest", "benchmark", "scatter", "figures", "excerpt", "versions")
+KINDS = ("table", "lowest", "rule", "benchmark", "scatter", "figures", "excerpt", "versions")
 
 
 def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[dict]:
@@ -42,6 +44,23 @@ def lowest_row(report_dir: Path, experiments: list[str] | None = None) -> str:
     bounds = interval(row["error_mean"], row["error_std"], len(row["errors"]))
     within = f", 95 % interval of the mean [{bounds[0]:.2f}, {bounds[1]:.2f}] %" if bounds else ""
     return f"`{row['experiment']}`, {error_text(row)} % over {len(row['errors'])} seeds{within}\n"
+
+
+def rule_text(rule_dir: Path) -> str:
+    """What a committed selection rule read and chose, and the fresh seeds it promised; an error where its
+    measurements (validation.json) miss a candidate's seed, since the choice did not then read what it says."""
+    rule = yaml.safe_load((rule_dir / "rule.yaml").read_text())
+    measured = {c["name"]: c for c in json.loads((rule_dir / "validation.json").read_text())["candidates"]}
+    seeds = list(rule["seeds"])
+    short = [c for c in rule["candidates"] if len(measured.get(c, {}).get("errors", [])) != len(seeds)]
+    if short:
+        raise ValueError(f"{rule_dir / 'validation.json'} lacks validation errors of {', '.join(short)}")
+    chosen = [name for name, c in measured.items() if c.get("chosen")]
+    return (
+        f"{len(rule['candidates'])} candidate configurations, seeds {', '.join(map(str, seeds))} of each, read "
+        f"on validation only; chosen: `{', '.join(chosen)}`, which trains with its baseline and `--test` on "
+        f"the fresh seeds {', '.join(map(str, rule['fresh_seeds']))}.\n"
+    )
 
 
 def labels_in_all(rows: list[dict]) -> str:
@@ -222,6 +241,8 @@ def computed_table(kind: str, sources: list[str], root: Path) -> str:
         return results_table(root / sources[0], sources[1:])
     if kind == "lowest":
         return lowest_row(root / sources[0], sources[1:])
+    if kind == "rule":
+        return rule_text(root / sources[0])
     if kind == "excerpt":
         return first_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]

@@ -257,3 +257,21 @@ def test_a_figures_block_lists_every_figure_of_its_json_as_written(tmp_path):
         "<!-- figures: cache.json -->\n| figure | value |\n| --- | --- |\n| files | 70000 |\n"
         "| first_s | 9.86 |\n| targets.first_s | 60 |\n<!-- /figures -->\n"
     )
+
+
+def test_a_rule_block_says_what_the_rule_read_and_chose_and_fails_where_a_measurement_is_missing(tmp_path):
+    rule = {"seeds": [0, 1], "candidates": {"a": "base", "b": "base"}, "fresh_seeds": [10, 11]}
+    (tmp_path / "rule.yaml").write_text(__import__("yaml").safe_dump(rule))
+    measured = [
+        {"name": "a", "errors": [1.0, 2.0], "chosen": False},
+        {"name": "b", "errors": [1.0, 1.5], "chosen": True},
+    ]
+    (tmp_path / "validation.json").write_text(json.dumps({"candidates": measured}))
+    assert doc_tables.rule_text(tmp_path) == (
+        "2 candidate configurations, seeds 0, 1 of each, read on validation only; chosen: `b`, which trains "
+        "with its baseline and `--test` on the fresh seeds 10, 11.\n"
+    )
+    measured[0]["errors"] = [1.0]  # seed 1 of a never measured: the rule did not read what it says
+    (tmp_path / "validation.json").write_text(json.dumps({"candidates": measured}))
+    with pytest.raises(ValueError, match="lacks validation errors of a"):
+        doc_tables.rule_text(tmp_path)
