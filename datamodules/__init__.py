@@ -3,6 +3,7 @@
 A dataset is added with ``DATASETS.register(DatasetInfo(...))``; its loader returns ``ImageSplits``.
 """
 
+from . import data_settings  # noqa: F401  (declares the data settings, read from the DataModule's signature)
 from .datasets import DATASETS, DatasetInfo
 from .semi_supervised import SemiSupervisedDataModule
 from .sources import ImageSplits

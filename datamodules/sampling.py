@@ -11,14 +11,6 @@ import math
 import torch
 from torch import Tensor
 
-from swwae_lightning import settings as S
-
-S.declare(
-    S.Setting(
-        "seed", 0, "seed of the split, the batch order, augmentation and initialization", "optimization", type=int
-    )
-)
-
 
 def seeded_generator(*parts: int) -> torch.Generator:
     # hash() of a tuple of ints is stable across processes (PYTHONHASHSEED only salts str/bytes).

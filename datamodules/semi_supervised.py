@@ -24,7 +24,6 @@ from swwae_lightning.objectives import VIEWS
 
 from . import augment
 from .batches import InMemoryBatches, ResumableLoader
-from .data_settings import FOLDER_ONLY
 from .datasets import DATASETS, dataset_info
 from .sampling import (
     CyclingSampler,
@@ -37,6 +36,7 @@ from .sampling import (
 from .sources import ImageSplits
 from .strong_augment import random_affine, random_elastic, strong_augment
 
+FOLDER_ONLY = ("image_size", "channels")  # the settings only the folder dataset takes
 SKIPPED_FILE = "skipped_files.txt"  # in the run directory: a folder's unreadable files, a tab, the reason
 
 
@@ -46,12 +46,63 @@ def _take(images, indices: torch.Tensor):
 
 
 class SemiSupervisedDataModule(pl.LightningDataModule):
-    """``SemiSupervisedDataModule(views=(), **settings)``: any data setting by name (the others take their
-    declared defaults); ``views`` names the extra views of the unlabeled batch an objective needs."""
+    """The labeled/validation split of a dataset and its batches; ``views`` names the extra views of the
+    unlabeled batch an objective needs. ``python train.py --help`` (the data group) or ``docs/cli.md``
+    says what each keyword does; the data settings read their defaults from this signature."""
 
-    def __init__(self, views: tuple[str, ...] = (), **settings):  # settings: the data group and the seed
+    def __init__(
+        self,
+        views: tuple[str, ...] = (),
+        *,
+        dataset: str = "mnist",
+        data_dir: str = "data",
+        labels: int | None = 100,
+        mode: str = "semi",
+        batch_size: int = 128,
+        unlabeled_batch_size: int = 128,
+        val_size: int = 5000,
+        fold: int | None = None,
+        include_extra: bool = False,
+        full_batches: bool = False,
+        augment: bool = True,
+        max_shift: int | None = None,
+        max_rotation: float = 0.0,
+        max_scale: float = 0.0,
+        elastic: float = 0.0,
+        input_noise: float = 0.0,
+        strong_cutout: float = 0.5,
+        download: bool = True,
+        num_workers: int = 0,
+        image_size: int | None = None,
+        channels: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
-        values = S.complete(settings, [*S.names_in(["data"]), "seed"], "SemiSupervisedDataModule")
+        settings = dict(
+            dataset=dataset,
+            data_dir=data_dir,
+            labels=labels,
+            mode=mode,
+            batch_size=batch_size,
+            unlabeled_batch_size=unlabeled_batch_size,
+            val_size=val_size,
+            fold=fold,
+            include_extra=include_extra,
+            full_batches=full_batches,
+            augment=augment,
+            max_shift=max_shift,
+            max_rotation=max_rotation,
+            max_scale=max_scale,
+            elastic=elastic,
+            input_noise=input_noise,
+            strong_cutout=strong_cutout,
+            download=download,
+            num_workers=num_workers,
+            image_size=image_size,
+            channels=channels,
+            seed=seed,
+        )
+        values = S.check_all(settings, style="python")
         dataset, labels, fold, mode = values["dataset"], values["labels"], values["fold"], values["mode"]
         given = [name for name in FOLDER_ONLY if values[name] is not None]
         if given and not DATASETS[dataset].from_files:

@@ -6,6 +6,7 @@ happens here, so tests and notebooks can run an experiment without the CLI.
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 from pathlib import Path
@@ -38,7 +39,9 @@ S.declare(
 
 
 def data_settings(cfg: dict) -> dict:
-    return {k: cfg[k] for k in [*S.names_in(["data"]), "seed"]}
+    """The DataModule's keywords from a run's settings."""
+    keywords = inspect.signature(SemiSupervisedDataModule).parameters
+    return {k: cfg[k] for k in [*S.names_in(["data"]), "seed"] if k in keywords}
 
 
 def build_datamodule(cfg: dict) -> SemiSupervisedDataModule:

@@ -79,7 +79,6 @@ def test_impossible_label_counts_name_the_numbers(tiny_dataset, labels, message)
             r"elastic=1.0 is read by augment only; give augment too, or leave elastic out",
         ),
         (dict(fold=3), r"fold=3 applies only to datasets with predefined folds, not 'tiny'"),
-        (dict(lr=0.1), r"SemiSupervisedDataModule got unknown setting\(s\) \['lr'\]"),
         (dict(val_size=400), r"val_size=400 must be in \[0, 400\)"),
         (dict(labels=None), r"mode='semi' needs labels=N"),
     ],
@@ -307,3 +306,18 @@ def test_preview_images_are_fixed_and_displayable(tiny_dataset):
     shown = dm.to_display(first)
     assert shown.min() >= 0 and shown.max() <= 1
     assert torch.allclose(shown * 255, dm.splits.train_images[dm.val_indices[:5]].float(), atol=1e-3)
+
+
+def test_every_data_setting_is_a_typed_keyword_of_the_datamodule_with_its_default():
+    """help(SemiSupervisedDataModule) and an IDE show each data option: the settings read their defaults there."""
+    import inspect
+
+    from swwae_lightning import settings
+
+    parameters = inspect.signature(SemiSupervisedDataModule).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for name in [*settings.names_in(["data"]), "seed"]:
+        assert parameters[name].default == settings.SETTINGS[name].default, name
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    with pytest.raises(TypeError, match="'lr'"):
+        SemiSupervisedDataModule(lr=0.1)  # not a data setting: Python's own error names it
