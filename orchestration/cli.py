@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import errno
 import os
 import signal
-import socket
 import sys
-import time
 import traceback
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: run directories are not locked
-    fcntl = None
 
 import yaml
 
 from swwae_lightning import settings as S
 
 from . import plugins
+from .run_directory import RunDirectory, find_resume
 
 
 class CLIError(ValueError):
@@ -92,7 +85,7 @@ def load_requested_plugins(argv: list[str]) -> list[str]:
     specs = plugins.plugins_value(known.get("plugins", []))
     files = [Path(known["config"])] if "config" in known else []
     if "resume" in known:
-        files.append(_find_resume(known["resume"], known.get("run_dir"))[1] / "config.yaml")
+        files.append(find_resume(known["resume"], known.get("run_dir"))[1] / "config.yaml")
     for path in files:
         specs += plugins.named_in_config(path)
     chosen = plugins.load(specs + plugins.from_environment())
@@ -112,7 +105,7 @@ def resolve_config(argv: list[str]) -> dict:
     given = vars(parser.parse_args(argv))
     config = S.defaults()
     if given.get("resume"):
-        run_config = _find_resume(given["resume"], given.get("run_dir"))[1] / "config.yaml"
+        run_config = find_resume(given["resume"], given.get("run_dir"))[1] / "config.yaml"
         if run_config.is_file():
             config.update(_read_config_file(str(run_config)))
     started_from = config["finetune_from"]  # a resumed fine-tuned run's own starting weights: history, not a request
@@ -137,134 +130,6 @@ def resolve_config(argv: list[str]) -> dict:
         raise CLIError("--resume continues a run and --finetune-from starts a new one: give only one")
     config["plugins"] = requested  # every source's, so that config.yaml brings them all back
     return config
-
-
-def _find_resume(resume: str, run_dir: str | None) -> tuple[Path, Path]:
-    """(checkpoint, run directory) for --resume PATH|last."""
-    if resume == "last":
-        if run_dir:
-            ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
-        else:
-            candidates = sorted(Path("runs").glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-            if not candidates:
-                raise CLIError("--resume last found no runs/*/checkpoints/last.ckpt; give a path or --run-dir")
-            ckpt = candidates[-1]
-    else:
-        ckpt = Path(resume)
-    if not ckpt.is_file():
-        raise CLIError(f"--resume: checkpoint {str(ckpt)!r} does not exist")
-    return ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def _new_run_dir(cfg: dict) -> Path:
-    if cfg["run_dir"]:
-        return Path(cfg["run_dir"])
-    # DDP children started by Lightning inherit this from rank 0; SLURM ranks share the job id.
-    if os.environ.get("SWWAE_RUN_DIR"):
-        return Path(os.environ["SWWAE_RUN_DIR"])
-    stamp = f"slurm{os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg['dataset']}-{S.labels_text(cfg['labels'])}-{stamp}"
-
-
-def _requeued() -> bool:
-    """A SLURM requeue reruns the same command in the same run directory."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-
-
-def _requeue_checkpoint(run_dir: Path) -> Path | None:
-    """On a SLURM requeue, the newest state the job saved before: Lightning's hpc_ckpt_N.ckpt (SIGUSR1)
-    or checkpoints/last.ckpt (SIGTERM, the end of an epoch), whichever was written last; None otherwise.
-
-    Lightning itself looks only for hpc checkpoints: a job requeued after a plain SIGTERM, or whose
-    SIGUSR1 came before the last epoch ended, would otherwise start again from step 0 over its own files.
-    """
-    if not _requeued():
-        return None
-    candidates = [p for p in [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"] if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-CLAIM_FILE = ".lock"
-
-
-def _claim_run_dir(run_dir: Path) -> int | None:
-    """An exclusive ``flock`` on ``run_dir/.lock``, held until ``_release_run_dir`` or the end of the process.
-
-    The kernel drops the lock when its holder dies (even by SIGKILL), so a stale lock cannot block a
-    resume or a SLURM requeue. Returns the locked file descriptor, or None where the file system has no locks.
-    """
-    lock = run_dir / CLAIM_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:
-        os.close(fd)
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        os.close(fd)
-        if isinstance(error, BlockingIOError) or error.errno in (errno.EACCES, errno.EAGAIN):
-            try:
-                holder = lock.read_text().strip()
-            except OSError:
-                holder = ""
-            raise CLIError(
-                f"run directory {str(run_dir)!r} is in use by another process"
-                f"{f' ({holder})' if holder else ''}: wait for it to end or choose another --run-dir"
-            ) from None
-        print(
-            f"warning: cannot lock run directory {str(run_dir)!r} ({error.strerror or error}): "
-            "nothing stops a second process from using it",
-            file=sys.stderr,
-        )
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    return fd
-
-
-def _release_run_dir(claim: int | None) -> None:
-    if claim is not None:
-        os.close(claim)  # closing the descriptor releases the flock; the file stays, which is harmless
-
-
-def _prepare_run_dir(run_dir: Path, fresh: bool, is_rank_zero: bool) -> int | None:
-    """Check, claim and create the run directory; returns the claim to release when the run ends.
-
-    Only global rank 0 claims: DDP ranks > 0 (launched by Lightning with ``SWWAE_RUN_DIR``, or by
-    srun/torchrun) use the directory their rank 0 holds.
-    """
-    requeued = _requeued()
-
-    def refuse_if_taken() -> None:
-        # A SLURM requeue reruns the same command in the same directory and resumes from its own checkpoints.
-        if fresh and not requeued and ((run_dir / "results.json").exists() or (run_dir / "checkpoints").exists()):
-            raise CLIError(
-                f"run directory {str(run_dir)!r} already holds a run; choose another --run-dir or --resume it"
-            )
-
-    claim = None
-    try:
-        if is_rank_zero:
-            refuse_if_taken()  # before anything is written
-            run_dir.mkdir(parents=True, exist_ok=True)
-            claim = _claim_run_dir(run_dir)
-            refuse_if_taken()  # again under the claim: a process that held it may have started a run meanwhile
-        (run_dir / "images").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-        if is_rank_zero:
-            from .checkpoints import remove_stale_temporaries
-
-            for directory in (run_dir, run_dir / "checkpoints"):
-                for path in remove_stale_temporaries(directory, claimed=claim is not None):
-                    print(f"removed {path}, left by a checkpoint save that was killed", flush=True)
-    except BaseException as error:
-        _release_run_dir(claim)
-        if isinstance(error, OSError):
-            raise CLIError(f"cannot write run directory {str(run_dir)!r}: {error.strerror or error}") from None
-        raise
-    return claim
 
 
 def _keep_preprocessing(cfg: dict, checkpoint: dict, who: str) -> None:
@@ -317,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import training
     from .checkpoints import load_checkpoint
-    from .run_files import RunRecord, write_yaml
+    from .run_files import RunRecord
     from .trainer import build_trainer
 
-    claim = None
+    run = None
     try:  # input: everything that can be wrong before a training step is taken
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
         if cfg["evaluate"]:
@@ -331,16 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
             predict(cfg)
             return 0
-        resume_from, resumed, source, started = None, {}, None, None
-        if cfg["resume"]:
-            ckpt, run_dir = _find_resume(cfg["resume"], cfg["run_dir"])
-        else:
-            run_dir = _new_run_dir(cfg)
-            ckpt = _requeue_checkpoint(run_dir)  # a requeued SLURM job continues from what it saved
-        if ckpt is not None:
-            resumed = load_checkpoint(ckpt)  # a missing, empty or corrupt file fails here, in one line
+        source, started = None, None
+        run = RunDirectory(cfg)  # found, and the checkpoint it resumes from read
+        run_dir, resume_from, resumed = run.path, run.resume_from, run.resumed
+        if resume_from:
             _keep_preprocessing(cfg, resumed, "a resumed run")
-            resume_from = str(ckpt)
         if cfg["finetune_from"] and not resume_from:  # a resumed run restores its weights and record instead
             source = load_checkpoint(cfg["finetune_from"])  # the one read of the file
             _keep_preprocessing(cfg, source, "a fine-tuned run")
@@ -351,12 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             datamodule.check_same_files(resumed.get("SemiSupervisedDataModule", {}))
         cfg.update(training.resolved_data_settings(datamodule))  # a folder's image size and channels, as found
         # Held until main returns (or the process dies): a second process can neither start nor resume here.
-        claim = _prepare_run_dir(run_dir, fresh=resume_from is None, is_rank_zero=rank_zero_only.rank == 0)
-        cfg["run_dir"] = str(run_dir)
-        write_yaml(run_dir / "config.yaml", cfg)
+        run.open(cfg, is_rank_zero=rank_zero_only.rank == 0)
         trainer = build_trainer(cfg, run_dir, resumed.get("wandb_run_id"), finetuned_from=started)  # the same W&B run
     except (CLIError, ValueError, DatasetNotFound, MisconfigurationException, ImportError, OSError) as error:
-        _release_run_dir(claim)
+        if run is not None:
+            run.close()
         print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     # training: the DDP processes Lightning launches find the run directory and the plugins here
@@ -379,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        _release_run_dir(claim)
+        run.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import yaml
 
 import train
-from orchestration import cli
+from orchestration import run_directory
 from orchestration.checkpoints import load_checkpoint, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -433,15 +433,15 @@ def test_two_processes_started_together_on_one_new_run_dir_one_trains_and_the_ot
 
 def test_only_global_rank_zero_claims_and_a_released_claim_can_be_taken_again(tmp_path):
     run_dir = tmp_path / "run"
-    claim = cli._prepare_run_dir(run_dir, fresh=True, is_rank_zero=True)
+    claim = run_directory.prepare(run_dir, fresh=True, is_rank_zero=True)
     try:
         # DDP ranks > 0 run main too (Lightning relaunches train.py with SWWAE_RUN_DIR): they must not claim.
-        assert cli._prepare_run_dir(run_dir, fresh=True, is_rank_zero=False) is None
-        with pytest.raises(cli.CLIError, match=r"is in use by another process \(pid \d+ on "):
-            cli._prepare_run_dir(run_dir, fresh=False, is_rank_zero=True)
+        assert run_directory.prepare(run_dir, fresh=True, is_rank_zero=False) is None
+        with pytest.raises(run_directory.RunDirectoryError, match=r"is in use by another process \(pid \d+ on "):
+            run_directory.prepare(run_dir, fresh=False, is_rank_zero=True)
     finally:
-        cli._release_run_dir(claim)
-    cli._release_run_dir(cli._prepare_run_dir(run_dir, fresh=False, is_rank_zero=True))
+        run_directory.release(claim)
+    run_directory.release(run_directory.prepare(run_dir, fresh=False, is_rank_zero=True))
 
 
 def test_without_the_claim_only_temporaries_of_dead_writers_are_removed(tmp_path):
