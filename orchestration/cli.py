@@ -72,6 +72,19 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
+_named: dict[str, dict] = {}  # the checkpoint --evaluate or --predict names, read once for the command
+
+
+def read_named(path: str) -> dict:
+    """The checkpoint a command names: its plugins, its settings and its weights come from one read."""
+    if path not in _named:
+        from .checkpoints import load_checkpoint
+
+        _named.clear()
+        _named[path] = load_checkpoint(path)
+    return _named[path]
+
+
 def load_requested_plugins(argv: list[str]) -> list[str]:
     """Import every plugin the command chooses, before any setting is parsed (a plugin declares settings):
     ``--plugins``, the ``--config`` file's ``plugins:``, the resumed run's config.yaml, and those handed down
@@ -91,9 +104,7 @@ def load_requested_plugins(argv: list[str]) -> list[str]:
     chosen = plugins.load(specs + plugins.from_environment())
     for reads in ("evaluate", "predict"):
         if reads in known:
-            from .checkpoints import load_checkpoint
-
-            named = load_checkpoint(known[reads]).get("swwae_config", {}).get("plugins")
+            named = read_named(known[reads]).get("swwae_config", {}).get("plugins")
             chosen += plugins.require_chosen(named, f"checkpoint {known[reads]!r}")
     return list(dict.fromkeys(chosen))
 
@@ -111,9 +122,7 @@ def resolve_config(argv: list[str]) -> dict:
     started_from = config["finetune_from"]  # a resumed fine-tuned run's own starting weights: history, not a request
     for reads in ("evaluate", "predict"):  # the checkpoint's own data and preprocessing
         if given.get(reads):
-            from .checkpoints import load_checkpoint
-
-            saved = load_checkpoint(given[reads]).get("swwae_config", {})
+            saved = read_named(given[reads]).get("swwae_config", {})
             config.update({k: v for k, v in saved.items() if k in S.SETTINGS and k not in ("evaluate", "predict")})
     if "config" in given:
         config_file = given.pop("config")
@@ -186,15 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import build_trainer
 
     run = None
+    _named.clear()  # a file named by an earlier command in this process may have changed since
     try:  # input: everything that can be wrong before a training step is taken
         cfg = resolve_config(sys.argv[1:] if argv is None else argv)
         if cfg["evaluate"]:
-            training.evaluate(cfg, cfg["evaluate"])
+            training.evaluate(cfg, cfg["evaluate"], read_named(cfg["evaluate"]))
             return 0
         if cfg["predict"]:
             from .predict import predict
 
-            predict(cfg)
+            predict(cfg, read_named(cfg["predict"]))
             return 0
         source, started = None, None
         run = RunDirectory(cfg)  # found, and the checkpoint it resumes from read

@@ -146,12 +146,13 @@ def validation_scores(module: SWWAEModule, datamodule, pre: dict, score: str = "
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def predict(cfg: dict) -> dict:
-    """Write the predictions CSV and the unreadable-files list; returns the summary's numbers."""
+def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
+    """Write the predictions CSV and the unreadable-files list (``checkpoint``: the file ``--predict`` names,
+    already read); returns the summary's numbers."""
     from tqdm.auto import tqdm
 
     checkpoint_path = Path(cfg["predict"])
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
     module = SWWAEModule(**checkpoint["hyper_parameters"])
     load_measured_weights(module, checkpoint, checkpoint_path)
     module.eval()

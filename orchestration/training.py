@@ -238,9 +238,10 @@ def result_settings(cfg: dict) -> dict:
     return {k: cfg[k] for k in keep if k in cfg}
 
 
-def evaluate(cfg: dict, checkpoint_path: str) -> dict:
-    """One split (``evaluate_split``), from weights read safely; its results file is written beside the checkpoint."""
-    checkpoint = load_checkpoint(checkpoint_path)
+def evaluate(cfg: dict, checkpoint_path: str, checkpoint: dict | None = None) -> dict:
+    """One split (``evaluate_split``), from weights read safely (``checkpoint``: that file, already read);
+    its results file is written beside the checkpoint."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
     hparams = checkpoint["hyper_parameters"]
     module = SWWAEModule(**hparams)
     load_measured_weights(module, checkpoint, checkpoint_path)

@@ -185,3 +185,19 @@ def test_the_best_row_of_every_results_table_has_the_weights_of_each_of_its_runs
         best = min(table_rows(ROOT / study, shown), key=lambda r: r["error_mean"])
         for run_dir in best["run_dirs"]:
             assert_weights_committed(Path(run_dir))
+
+
+def test_evaluate_reads_the_checkpoint_it_names_once(tmp_path, monkeypatch, tiny_dataset):
+    """Its plugins, its settings and its weights come from one read of the file."""
+    import train
+    from orchestration import checkpoints
+
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", tiny_dataset, "--run-dir", str(run_dir), "--arch", "4C3-MP2-FC8", "--labels", "40"]
+    argv += ["--val-size", "50", "--batch-size", "16", "--logger", "csv", "--max-epochs", "1", "--num-images", "2"]
+    assert train.main(argv) == 0
+    reads = []
+    original = checkpoints.load_checkpoint
+    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda path: reads.append(str(path)) or original(path))
+    assert train.main(["--evaluate", str(run_dir / "checkpoints" / "best.ckpt"), "--evaluate-split", "val"]) == 0
+    assert reads == [str(run_dir / "checkpoints" / "best.ckpt")]
