@@ -22,7 +22,7 @@ def test_a_lightning_without_it_fails_at_import_naming_what_is_missing():
         def __init__(self, log_dir):
             pass  # sets neither metrics_file_path nor metrics_keys
 
-    with pytest.raises(ImportError, match=r"no longer has metrics_file_path, metrics_keys: swwae_lightning"):
+    with pytest.raises(ImportError, match=r"no longer has metrics_file_path, metrics_keys: orchestration"):
         lightning_private.check_csv_writer(Renamed)
 
 
