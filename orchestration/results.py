@@ -17,6 +17,7 @@ from pathlib import Path
 import scipy.stats
 import yaml
 
+from datamodules.datasets import DATASETS
 from swwae_lightning import settings as S
 from swwae_lightning.objectives import TERMS, active_terms, is_baseline
 
@@ -98,15 +99,23 @@ def setting_values(run: Run, leave_out: set[str]) -> tuple:
     )
 
 
+def bookkeeping(run: Run) -> set[str]:
+    """The settings that do not change what ``run`` learned. A dataset read from files is the folder
+    ``data_dir`` names, so there the folder is the data: two trees are two experiments."""
+    name = run.settings["dataset"]
+    from_files = name in DATASETS.names() and DATASETS[name].from_files
+    return S.bookkeeping() - {"data_dir"} if from_files else S.bookkeeping()
+
+
 def experiment_key(run: Run) -> tuple:
     """Everything that defines the experiment but the seed (and bookkeeping such as paths and loggers)."""
-    return setting_values(run, S.bookkeeping() | {"seed"})
+    return setting_values(run, bookkeeping(run) | {"seed"})
 
 
 def comparison_key(run: Run) -> tuple:
     """What a run and its baseline share: everything but the seed and the method's settings (what-where,
     objectives, the pretraining it was fine-tuned from)."""
-    return setting_values(run, S.bookkeeping() | {"seed", "finetune_from"} | S.method_settings())
+    return setting_values(run, bookkeeping(run) | {"seed", "finetune_from"} | S.method_settings())
 
 
 def run_name(run: Run) -> str:

@@ -609,3 +609,16 @@ def test_a_row_over_its_studys_budget_is_marked_in_the_table(tmp_path):
     assert doc_tables.lowest_row(tmp_path / "reports" / "study") == (
         "`slow`, 10.00 ± 0.00 % over 2 seeds, 95 % interval of the mean [10.00, 10.00] %\n"
     )
+
+
+def test_runs_on_two_folders_of_images_are_two_experiments_and_a_built_in_datasets_path_is_not(tmp_path):
+    """A folder dataset is the tree data_dir names: two trees with the same settings are two rows."""
+    from orchestration.results import find_runs, summarize
+
+    for tree in ("pool-a", "pool-b"):
+        for seed in (0, 1):
+            fake_run(tmp_path / f"{tree}-seed{seed}", seed, 0.1, dataset="folder", data_dir=f"data/{tree}")
+    assert sorted(len(row["errors"]) for row in summarize(find_runs([tmp_path]))) == [2, 2]
+    for seed, where in enumerate(("data", "elsewhere")):
+        fake_run(tmp_path / f"mnist-seed{seed}", seed, 0.1, data_dir=where)
+    assert sorted(len(row["errors"]) for row in summarize(find_runs([tmp_path]))) == [2, 2, 2]  # mnist: one row
