@@ -192,4 +192,13 @@ S.declare(
         check=lambda v: None if v in (None, 1, 3) else "must be 1 or 3",
         owner="dataset=folder",
     ),
+    S.Setting(
+        "hflip",
+        _default("hflip"),
+        "--dataset folder: random horizontal flips of training images, which keep the class of most objects "
+        "but not of digits or text (--no-hflip)",
+        "data",
+        flag="switch",
+        owner="dataset=folder",
+    ),
 )

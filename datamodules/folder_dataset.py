@@ -7,6 +7,7 @@ image size, channels) travels in every checkpoint with the DataModule's state, s
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
@@ -60,6 +61,11 @@ def _check_classes(
 
 
 def describe(settings: dict) -> DatasetInfo:
+    """The folder's DatasetInfo; flips as the settings ask (``hflip``: digits and text must not be flipped)."""
+    return dataclasses.replace(_described_files(settings), hflip=settings.get("hflip", True))
+
+
+def _described_files(settings: dict) -> DatasetInfo:
     """Index the data directory, build or reuse its cache, and say in one line each what was skipped or is missing."""
     root = Path(settings["data_dir"]).expanduser().resolve()
     kind, classes, entries, skipped_at_index = folder.index(root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .sampling import (
 from .sources import ImageSplits
 from .strong_augment import random_affine, random_elastic, strong_augment
 
-FOLDER_ONLY = ("image_size", "channels")  # the settings only the folder dataset takes
+FOLDER_ONLY = ("image_size", "channels", "hflip")  # the settings only the folder dataset takes
 SKIPPED_FILE = "skipped_files.txt"  # in the run directory: a folder's unreadable files, a tab, the reason
 
 
@@ -75,6 +76,7 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
+        hflip: bool = True,
         seed: int = 0,
     ):
         super().__init__()
@@ -100,11 +102,13 @@ class SemiSupervisedDataModule(pl.LightningDataModule):
             num_workers=num_workers,
             image_size=image_size,
             channels=channels,
+            hflip=hflip,
             seed=seed,
         )
         values = S.check_all(settings, style="python")
         dataset, labels, fold, mode = values["dataset"], values["labels"], values["fold"], values["mode"]
-        given = [name for name in FOLDER_ONLY if values[name] is not None]
+        own = inspect.signature(SemiSupervisedDataModule).parameters
+        given = [name for name in FOLDER_ONLY if values[name] != own[name].default]
         if given and not DATASETS[dataset].from_files:
             raise ValueError(f"--{given[0].replace('_', '-')} applies to --dataset folder only, not {dataset!r}")
         self.info = dataset_info(values)

@@ -780,3 +780,13 @@ def test_the_unknown_threshold_lets_the_given_share_of_validation_scores_above_i
     assert unknown_threshold(scores, 0.5) == 49.0 and unknown_threshold(scores, 0) == float("inf")
     confident, unsure = unknown_score(torch.tensor([[30.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
     assert 0 < confident < 1e-12 and unsure == pytest.approx(float(torch.log(torch.tensor(3.0))))
+
+
+def test_hflip_turns_a_folders_flips_off_for_digits_and_applies_to_folders_only(tmp_path, capsys):
+    tree = practitioner_tree(tmp_path / "tree")
+    flips = SemiSupervisedDataModule(dataset="folder", data_dir=str(tree), image_size=8, labels=40)
+    assert flips.info.hflip is True  # a folder's objects mostly keep their class when flipped
+    digits = SemiSupervisedDataModule(dataset="folder", data_dir=str(tree), image_size=8, labels=40, hflip=False)
+    assert digits.info.hflip is False and flips.info.hflip is True  # the described folder is not changed for both
+    assert train.main(["--no-hflip", "--max-epochs", "1"]) == 2
+    assert "--hflip applies to --dataset folder only, not 'mnist'" in capsys.readouterr().err
