@@ -622,3 +622,12 @@ def test_runs_on_two_folders_of_images_are_two_experiments_and_a_built_in_datase
     for seed, where in enumerate(("data", "elsewhere")):
         fake_run(tmp_path / f"mnist-seed{seed}", seed, 0.1, data_dir=where)
     assert sorted(len(row["errors"]) for row in summarize(find_runs([tmp_path]))) == [2, 2, 2]  # mnist: one row
+
+
+@pytest.mark.parametrize("plan", sorted((CONFIGS[0].parent / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_sweep_plan_expands_to_configs_train_py_accepts(plan, tmp_path):
+    if "variants" not in yaml.safe_load(plan.read_text()):
+        pytest.skip(f"{plan.name} is a W&B sweep, not a plan")
+    for config in sweep.plan_configs(plan, tmp_path):
+        cfg = train.resolve_config(["--config", str(config)])
+        assert cfg["max_epochs"] >= 1, config
