@@ -6,6 +6,7 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import yaml
 from test_cli import TINY
 
@@ -64,8 +65,9 @@ def test_every_test_error_committed_under_reports_is_on_record():
     assert len(reconstructed) >= 135 and all(e["commit"] for e in reconstructed)
 
 
-def test_the_fresh_seed_rows_were_read_on_test_only_after_the_rule_that_chose_them_was_committed():
-    rule_file = REPO / "reports" / "mnist-100-rechoice" / "rule.yaml"
+@pytest.mark.parametrize("rechoice", ["mnist-100-rechoice", "fashion-mnist-1000-rechoice"])
+def test_the_fresh_seed_rows_were_read_on_test_only_after_the_rule_that_chose_them_was_committed(rechoice):
+    rule_file = REPO / "reports" / rechoice / "rule.yaml"
     rule = yaml.safe_load(rule_file.read_text())
     added = subprocess.run(
         ["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%cI", "--", str(rule_file.relative_to(REPO))],

@@ -24,6 +24,11 @@ PUBLISHED = {  # one committed run per table whose weights are published: the de
     / "runs"
     / "mnist-100-e20-meanteacher-vat-entmin-fixmatch-seed2",
     "mnist-100-fresh": ROOT / "reports" / "mnist-100-fresh" / "runs" / "mnist-100-e25-meanteacher-vat-entmin-seed10",
+    "fashion-mnist-1000-fresh": ROOT
+    / "reports"
+    / "fashion-mnist-1000-fresh"
+    / "runs"
+    / "fashion-mnist-1000-e20-meanteacher-vat-fixmatch-seed10",
     "fashion-mnist-1000-best": ROOT
     / "reports"
     / "fashion-mnist-1000-objectives"
@@ -167,6 +172,7 @@ def test_every_run_of_every_results_table_in_the_readme_has_its_weights_committe
     assert [study for study, _ in tables] == [
         "reports/default-job",
         "reports/mnist-100-fresh",
+        "reports/fashion-mnist-1000-fresh",
         "reports/mnist-100-objectives",
     ]
     for study, shown in tables:
