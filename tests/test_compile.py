@@ -15,6 +15,16 @@ from orchestration.training import build_datamodule, build_module
 plugins.declare_all_settings()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_inductor_cache(tmp_path_factory):
+    """Inductor keys its compiled C++ (precompiled headers included) by source, not by ATEN_CPU_CAPABILITY, so a
+    cache written under the machine's own capability breaks a run under another: these tests compile afresh."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+    yield
+    patch.undo()
+
+
 def test_full_batches_are_all_of_the_batch_size_disjoint_and_leave_out_another_remainder_each_epoch():
     for rank in (0, 1):
         shards = []
