@@ -9,6 +9,7 @@ images the auto-encoder learned to rebuild? ``auroc`` measures how well a score 
 
 from __future__ import annotations
 
+import scipy.stats
 import torch
 from torch import Tensor
 
@@ -36,25 +37,9 @@ def reconstruction_score(reconstruction: Tensor, images: Tensor) -> Tensor:
 
 def auroc(known: Tensor, unknown: Tensor) -> float:
     """The chance that an unknown image scores above a known one (ties count half): 0.5 is a coin."""
-    scores = torch.cat([known.double(), unknown.double()])
-    ranks = _average_ranks(scores)
     n_known, n_unknown = len(known), len(unknown)
     if not n_known or not n_unknown:
         return float("nan")
-    rank_sum = ranks[n_known:].sum().item()
+    ranks = scipy.stats.rankdata(torch.cat([known.double(), unknown.double()]).numpy())  # ties share their mean rank
+    rank_sum = float(ranks[n_known:].sum())
     return (rank_sum - n_unknown * (n_unknown + 1) / 2) / (n_known * n_unknown)
-
-
-def _average_ranks(values: Tensor) -> Tensor:
-    """1-based ranks, tied values sharing the mean of their ranks."""
-    order = values.argsort(stable=True)
-    ordered = values[order]
-    ranks = torch.empty_like(values)
-    start = 0
-    while start < len(ordered):
-        end = start
-        while end + 1 < len(ordered) and ordered[end + 1] == ordered[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
