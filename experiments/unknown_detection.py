@@ -5,8 +5,9 @@
 
 ``DIR`` is a tree written by ``datamodules.export_mismatch``: its hidden ``.pool-truth.csv`` says which
 pool image is of a known class and which is not (training never reads it). For each score of the
-predictions CSV (the top probability's, the energy, the reconstruction error) this gives its AUROC
-over the pool, and the share of unknown images that came back with a known class at p > 0.95.
+predictions CSV (the top probability's, the energy, the reconstruction error, the one-vs-all heads')
+this gives its AUROC over the pool, and the share of unknown images that came back with a known class
+at p > 0.95.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pathlib import Path
 import torch
 
 from datamodules.export_mismatch import TRUTH
-from orchestration.predict import CONFIDENT
+from orchestration.predict import CONFIDENT, SCORE_COLUMNS
 from swwae_lightning.unknown_scores import auroc
-
-COLUMNS = {"probability": "unknown_score", "energy": "energy", "reconstruction": "reconstruction_error"}
 
 
 def pool_truth(tree: Path) -> dict[str, bool]:
@@ -49,9 +48,9 @@ def detection(predictions: Path, tree: Path) -> dict:
         raise ValueError(f"{missing} of {len(rows)} rows of {predictions} are not pool files of {tree}")
     unknown = torch.tensor(kinds)
     result = {"pool": len(rows), "unknown": int(unknown.sum())}
-    for name, column in COLUMNS.items():
+    for name, column in SCORE_COLUMNS.items():
         if any(row[column] == "" for row in rows):
-            continue  # a model whose decoder never trained has no reconstruction score
+            continue  # a score the model cannot give (no trained decoder, no one-vs-all heads)
         scores = torch.tensor([float(row[column]) for row in rows])
         result[f"auroc_{name}"] = auroc(scores[~unknown], scores[unknown])
     confident = torch.tensor([float(row["probability"]) > CONFIDENT for row in rows])

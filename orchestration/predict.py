@@ -2,9 +2,10 @@
 
 Every image under DIR (by default the run's own unlabeled pool) is decoded with the checkpoint's
 own preprocessing (image size, channels, mean and std) and classified in batches; the CSV has a
-row per readable image with the predicted class name, its probability, the top classes and three
-unknown-class scores (``swwae_lightning.unknown_scores``); the one ``--unknown-score`` names labels a
-row ``unknown`` above the threshold that ``--unknown-rate`` of the run's own validation images pass.
+row per readable image with the predicted class name, its probability, the top classes and every
+unknown-class score the model can give (``swwae_lightning.unknown_scores``); the one ``--unknown-score``
+names labels a row ``unknown`` above the threshold that ``--unknown-rate`` of the run's own validation
+images pass.
 Unreadable files go to a list beside it, never into the CSV and never a crash.
 """
 
@@ -23,12 +24,26 @@ from datamodules.datasets import DATASETS
 from datamodules.folder import decode, failure_reason, files_under, printable, read_regular
 from swwae_lightning import settings as S
 from swwae_lightning.module import SWWAEModule
-from swwae_lightning.unknown_scores import SCORES, energy_score, probability_score, reconstruction_score
+from swwae_lightning.unknown_scores import (
+    SCORES,
+    energy_score,
+    one_vs_all_score,
+    probability_score,
+    reconstruction_score,
+)
 
 from .checkpoints import load_checkpoint, load_measured_weights
 
 TOP_K = 3
 UNKNOWN = "unknown"  # the label of a row whose unknown-class score is above the validation threshold
+AUTO = "auto"  # --unknown-score: the one-vs-all heads' score where the model has them, else the probability's
+# The CSV's column of each unknown-class score (empty where the model cannot give it)
+SCORE_COLUMNS = {
+    "probability": "minus_log_probability",
+    "energy": "energy",
+    "reconstruction": "reconstruction_error",
+    "one_vs_all": "one_vs_all",
+}
 CONFIDENT = 0.95  # the summary line's share of images above this probability
 BATCH = 256
 
@@ -64,13 +79,14 @@ S.declare(
     ),
     S.Setting(
         "unknown_score",
-        "probability",
+        AUTO,
         "--predict: the score that labels a row unknown: minus the log of the top probability, the energy of "
-        "the logits (minus their log-sum-exp), or the what-where decoder's reconstruction error; the CSV "
-        "has all three",
+        "the logits (minus their log-sum-exp), the what-where decoder's reconstruction error, or the "
+        "one-vs-all heads' (a model trained with --lambda-ova); auto: the heads' where the model has them, "
+        "else the probability's. The CSV has every score the model can give",
         "run",
         type=str,
-        choices=lambda: SCORES,
+        choices=lambda: (AUTO, *SCORES),
         affects_result=False,
         part_of="predict",
     ),
@@ -120,12 +136,34 @@ def _run_data(cfg: dict, checkpoint: dict):
 
 def image_scores(module: SWWAEModule, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The logits of a batch and its unknown-class scores; the reconstruction's only where the decoder
-    was trained (a model without a reconstruction term never ran it)."""
-    logits = module(x)
+    was trained (a model without a reconstruction term never ran it), the one-vs-all heads' only where
+    the model has them."""
+    net = module.evaluated_net
+    logits, open_set_logits = net.encode_open(x)
     scores = {"probability": probability_score(logits), "energy": energy_score(logits)}
     if not module.encoder_only:
-        scores["reconstruction"] = reconstruction_score(module.evaluated_net(x).reconstruction, x)
+        scores["reconstruction"] = reconstruction_score(net(x).reconstruction, x)
+    if open_set_logits is not None:
+        scores["one_vs_all"] = one_vs_all_score(open_set_logits, logits)
     return logits, scores
+
+
+def score_to_use(module: SWWAEModule, asked: str) -> str:
+    """The score ``--unknown-score`` names, once the model is known to give it."""
+    has_heads = module.net.open_set is not None
+    if asked == AUTO:
+        return "one_vs_all" if has_heads else "probability"
+    if asked == "reconstruction" and module.encoder_only:
+        raise ValueError(
+            "--unknown-score reconstruction needs a model whose decoder was trained (a reconstruction term, "
+            "--lambda-rec > 0); this checkpoint's never ran: use probability or energy"
+        )
+    if asked == "one_vs_all" and not has_heads:
+        raise ValueError(
+            "--unknown-score one_vs_all needs a model trained with one-vs-all heads (--lambda-ova > 0); "
+            "this checkpoint has none: use probability or energy"
+        )
+    return asked
 
 
 def unknown_threshold(scores: torch.Tensor, rate: float) -> float:
@@ -175,12 +213,8 @@ def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
     datamodule = _run_data(cfg, checkpoint)
     if not cfg["images"]:
         files = [Path(p) for p in datamodule.unlabeled_paths()]
-    if module.encoder_only and cfg["unknown_score"] == "reconstruction":
-        raise ValueError(
-            "--unknown-score reconstruction needs a model whose decoder was trained (a reconstruction term, "
-            "--lambda-rec > 0); this checkpoint's never ran: use probability or energy"
-        )
-    threshold = unknown_threshold(validation_scores(module, datamodule, pre, cfg["unknown_score"]), cfg["unknown_rate"])
+    score_name = score_to_use(module, cfg["unknown_score"])
+    threshold = unknown_threshold(validation_scores(module, datamodule, pre, score_name), cfg["unknown_rate"])
     out = Path(cfg["out"]) if cfg["out"] else _run_dir(checkpoint_path) / "predictions.csv"
     unreadable_path = out.with_name(out.stem + ".unreadable.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +224,7 @@ def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
     with open(out, "w", newline="", encoding="utf-8") as handle, torch.no_grad():
         writer = csv.writer(handle)
         writer.writerow(
-            ["path", "predicted", "probability", f"top_{k}", "unknown_score", "label", "energy", "reconstruction_error"]
+            ["path", "predicted", "probability", f"top_{k}", "unknown_score", "label", *SCORE_COLUMNS.values()]
         )
         for start in tqdm(
             range(0, len(files), BATCH), desc="predicting", unit="batch", file=sys.stderr, disable=len(files) <= BATCH
@@ -208,14 +242,16 @@ def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
             logits, scores = image_scores(module, x)
             probabilities = torch.softmax(logits.float(), dim=1)
             top_p, top_c = probabilities.topk(k, dim=1)
-            chosen, energy = scores[cfg["unknown_score"]].tolist(), scores["energy"].tolist()
-            rebuilt = scores["reconstruction"].tolist() if "reconstruction" in scores else [None] * len(kept)
-            for path, p, c, score, e, r in zip(kept, top_p.tolist(), top_c.tolist(), chosen, energy, rebuilt):
+            chosen = scores[score_name].tolist()
+            columns = [
+                [f"{v:.6g}" for v in scores[name].tolist()] if name in scores else [""] * len(kept)
+                for name in SCORE_COLUMNS
+            ]
+            for path, p, c, score, *each in zip(kept, top_p.tolist(), top_c.tolist(), chosen, *columns):
                 label = UNKNOWN if score > threshold else names[c[0]]
                 unknown += label == UNKNOWN
                 top = ";".join(f"{names[ci]}:{pi:.6f}" for ci, pi in zip(c, p))
-                error = "" if r is None else f"{r:.6g}"
-                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}", top, f"{score:.6g}", label, f"{e:.6g}", error])
+                writer.writerow([str(path), names[c[0]], f"{p[0]:.6f}", top, f"{score:.6g}", label, *each])
                 histogram[names[c[0]]] += 1
                 confident += p[0] > CONFIDENT
                 truth = path.parent.name
@@ -238,7 +274,7 @@ def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
         f"predicted {rows:,} images under {root} ({len(unreadable):,} unreadable, listed in {unreadable_path}); "
         f"classes: {', '.join(f'{n} {c:,}' for n, c in histogram.most_common())}; "
         f"{100 * summary['confident_share']:.1f}% above p={CONFIDENT}; "
-        f"{unknown:,} labelled unknown ({cfg['unknown_score']} score above {threshold:.4g}, which "
+        f"{unknown:,} labelled unknown ({score_name} score above {threshold:.4g}, which "
         f"{100 * cfg['unknown_rate']:g}% of the validation images pass)"
     )
     if summary["error"] is not None:

@@ -105,8 +105,10 @@ class SWWAEModule(pl.LightningModule):
         self.save_hyperparameters(
             {"arch": arch, "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, **values}
         )
-        self.net = network_from_settings(arch, in_channels, image_size, num_classes, values)
         self.objective = Objective(**{k: values[k] for k in S.names_in(["objectives"])})
+        self.net = network_from_settings(
+            arch, in_channels, image_size, num_classes, values, open_set_heads=self.objective.needs_open_set
+        )
         if values["freeze_encoder"]:
             for p in self.net.encoder_parameters():
                 p.requires_grad_(False)

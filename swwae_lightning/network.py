@@ -32,6 +32,7 @@ class SWWAEOutput:
     whats: list[Tensor]
     wheres: list[Tensor]
     top_is_copy: bool = True  # r_L is h_L itself, so that pair carries no loss
+    open_set_logits: Tensor | None = None  # the one-vs-all heads' (N, 2, classes), where the network has them
 
     def reconstruction_pairs(self) -> list[tuple[Tensor, Tensor]]:
         """(h_l, r_l) pairs the intermediate loss compares: all but a copied top."""
@@ -117,7 +118,8 @@ class StackedWhatWhere(nn.Module):
     the switches, ``"copy"`` without them (the paper's ablation). ``decoder_top``: the decoder
     starts from the top what, or from the class layer (``"label"``). ``pooling`` and ``unpool``
     are plain attributes, so a trained network can be switched at run time (the where ablation
-    reconstructs the same weights with ``unpool = "copy"``).
+    reconstructs the same weights with ``unpool = "copy"``). ``open_set_heads`` adds one-vs-all
+    heads beside the classifier (on its input features): for each class, is the image of it or not.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class StackedWhatWhere(nn.Module):
         pooling: str | P.Pooling = "hard",
         unpool: str = "where",
         decoder_top: str = "what",
+        open_set_heads: bool = False,
     ):
         super().__init__()
         if isinstance(pooling, str):
@@ -163,6 +166,8 @@ class StackedWhatWhere(nn.Module):
                 widths.append(spec.features)
         head += [nn.Dropout(dropout), nn.Linear(widths[-1], num_classes)]
         self.head = nn.Sequential(*head)
+        # index 0: "not of the class", 1: "of the class", for every class
+        self.open_set = nn.Linear(widths[-1], 2 * num_classes) if open_set_heads else None
         if self.decoder_top == "label":
             # The classifier mirrored: classes -> its hidden widths in reverse -> the top what's size.
             # ReLU throughout, as the top what it reconstructs is a pooled ReLU map.
@@ -208,6 +213,18 @@ class StackedWhatWhere(nn.Module):
         states, _ = self.encode_states(x)
         return self.head(states[-1])
 
+    def classify(self, top_what: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The class logits of the top what, and the one-vs-all heads' (N, 2, classes) logits (None without them)."""
+        if self.open_set is None:
+            return self.head(top_what), None
+        features = self.head[:-1](top_what)
+        return self.head[-1](features), self.open_set(features).view(-1, 2, self.num_classes)
+
+    def encode_open(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``classify`` from the images: the encoder and both heads, no decoder."""
+        states, _ = self.encode_states(x)
+        return self.classify(states[-1])
+
     def top_code(self, top_what: Tensor, logits: Tensor, labels: Tensor | None = None) -> Tensor:
         """The decoder's starting point r_L for this batch (see the module docstring).
 
@@ -236,7 +253,7 @@ class StackedWhatWhere(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> SWWAEOutput:
         """Everything; ``labels`` (of the first rows) matter only to the label-topped decoder."""
         states, wheres = self.encode_states(x)
-        logits = self.head(states[-1])
+        logits, open_set_logits = self.classify(states[-1])
         decoded = self.decode(self.top_code(states[-1], logits, labels), wheres)
         reconstruction = decoded.pop()
         decoder_states = decoded[::-1]  # decoder_states[i] reconstructs states[i]
@@ -249,6 +266,7 @@ class StackedWhatWhere(nn.Module):
             whats,
             [w for w in wheres if w is not None],
             top_is_copy=self.decoder_top == "what",
+            open_set_logits=open_set_logits,
         )
 
     def pool_sizes(self) -> list[int]:
@@ -260,10 +278,16 @@ class StackedWhatWhere(nn.Module):
 
 
 def network_from_settings(
-    arch: str | list[LayerSpec], in_channels: int, image_size: int | tuple[int, int], num_classes: int, values: dict
+    arch: str | list[LayerSpec],
+    in_channels: int,
+    image_size: int | tuple[int, int],
+    num_classes: int,
+    values: dict,
+    open_set_heads: bool = False,
 ) -> StackedWhatWhere:
     """The network a run's what-where settings describe (flags, a config file, a checkpoint's
-    hyper-parameters), its pooling built with the options of the chosen variant."""
+    hyper-parameters), its pooling built with the options of the chosen variant; ``open_set_heads``
+    where the objective trains them."""
     return StackedWhatWhere(
         arch,
         in_channels,
@@ -272,6 +296,7 @@ def network_from_settings(
         pooling=P.make_pooling(values["pooling"], **values),
         unpool=values["unpool"],
         decoder_top=values["decoder_top"],
+        open_set_heads=open_set_heads,
     )
 
 

@@ -1,10 +1,12 @@
-"""How unlike the known classes an image looks: three scores, higher meaning more likely unknown.
+"""How unlike the known classes an image looks: four scores, higher meaning more likely unknown.
 
 A pool may hold classes nobody labeled. The classifier's own confidence is the usual guard, but a
 semi-supervised model trained to be confident on its pool is confident on those images too. The
 energy of the logits (minus their log-sum-exp) keeps the scale the softmax throws away, and the
 what-where decoder's reconstruction error asks a different question: does the image look like the
-images the auto-encoder learned to rebuild? ``auroc`` measures how well a score separates two sets.
+images the auto-encoder learned to rebuild? One-vs-all heads, where the network was trained with them,
+are asked directly whether the image is of the class the classifier picked. ``auroc`` measures how
+well a score separates two sets.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-SCORES = ("probability", "energy", "reconstruction")
+from .objectives.open_set import known_probability
+
+SCORES = ("probability", "energy", "reconstruction", "one_vs_all")
 
 
 def probability_score(logits: Tensor) -> Tensor:
@@ -33,6 +37,11 @@ def energy_score(logits: Tensor) -> Tensor:
 def reconstruction_score(reconstruction: Tensor, images: Tensor) -> Tensor:
     """The mean squared error of each image's reconstruction, on the normalized scale the network sees."""
     return (reconstruction.float() - images.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def one_vs_all_score(open_set_logits: Tensor, logits: Tensor) -> Tensor:
+    """The probability, from the predicted class's one-vs-all head, that the image is not of that class."""
+    return 1.0 - known_probability(open_set_logits, logits)
 
 
 def auroc(known: Tensor, unknown: Tensor) -> float:

@@ -542,8 +542,10 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
         "top_3",
         "unknown_score",
         "label",
+        "minus_log_probability",
         "energy",
         "reconstruction_error",
+        "one_vs_all",
     }
     assert (
         tmp_path / "test-predictions.unreadable.txt"
@@ -566,6 +568,8 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
         assert float(row["probability"]) == pytest.approx(float(p.max()), abs=1e-6)
         assert float(row["energy"]) == pytest.approx(-float(torch.logsumexp(logits[0], 0)), rel=1e-5)
         assert float(row["reconstruction_error"]) > 0  # the default terms train the decoder
+        assert row["one_vs_all"] == ""  # no one-vs-all heads
+        assert row["unknown_score"] == row["minus_log_probability"]  # auto: the probability's, without heads
     assert train.main(["--evaluate", best, "--data-dir", str(tree)]) == 0
     evaluated = json.loads((run_dir / "checkpoints" / "results.json").read_text())["test_error"]
     assert said.startswith("predicted 40 images under") and "1 unreadable" in said

@@ -50,14 +50,15 @@ def test_unknown_detection_reads_the_pools_truth_and_gives_each_scores_auroc(tmp
     truth = [("unlabeled/0.png", "0", "known"), ("unlabeled/1.png", "7", "unknown"), ("unlabeled/2.png", "1", "known")]
     truth += [("unlabeled/3.png", "9", "unknown")]
     (tree / ".pool-truth.csv").write_text("path,class,kind\n" + "".join(",".join(t) + "\n" for t in truth))
-    header = "path,predicted,probability,top_3,unknown_score,label,energy,reconstruction_error\n"
+    header = "path,predicted,probability,top_3,unknown_score,label,minus_log_probability,energy,"
+    header += "reconstruction_error,one_vs_all\n"
     rows = [  # the probability score ranks both unknowns above both knowns, energy 3 of 4 pairs, reconstruction none
         ("0.png", "0", "0.99", "0.01", "0", "-9", "0.5"),
         ("1.png", "4", "0.97", "0.03", "4", "-1", "0.1"),
         ("2.png", "1", "0.90", "0.02", "1", "-8", "0.4"),
         ("3.png", "4", "0.60", "0.50", "unknown", "-8.5", "0.2"),
-    ]
-    lines = [f"{tree / 'unlabeled' / r[0]},{r[1]},{r[2]},x,{r[3]},{r[4]},{r[5]},{r[6]}\n" for r in rows]
+    ]  # the chosen score's column (unknown_score) is not read: each score has its own
+    lines = [f"{tree / 'unlabeled' / r[0]},{r[1]},{r[2]},x,0,{r[4]},{r[3]},{r[5]},{r[6]},\n" for r in rows]
     (tmp_path / "pool.csv").write_text(header + "".join(lines))
     out = tmp_path / "detection.json"
     assert unknown_detection.main([str(tmp_path / "pool.csv"), "--tree", str(tree), "--out", str(out)]) == 0
@@ -71,5 +72,5 @@ def test_unknown_detection_reads_the_pools_truth_and_gives_each_scores_auroc(tmp
         "unknown_confident_share": 0.5,  # 1.png, a 7, came back a 4 at p 0.97
         "unknown_labelled_known_share": 0.5,
     }
-    (tmp_path / "other.csv").write_text(header + f"{tmp_path / 'x.png'},0,0.5,x,1,0,-1,0.1\n")
+    (tmp_path / "other.csv").write_text(header + f"{tmp_path / 'x.png'},0,0.5,x,1,0,1,-1,0.1,\n")
     assert unknown_detection.main([str(tmp_path / "other.csv"), "--tree", str(tree)]) == 2  # not a pool file

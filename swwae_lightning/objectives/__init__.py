@@ -1,10 +1,11 @@
 """The training objective and its registered terms (reconstruction, FixMatch, mean teacher, what-where swap,
-virtual adversarial training, entropy minimization)."""
+virtual adversarial training, entropy minimization, one-vs-all heads)."""
 
 from .base import (
     BATCH_PARTS,
     DECODER,
     NEEDS,
+    OPEN_SET,
     TEACHER,
     TERMS,
     UNLABELED,
@@ -22,6 +23,7 @@ from .base import (
 from .consistency import Consistency
 from .entropy import EntropyMinimization
 from .fixmatch import FixMatch, confident_pseudo_labels
+from .open_set import OneVsAll, known_probability
 from .reconstruction import InputReconstruction, IntermediateReconstruction
 from .swap import WhatWhereSwap
 from .virtual_adversarial import VirtualAdversarial
@@ -31,6 +33,7 @@ __all__ = [
     "TermContractError",
     "DECODER",
     "NEEDS",
+    "OPEN_SET",
     "TEACHER",
     "TERMS",
     "UNLABELED",
@@ -51,4 +54,6 @@ __all__ = [
     "WhatWhereSwap",
     "VirtualAdversarial",
     "EntropyMinimization",
+    "OneVsAll",
+    "known_probability",
 ]

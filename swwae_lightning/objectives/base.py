@@ -2,9 +2,11 @@
 
 A term is one class registered with ``@TERMS.register``. It names its weight setting (0
 switches it off), its own options, and what it ``needs`` from a training step: the decoder,
-the unlabeled batch, extra views of that batch, or the EMA teacher. ``Objective`` computes
-only what the active terms need, in as few forward passes as it can, and is the one loss code
-used by the LightningModule, the benchmark's plain loop and the tests.
+the unlabeled batch, extra views of that batch, the EMA teacher, or the network's one-vs-all
+heads. ``Objective`` computes only what the active terms need, in as few forward passes as it
+can, and is the one loss code used by the LightningModule, the benchmark's plain loop and the
+tests. A term may also say which unlabeled rows the other terms train on (``unlabeled_rows``):
+an image judged to be of no known class then pulls no class toward it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from ..network import StackedWhatWhere, SWWAEOutput
 from ..registry import Registry
 
 # What a term may need from a step. The views are drawn by the data path only when needed.
-DECODER, UNLABELED, TEACHER = "decoder", "unlabeled", "teacher"
+DECODER, UNLABELED, TEACHER, OPEN_SET = "decoder", "unlabeled", "teacher", "open_set"
 VIEWS = ("strong", "second")  # a strongly augmented view, a second weakly augmented view
-NEEDS = (DECODER, UNLABELED, TEACHER, *VIEWS)
+NEEDS = (DECODER, UNLABELED, TEACHER, OPEN_SET, *VIEWS)
 
 
 BATCH_PARTS = ("labeled", "unlabeled", *VIEWS)  # what ``StepContext.logits`` can give
@@ -47,7 +49,8 @@ class LossTerm:
     """Its own options, which become flags and config keys like every other setting."""
     needs: ClassVar[frozenset[str]] = frozenset()
     """What it needs from a step, of ``NEEDS``: "decoder" (``step.output``; the report then shows the
-    pooling and unpooling), "unlabeled", the views "strong" / "second", "teacher" (``step.teacher_logits``)."""
+    pooling and unpooling), "unlabeled", the views "strong" / "second", "teacher" (``step.teacher_logits``),
+    "open_set" (the network is built with one-vs-all heads; ``step.open_set_logits``)."""
     logits_for: ClassVar[tuple[str, ...]] = ()
     """The batch parts whose student logits it reads with ``step.logits`` ("labeled" is always there)."""
     validation_metrics: ClassVar[tuple[str, ...]] = ()
@@ -63,6 +66,11 @@ class LossTerm:
     def weight_scale(self, progress: float) -> float:
         """What multiplies the term's weight at ``progress`` (0: the first step, 1: the end of training)."""
         return 1.0
+
+    def unlabeled_rows(self, step: "StepContext") -> Tensor | None:
+        """Which rows of the unlabeled batch the other terms may train on (a boolean mask), or None: all.
+        Asked before any other term runs, with every row in view."""
+        return None
 
     def validation_counts(self, logits: Tensor, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """For each of ``validation_metrics``, (value, weight) on one validation batch; the logged value is the
@@ -153,11 +161,19 @@ class StepContext:
     ):
         self.net, self.teacher, self._views = net, teacher, views
         self.labeled_images, self.labels = labeled if labeled is not None else (None, None)
-        self.unlabeled = unlabeled
+        self._unlabeled = unlabeled
         self.decoder = decoder
         self._logits_for = logits_for
         self.metrics: dict[str, Tensor] = {}
         self.asking: LossTerm | None = None  # the term being computed: what it reads must be declared
+        self.kept: Tensor | None = None  # the unlabeled rows the terms see (indices); None: all
+
+    def keep_unlabeled(self, rows: Tensor) -> None:
+        """From now on the terms see only these unlabeled rows (a boolean mask over the batch) and their views."""
+        self.kept = rows.nonzero().squeeze(1)
+
+    def _rows(self, name: str, batch: Tensor) -> Tensor:
+        return batch if self.kept is None or name == "labeled" else batch.index_select(0, self.kept)
 
     def _require(self, need: str, what: str) -> None:
         if self.asking is not None and need not in self.asking.needs:
@@ -168,7 +184,16 @@ class StepContext:
     @property
     def views(self) -> dict[str, Tensor]:
         """The extra views drawn for this step; a term reads only those in its ``needs``."""
-        return {name: view for name, view in self._views.items() if self.asking is None or name in self.asking.needs}
+        return {
+            name: self._rows(name, view)
+            for name, view in self._views.items()
+            if self.asking is None or name in self.asking.needs
+        }
+
+    @property
+    def unlabeled(self) -> Tensor | None:
+        """The weakly augmented unlabeled images (the kept rows)."""
+        return None if self._unlabeled is None else self._rows("unlabeled", self._unlabeled)
 
     @property
     def num_labeled(self) -> int:
@@ -177,7 +202,7 @@ class StepContext:
     @cached_property
     def inputs(self) -> Tensor:
         """The labeled rows followed by the unlabeled ones: what the decoder reconstructs."""
-        parts = [t for t in (self.labeled_images, self.unlabeled) if t is not None]
+        parts = [t for t in (self.labeled_images, self._unlabeled) if t is not None]
         if not parts:
             raise ValueError("a training step needs a labeled or an unlabeled batch")
         return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -193,31 +218,35 @@ class StepContext:
         return self.net(self.inputs, self.labels)
 
     @cached_property
-    def _logits(self) -> dict[str, Tensor]:
-        """Student logits of every batch part a term asked for, in one encoder pass where possible."""
-        parts: dict[str, Tensor] = {}
+    def _encoded(self) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """Student logits (and one-vs-all logits, where the network has the heads) of every batch part a
+        term asked for, of every row, in one encoder pass where possible."""
+        parts: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+        def split(encoded: tuple[Tensor, Tensor | None], names: list[str], sizes: list[int]) -> None:
+            logits, open_set = encoded
+            chunks = zip(logits.split(sizes), open_set.split(sizes) if open_set is not None else [None] * len(sizes))
+            parts.update(zip(names, chunks))
+
         if self.decoder:
-            logits = self._output.logits
-            if self.labeled_images is not None:
-                parts["labeled"] = logits[: self.num_labeled]
-            if self.unlabeled is not None:
-                parts["unlabeled"] = logits[self.num_labeled :]
+            output = self._output
+            names = [n for n, t in (("labeled", self.labeled_images), ("unlabeled", self._unlabeled)) if t is not None]
+            split((output.logits, output.open_set_logits), names, [len(self._images(n, every_row=True)) for n in names])
             wanted = [v for v in VIEWS if v in self._logits_for]
         else:
             wanted = [name for name in ("labeled", "unlabeled", *VIEWS) if name in self._logits_for]
-        batches = {name: self._images(name) for name in wanted}
+        batches = [self._images(name, every_row=True) for name in wanted]
         if batches:
-            logits = self.net.encode(
-                torch.cat(list(batches.values())) if len(batches) > 1 else next(iter(batches.values()))
-            )
-            parts.update(zip(batches, logits.split([len(b) for b in batches.values()])))
+            images = torch.cat(batches) if len(batches) > 1 else batches[0]
+            encoded = self.net.encode_open(images) if self.net.open_set is not None else (self.net.encode(images), None)
+            split(encoded, wanted, [len(b) for b in batches])
         return parts
 
-    def _images(self, name: str) -> Tensor:
-        images = {"labeled": self.labeled_images, "unlabeled": self.unlabeled, **self._views}.get(name)
+    def _images(self, name: str, every_row: bool = False) -> Tensor:
+        images = {"labeled": self.labeled_images, "unlabeled": self._unlabeled, **self._views}.get(name)
         if images is None:
             raise ValueError(f"this step has no {name!r} batch (mode or views do not provide it)")
-        return images
+        return images if every_row else self._rows(name, images)
 
     def logits(self, name: str) -> Tensor:
         """Student logits of 'labeled', 'unlabeled' or a view; a term reads those in its ``logits_for``."""
@@ -226,9 +255,19 @@ class StepContext:
                 f"loss term {self.asking.name!r} reads step.logits({name!r}) but does not "
                 f"declare it: add {name!r} to its logits_for"
             )
-        if name not in self._logits:
+        if name not in self._encoded:
             raise ValueError(f"this step has no logits of {name!r} (mode or views do not provide it)")
-        return self._logits[name]
+        return self._rows(name, self._encoded[name][0])
+
+    def open_set_logits(self, name: str) -> Tensor:
+        """The one-vs-all heads' (N, 2, classes) logits of a batch part in ``logits_for``: [:, 1] says "of the
+        class", [:, 0] "not of it"."""
+        self._require(OPEN_SET, "step.open_set_logits (the one-vs-all heads)")
+        self.logits(name)  # the same checks
+        open_set = self._encoded[name][1]
+        if open_set is None:
+            raise ValueError("this network has no one-vs-all heads (build it with open_set_heads=True)")
+        return self._rows(name, open_set)
 
     @torch.no_grad()
     def teacher_logits(self, name: str) -> Tensor:
@@ -270,6 +309,11 @@ class Objective:
     def needs_teacher(self) -> bool:
         return TEACHER in self.needs
 
+    @property
+    def needs_open_set(self) -> bool:
+        """The network must be built with one-vs-all heads."""
+        return OPEN_SET in self.needs
+
     def context(self, net: StackedWhatWhere, batch: dict, teacher: nn.Module | None = None) -> StepContext:
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
         if labeled is None and not self.uses_decoder:
@@ -288,12 +332,31 @@ class Objective:
         else:
             nll = (step.output.reconstruction if self.uses_decoder else step.inputs).new_zeros((), dtype=torch.float32)
         total, values = nll, {"nll": nll}
-        for name in self.computed:
+        gating = [n for n in self.computed if type(self.terms[n]).unlabeled_rows is not LossTerm.unlabeled_rows]
+        others = [n for n in self.computed if n not in gating]
+        for name in gating + others:  # the gates see every row, the others the rows the gates keep
+            if gating and others and name == others[0]:
+                self._keep_unlabeled(step, gating)
             step.asking = self.terms[name]
-            value = self.terms[name](step)
+            if step.kept is not None and not len(step.kept) and UNLABELED in self.terms[name].needs:
+                value = nll.new_zeros(())  # no unlabeled row left to train on
+            else:
+                value = self.terms[name](step)
             step.asking = None
             weight = self.weights[name] * self.terms[name].weight_scale(progress)
             value = value if weight else value.detach()  # a zero weight reports its term but sends no gradient
             values[name] = value
             total = total + weight * value
         return LossParts(total, values, step.metrics)
+
+    def _keep_unlabeled(self, step: StepContext, gating: list[str]) -> None:
+        """Restrict the step's unlabeled rows to those every gating term keeps."""
+        rows = None
+        for name in gating:
+            step.asking = self.terms[name]
+            mask = self.terms[name].unlabeled_rows(step)
+            rows = rows if mask is None else mask if rows is None else rows & mask
+        step.asking = None
+        if rows is not None:
+            step.keep_unlabeled(rows)
+            step.metrics["unlabeled_kept"] = rows.float().mean()
