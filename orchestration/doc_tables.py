@@ -9,6 +9,9 @@
                                    or several, side by side in ms per step
 <!-- scatter: reports/Y.json ... --> how far the benchmark rounds are apart, per row
 <!-- excerpt: reports/Z.md -->     a study: the first table of the report the study wrote
+<!-- mismatch: reports/M -->       the class-mismatch study: error per method and unknown share, and the
+                                   default the validation errors choose (``mismatch``)
+<!-- detection: reports/M -->      the same study: how well each score finds the pool's unknown images
 <!-- versions: reports/V.json -->  benchmarks/versions.py: each row, an earlier version against this one
 """
 
@@ -20,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from . import ledger
+from . import ledger, mismatch
 from .results import difference_text, error_text, find_runs, interval, model_text, summarize
 
-KINDS = ("table", "lowest", "rule", "benchmark", "scatter", "figures", "excerpt", "versions")
+KINDS = ("table", "lowest", "rule", "benchmark", "scatter", "figures", "excerpt", "versions", "mismatch", "detection")
 
 
 def table_rows(report_dir: Path, experiments: list[str] | None = None) -> list[dict]:
@@ -245,6 +248,10 @@ def computed_table(kind: str, sources: list[str], root: Path) -> str:
         return rule_text(root / sources[0])
     if kind == "excerpt":
         return first_table(root / sources[0])
+    if kind == "mismatch":
+        return mismatch.error_table(root / sources[0])
+    if kind == "detection":
+        return mismatch.detection_table(root / sources[0])
     results = [json.loads((root / source).read_text()) for source in sources]
     if kind == "versions":
         return versions_table(results[0])

@@ -50,11 +50,12 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUN_FILES = ("config.yaml", "split.json", "results.json")  # small: what a table is recomputed from
+# small: what a table is recomputed from (the class-mismatch study's pool detection where a run has it)
+RUN_FILES = ("config.yaml", "split.json", "results.json", "unknown_detection.json")
 
 
 def archive_runs(runs: list[Run], out_dir: Path) -> None:
-    """Copy each run's config.yaml, split.json and results.json to out_dir/runs/<run directory's name>/,
+    """Copy each run's ``RUN_FILES`` to out_dir/runs/<run directory's name>/,
     so a committed report keeps the files behind every number (run directories are not committed), and
     its test reads to the archive's ledger, so the record of who saw which test error travels with them."""
     archived = out_dir / "runs" / ledger.LEDGER
