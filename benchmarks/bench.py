@@ -143,7 +143,7 @@ def new_network(cfg: dict, device: torch.device) -> StackedWhatWhere:
 
 def objective(cfg: dict) -> Objective:
     """The same loss code the LightningModule trains with."""
-    return Objective(**{k: cfg[k] for k in S.names_in(["objectives"])})
+    return Objective.from_settings(**{k: cfg[k] for k in S.names_in(["objectives"])})
 
 
 def images_per_step(cfg: dict) -> int:

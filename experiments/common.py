@@ -50,7 +50,7 @@ def checkpoint_path(path: str | Path) -> Path:
 def load_network(path: str | Path) -> tuple[StackedWhatWhere, dict]:
     """The trained network (eval mode) and the run's resolved config, from a run directory or a checkpoint."""
     checkpoint = load_checkpoint(checkpoint_path(path))
-    module = SWWAEModule(**checkpoint["hyper_parameters"])
+    module = SWWAEModule.from_settings(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     return module.net.eval(), checkpoint.get("swwae_config", {})
 

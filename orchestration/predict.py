@@ -191,7 +191,7 @@ def predict(cfg: dict, checkpoint: dict | None = None) -> dict:
 
     checkpoint_path = Path(cfg["predict"])
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
-    module = SWWAEModule(**checkpoint["hyper_parameters"])
+    module = SWWAEModule.from_settings(**checkpoint["hyper_parameters"])
     load_measured_weights(module, checkpoint, checkpoint_path)
     module.eval()
     pre = preprocessing_of(checkpoint)

@@ -64,7 +64,7 @@ def architecture(cfg: dict) -> str:
 def build_module(cfg: dict) -> SWWAEModule:
     info = dataset_info(cfg)
     channels, height, _ = info.image_shape
-    module = SWWAEModule(
+    module = SWWAEModule.from_settings(
         architecture(cfg), channels, height, info.num_classes, **{k: cfg[k] for k in module_settings()}
     )
     prepare_network(module.net, cfg)
@@ -243,7 +243,7 @@ def evaluate(cfg: dict, checkpoint_path: str, checkpoint: dict | None = None) ->
     its results file is written beside the checkpoint."""
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
     hparams = checkpoint["hyper_parameters"]
-    module = SWWAEModule(**hparams)
+    module = SWWAEModule.from_settings(**hparams)
     load_measured_weights(module, checkpoint, checkpoint_path)
     datamodule = build_datamodule(cfg)
     if "SemiSupervisedDataModule" in checkpoint:  # the run's own validation/labeled split

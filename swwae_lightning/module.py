@@ -21,26 +21,24 @@ from .network import StackedWhatWhere, network_from_settings
 from .objectives import LossParts, Objective
 from .schedules import SCHEDULES
 
-S.declare(
-    S.Setting("lr", 3e-3, "Adam (peak) learning rate", "optimization", type=float, check=S.greater_than(0)),
-    S.Setting("weight_decay", 0.0, "Adam weight decay", "optimization", type=float, check=S.at_least(0)),
-    S.Setting(
-        "schedule",
-        "onecycle",
-        "learning-rate schedule, stepped every batch",
-        "optimization",
-        type=str,
-        choices=lambda: tuple(SCHEDULES),
-    ),
-    S.Setting(
-        "freeze_encoder",
-        False,
-        "train only the classifier head (and decoder): a linear probe",
-        "optimization",
-        flag="switch",
-    ),
-)
 OPTIMIZER_SETTINGS = ("lr", "weight_decay", "schedule", "freeze_encoder")
+
+
+def network_settings(net: StackedWhatWhere) -> dict:
+    """The flat settings that rebuild ``net`` with ``network_from_settings``: its shape and its what-where choices
+    (the options of poolings it does not use at their defaults)."""
+    channels, height, width = net.input_shape
+    return {
+        "arch": net.arch,
+        "in_channels": channels,
+        "image_size": height if height == width else [height, width],
+        "num_classes": net.num_classes,
+        **{name: S.SETTINGS[name].default for name in S.names_in(["what-where"])},
+        "pooling": net.pooling.name,
+        **net.pooling.options,
+        "unpool": net.unpool,
+        "decoder_top": net.decoder_top,
+    }
 
 
 def module_settings() -> list[str]:
@@ -95,20 +93,30 @@ class EMATeacher(AveragedModel):
 
 
 class SWWAEModule(pl.LightningModule):
-    """``SWWAEModule(arch, in_channels, image_size, num_classes, **settings)``: any what-where,
-    objective or optimizer setting by name (``python train.py --help`` lists them); the
-    others take their declared defaults."""
+    """A network trained with an objective by Adam on a per-step schedule:
+    ``SWWAEModule(StackedWhatWhere(...), Objective({...}), lr=1e-3)``. ``from_settings`` builds one
+    from flat settings (flags, a config file, a checkpoint's hyper-parameters); the hyper-parameters
+    it saves are those flat settings, so every checkpoint rebuilds it the same way."""
 
-    def __init__(self, arch: str, in_channels: int, image_size: int, num_classes: int, **settings):
+    def __init__(
+        self,
+        net: StackedWhatWhere,
+        objective: Objective | None = None,
+        *,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        schedule: str = "onecycle",
+        freeze_encoder: bool = False,
+    ):
         super().__init__()
-        values = S.complete(settings, module_settings(), "SWWAEModule")
-        self.save_hyperparameters(
-            {"arch": arch, "in_channels": in_channels, "image_size": image_size, "num_classes": num_classes, **values}
-        )
-        self.objective = Objective(**{k: values[k] for k in S.names_in(["objectives"])})
-        self.net = network_from_settings(
-            arch, in_channels, image_size, num_classes, values, open_set_heads=self.objective.needs_open_set
-        )
+        objective = objective if objective is not None else Objective.from_settings()
+        optimizer = {"lr": lr, "weight_decay": weight_decay, "schedule": schedule, "freeze_encoder": freeze_encoder}
+        values = {**network_settings(net), **objective.settings(), **S.check_all(optimizer, style="python")}
+        if objective.needs_open_set and net.open_set is None:
+            raise ValueError("the objective trains one-vs-all heads: build the network with open_set_heads=True")
+        self.save_hyperparameters(values)
+        self.objective = objective
+        self.net = net
         if values["freeze_encoder"]:
             for p in self.net.encoder_parameters():
                 p.requires_grad_(False)
@@ -120,8 +128,8 @@ class SWWAEModule(pl.LightningModule):
                 "--eval-teacher evaluates the EMA teacher, which only a term that needs it keeps "
                 "(--lambda-consistency > 0)"
             )
-        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(net.num_classes, average="micro")
         self.val_term_metrics = torch.nn.ModuleDict(
             {
                 f"{term}_{metric}": MeanMetric()
@@ -131,6 +139,17 @@ class SWWAEModule(pl.LightningModule):
         )
         self.nan_guard = NonFiniteGuard()
         self._rng_states_to_restore: dict | None = None
+
+    @classmethod
+    def from_settings(cls, arch: str, in_channels: int, image_size: int, num_classes: int, **settings) -> "SWWAEModule":
+        """Any what-where, objective or optimizer setting by name (``python train.py --help`` lists them); the
+        others take their declared defaults. A misspelt name is an error that names it."""
+        values = S.complete(settings, module_settings(), "SWWAEModule")
+        objective = Objective.from_settings(**{k: values[k] for k in S.names_in(["objectives"])})
+        net = network_from_settings(
+            arch, in_channels, image_size, num_classes, values, open_set_heads=objective.needs_open_set
+        )
+        return cls(net, objective, **{k: values[k] for k in OPTIMIZER_SETTINGS})
 
     def train(self, mode: bool = True):
         """A frozen encoder (linear probe) also keeps its batch-norm statistics frozen."""
@@ -271,3 +290,38 @@ class SWWAEModule(pl.LightningModule):
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+S.declare(
+    S.Setting(
+        "lr",
+        S.default_of(SWWAEModule, "lr"),
+        "Adam (peak) learning rate",
+        "optimization",
+        type=float,
+        check=S.greater_than(0),
+    ),
+    S.Setting(
+        "weight_decay",
+        S.default_of(SWWAEModule, "weight_decay"),
+        "Adam weight decay",
+        "optimization",
+        type=float,
+        check=S.at_least(0),
+    ),
+    S.Setting(
+        "schedule",
+        S.default_of(SWWAEModule, "schedule"),
+        "learning-rate schedule, stepped every batch",
+        "optimization",
+        type=str,
+        choices=lambda: tuple(SCHEDULES),
+    ),
+    S.Setting(
+        "freeze_encoder",
+        S.default_of(SWWAEModule, "freeze_encoder"),
+        "train only the classifier head (and decoder): a linear probe",
+        "optimization",
+        flag="switch",
+    ),
+)

@@ -24,7 +24,7 @@ def workdir(tmp_path, monkeypatch, tiny_dataset):
 def other_arch_checkpoint(path: Path) -> Path:
     from swwae_lightning.module import SWWAEModule
 
-    module = SWWAEModule("4C3-MP2", 1, 8, 4)
+    module = SWWAEModule.from_settings("4C3-MP2", 1, 8, 4)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     return path
 

@@ -58,7 +58,7 @@ class TinyImages(pl.LightningDataModule):
 
 def tiny_module(pooling="hard", arch="4C3-MP2-8C3-MP2"):
     torch.manual_seed(0)
-    return SWWAEModule(
+    return SWWAEModule.from_settings(
         arch, in_channels=1, image_size=SIDE, num_classes=10, pooling=pooling, beta=10.0, schedule="constant"
     )
 
@@ -460,7 +460,7 @@ def test_pictures_reach_wandb_offline_and_tensorboard(tmp_path, monkeypatch):
 def test_every_picture_draws_a_label_topped_decoder_too(tmp_path):
     """With decoder_top="label" the decoder starts from the classifier's softmax (no labels at validation)."""
     torch.manual_seed(0)
-    module = SWWAEModule(
+    module = SWWAEModule.from_settings(
         "4C3-MP2-8C3-MP2-FC16", in_channels=1, image_size=SIDE, num_classes=10, decoder_top="label", schedule="constant"
     )
     trainer = SimpleNamespace(

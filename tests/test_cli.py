@@ -175,16 +175,16 @@ def test_finetune_weights_without_a_teacher_feed_a_mean_teacher_whose_teacher_st
     from orchestration.training import load_finetune_weights
     from swwae_lightning.module import SWWAEModule
 
-    pretrained = SWWAEModule("4C3-MP2", 1, 8, 4)  # SWWAE pretraining keeps no teacher
+    pretrained = SWWAEModule.from_settings("4C3-MP2", 1, 8, 4)  # SWWAE pretraining keeps no teacher
     saved = {"hyper_parameters": dict(pretrained.hparams)}
     torch.save({**saved, "state_dict": pretrained.state_dict()}, tmp_path / "pretrained.ckpt")
-    student = SWWAEModule("4C3-MP2", 1, 8, 4, lambda_consistency=1.0)
+    student = SWWAEModule.from_settings("4C3-MP2", 1, 8, 4, lambda_consistency=1.0)
     load_finetune_weights(student, torch.load(tmp_path / "pretrained.ckpt", weights_only=True), "pretrained.ckpt")
     student.teacher.update_parameters(student.net)  # the first step's update
     theirs = pretrained.net.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in student.teacher.module.state_dict().items())
     torch.save({**saved, "state_dict": student.state_dict()}, tmp_path / "teacher.ckpt")
-    plain = SWWAEModule("4C3-MP2", 1, 8, 4)
+    plain = SWWAEModule.from_settings("4C3-MP2", 1, 8, 4)
     teacher = torch.load(tmp_path / "teacher.ckpt", weights_only=True)
     load_finetune_weights(plain, teacher, "teacher.ckpt")  # a run without a teacher leaves the file's aside
     assert all(torch.equal(v, student.net.state_dict()[k]) for k, v in plain.net.state_dict().items())

@@ -187,16 +187,12 @@ def test_the_readmes_notebook_example_trains_and_tests_without_train_py(mnist_sp
     import pytorch_lightning as pl
 
     from datamodules import SemiSupervisedDataModule
-    from swwae_lightning import SWWAEModule
+    from swwae_lightning import Objective, StackedWhatWhere, SWWAEModule
+    from swwae_lightning.objectives import FixMatch, InputReconstruction
 
-    module = SWWAEModule(
-        "16C5-BN-MP2-32C3-MP2-FC128-D0.3",
-        in_channels=1,
-        image_size=28,
-        num_classes=10,
-        lambda_rec=1.0,
-        lambda_fixmatch=1.0,
-    )
+    net = StackedWhatWhere("16C5-BN-MP2-32C3-MP2-FC128-D0.3", in_channels=1, image_size=28, num_classes=10)
+    objective = Objective({InputReconstruction(): 1.0, FixMatch(fixmatch_threshold=0.95): 1.0})
+    module = SWWAEModule(net, objective, lr=3e-3)
     data = SemiSupervisedDataModule(
         dataset="mnist",
         labels=100,

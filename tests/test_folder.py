@@ -555,7 +555,7 @@ def test_predict_writes_exact_rows_and_its_error_on_a_labeled_folder_equals_eval
     from swwae_lightning.module import SWWAEModule
 
     checkpoint = torch.load(best, weights_only=True)
-    module = SWWAEModule(**checkpoint["hyper_parameters"])
+    module = SWWAEModule.from_settings(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
     pre = checkpoint["SemiSupervisedDataModule"]["preprocessing"]

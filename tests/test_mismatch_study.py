@@ -3,9 +3,9 @@
 import json
 
 import yaml
+from conftest import tiny_run
 
 import train
-from conftest import tiny_run
 from orchestration import doc_tables, mismatch
 
 

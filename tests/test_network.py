@@ -16,7 +16,7 @@ def loss_of(net, x, labels=None, **weights):
     batch = {"unlabeled": x[n:]} if n < len(x) else {}
     if labels is not None:
         batch["labeled"] = (x[:n], labels)
-    return Objective(**weights)(net, batch)
+    return Objective.from_settings(**weights)(net, batch)
 
 
 def test_parse_arch_reads_the_compact_and_the_paper_notation():
@@ -127,7 +127,7 @@ def test_zero_lambdas_report_the_terms_but_send_no_gradient_to_the_decoder():
     loss.total.backward()
     assert loss.terms["rec"] > 0 and not loss.terms["rec"].requires_grad
     assert all(p.grad is None or p.grad.abs().max() < 1e-20 for s in net.stages for p in s.decoder.parameters())
-    baseline = Objective(lambda_rec=0, lambda_mid=0)
+    baseline = Objective.from_settings(lambda_rec=0, lambda_mid=0)
     assert not baseline.uses_decoder and baseline.computed == []  # both zero: the decoder never runs
 
 

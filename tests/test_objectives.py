@@ -123,7 +123,7 @@ def test_a_warming_term_adds_its_scaled_weight_and_no_gradient_at_the_first_step
         "unlabeled": torch.rand(6, 1, 8, 8),
         "views": {"second": torch.rand(6, 1, 8, 8)},
     }
-    objective = Objective(lambda_rec=0, lambda_mid=0, lambda_consistency=3.0, consistency_warmup=0.5)
+    objective = Objective.from_settings(lambda_rec=0, lambda_mid=0, lambda_consistency=3.0, consistency_warmup=0.5)
     for progress, scale in ((0.0, 0.0), (0.25, 0.5), (0.75, 1.0)):
         parts = objective(net, batch, teacher, progress=progress)
         assert torch.allclose(parts.total, parts.terms["nll"] + 3.0 * scale * parts.terms["consistency"])
@@ -149,7 +149,7 @@ def identity_network(**settings) -> StackedWhatWhere:
 def test_swap_is_zero_when_a_shift_stays_inside_the_window_and_positive_when_the_what_moves():
     """The claim the term is built on: within a window the what is the same and the where carries the shift."""
     net, term = identity_network(), WhatWhereSwap()
-    objective = Objective(lambda_swap=1.0)
+    objective = Objective.from_settings(lambda_swap=1.0)
     first = one_pixel_images((0, 0))
     for second, expected_zero in ((one_pixel_images((1, 1)), True), (one_pixel_images((0, 2)), False)):
         step = objective.context(net, {"unlabeled": first, "views": {"second": second}})
@@ -200,9 +200,9 @@ def test_the_baseline_never_runs_the_decoder_and_fixmatch_alone_encodes_in_one_p
     monkeypatch.setattr(net, "encode", lambda x: encoded.append(len(x)) or original(x))
     x = torch.randn(6, 1, 8, 8)
     batch = {"labeled": (x[:2], torch.tensor([0, 1])), "unlabeled": x[2:], "views": {"strong": x[2:] + 1}}
-    loss = Objective(lambda_rec=0, lambda_mid=0)(net, batch)
+    loss = Objective.from_settings(lambda_rec=0, lambda_mid=0)(net, batch)
     assert set(loss.terms) == {"nll"} and encoded == [2]
-    loss = Objective(lambda_rec=0, lambda_mid=0, lambda_fixmatch=1)(net, batch)
+    loss = Objective.from_settings(lambda_rec=0, lambda_mid=0, lambda_fixmatch=1)(net, batch)
     assert set(loss.terms) == {"nll", "fixmatch"} and encoded[1:] == [2 + 4 + 4]  # labeled, weak, strong together
 
 
@@ -315,6 +315,39 @@ def test_every_registered_term_has_a_weight_flag_and_reports_under_its_name():
     for term in TERMS:
         assert term.weight.option in flags and term.weight.group == "objectives"
         assert all(s.group == "objectives" for s in term.settings)
+
+
+def test_the_module_and_its_objective_are_built_from_parts_and_their_flat_settings_rebuild_them():
+    import inspect
+
+    from swwae_lightning.module import SWWAEModule
+
+    objective = Objective({FixMatch(fixmatch_threshold=0.9): 1.0, VirtualAdversarial(): 0.5})
+    assert objective.computed == ["fixmatch", "vat"] and objective.views == ("strong",)
+    flat = objective.settings()
+    assert flat["lambda_fixmatch"] == 1.0 and flat["fixmatch_threshold"] == 0.9 and flat["lambda_vat"] == 0.5
+    assert flat["lambda_rec"] == 0.0  # a registered term it lacks is off
+    assert Objective.from_settings(**flat).settings() == flat
+    assert Objective().computed == [] and Objective.from_settings().computed == ["rec", "mid"]  # the NLL; SWWAE's
+    with pytest.raises(ValueError, match="fixmatch_treshold"):
+        FixMatch(fixmatch_treshold=0.9)
+    with pytest.raises(ValueError, match="lambda_vat"):
+        Objective({VirtualAdversarial(): -1.0})
+
+    torch.manual_seed(0)
+    net = StackedWhatWhere("4C3-MP2-FC8", 1, 8, 3, pooling="soft")
+    module = SWWAEModule(net, objective, lr=1e-3)
+    torch.manual_seed(0)
+    rebuilt = SWWAEModule.from_settings(**module.hparams)
+    assert dict(rebuilt.hparams) == dict(module.hparams) and module.hparams["pooling"] == "soft"
+    assert module.hparams["lr"] == 1e-3 and rebuilt.objective.settings() == flat
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), rebuilt.state_dict().values()))
+    signature = inspect.signature(SWWAEModule).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+    for name in ("lr", "weight_decay", "schedule", "freeze_encoder"):
+        assert signature[name].default == S.SETTINGS[name].default  # the flag's default is read from there
+    with pytest.raises(ValueError, match="open_set_heads=True"):
+        SWWAEModule(net, Objective.from_settings(lambda_ova=1.0))
 
 
 @pytest.mark.parametrize("eval_teacher", [False, True])

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_run
 from torch.optim.swa_utils import AveragedModel
 
 import train
-from conftest import tiny_run
 from orchestration import plugins
 from orchestration.predict import image_scores, score_to_use
 from swwae_lightning.module import SWWAEModule
@@ -36,9 +36,9 @@ def test_the_heads_are_built_only_when_asked_and_leave_the_classifier_as_it_was(
     assert torch.equal(net(x).open_set_logits, open_set)
     plain = StackedWhatWhere(ARCH, 1, 8, CLASSES)
     assert not any(k.startswith("open_set") for k in plain.state_dict()) and plain.encode_open(x)[1] is None
-    assert Objective(lambda_ova=1.0).needs_open_set and not Objective().needs_open_set
-    assert SWWAEModule(ARCH, 1, 8, CLASSES, lambda_ova=1.0).net.open_set is not None
-    assert SWWAEModule(ARCH, 1, 8, CLASSES).net.open_set is None
+    assert Objective.from_settings(lambda_ova=1.0).needs_open_set and not Objective().needs_open_set
+    assert SWWAEModule.from_settings(ARCH, 1, 8, CLASSES, lambda_ova=1.0).net.open_set is not None
+    assert SWWAEModule.from_settings(ARCH, 1, 8, CLASSES).net.open_set is None
 
 
 def test_the_labeled_loss_asks_the_own_head_for_yes_and_the_most_mistaken_other_head_for_no():
@@ -103,11 +103,11 @@ def test_every_unlabeled_term_trains_only_on_the_rows_the_heads_call_known(weigh
     name = next(iter(weights))[len("lambda_") :]
     off = {"lambda_rec": 0.0, "lambda_mid": 0.0}
     torch.manual_seed(0)
-    gated = Objective(lambda_ova=1.0, **off, **weights)(net, batch, teacher)
+    gated = Objective.from_settings(lambda_ova=1.0, **off, **weights)(net, batch, teacher)
     torch.manual_seed(0)
-    known_only = Objective(**off, **weights)(net, only(batch, ~unknown), teacher)
+    known_only = Objective.from_settings(**off, **weights)(net, only(batch, ~unknown), teacher)
     torch.manual_seed(0)
-    every_row = Objective(**off, **weights)(net, batch, teacher)
+    every_row = Objective.from_settings(**off, **weights)(net, batch, teacher)
     assert gated.metrics["unlabeled_kept"].item() == pytest.approx((~unknown).float().mean().item())
     torch.testing.assert_close(gated.terms[name], known_only.terms[name], rtol=1e-5, atol=1e-7)
     assert not torch.allclose(every_row.terms[name], known_only.terms[name], rtol=1e-3)
@@ -119,8 +119,8 @@ def test_an_image_the_heads_call_unknown_gets_no_pull_toward_a_class_and_a_known
     batch["unlabeled"].requires_grad_(True)
     off = {"lambda_rec": 0.0, "lambda_mid": 0.0}
     for objective, pulled in (
-        (Objective(lambda_ova=1.0, lambda_entmin=1.0, **off), ~unknown),
-        (Objective(lambda_entmin=1.0, **off), None),
+        (Objective.from_settings(lambda_ova=1.0, lambda_entmin=1.0, **off), ~unknown),
+        (Objective.from_settings(lambda_entmin=1.0, **off), None),
     ):
         (grad,) = torch.autograd.grad(objective(net, batch).terms["entmin"], batch["unlabeled"])
         pull = grad.flatten(1).norm(dim=1)
@@ -135,7 +135,9 @@ def test_no_row_kept_leaves_the_unlabeled_terms_at_zero_instead_of_a_mean_over_n
     batch, _ = mixed_batch(net)
     with torch.no_grad():
         net.open_set.bias.copy_(torch.tensor([[5.0] * CLASSES, [-5.0] * CLASSES]).flatten())  # nothing is known
-    parts = Objective(lambda_ova=1.0, lambda_entmin=1.0, lambda_vat=1.0, lambda_rec=0.0, lambda_mid=0.0)(net, batch)
+    parts = Objective.from_settings(lambda_ova=1.0, lambda_entmin=1.0, lambda_vat=1.0, lambda_rec=0.0, lambda_mid=0.0)(
+        net, batch
+    )
     assert parts.metrics["unlabeled_kept"].item() == 0
     assert parts.terms["entmin"].item() == 0 and parts.terms["vat"].item() == 0 and torch.isfinite(parts.total)
 
@@ -147,7 +149,7 @@ def test_steps_on_the_term_teach_the_heads_the_labeled_classes():
     for c in range(CLASSES):
         images[labels == c, :, 2 * c : 2 * c + 2] += 3.0  # each class a bright band
     batch = {"labeled": (images, labels), "unlabeled": images, "views": {"second": images}}
-    objective = Objective(lambda_ova=1.0, lambda_rec=0.0, lambda_mid=0.0)
+    objective = Objective.from_settings(lambda_ova=1.0, lambda_rec=0.0, lambda_mid=0.0)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     first = objective(net, batch).terms["ova"].item()
     for _ in range(60):
@@ -162,13 +164,13 @@ def test_steps_on_the_term_teach_the_heads_the_labeled_classes():
 
 def test_predict_scores_with_the_heads_where_the_model_has_them():
     x = torch.randn(4, 1, 8, 8)
-    module = SWWAEModule(ARCH, 1, 8, CLASSES, lambda_ova=1.0, lambda_rec=0.0, lambda_mid=0.0).eval()
+    module = SWWAEModule.from_settings(ARCH, 1, 8, CLASSES, lambda_ova=1.0, lambda_rec=0.0, lambda_mid=0.0).eval()
     logits, scores = image_scores(module, x)
     assert set(scores) == {"probability", "energy", "one_vs_all"} and torch.equal(logits, module(x))
     expected = 1 - known_probability(*reversed(module.net.encode_open(x)))
     assert torch.equal(scores["one_vs_all"], expected)
     assert score_to_use(module, "auto") == "one_vs_all"
-    plain = SWWAEModule(ARCH, 1, 8, CLASSES).eval()
+    plain = SWWAEModule.from_settings(ARCH, 1, 8, CLASSES).eval()
     assert score_to_use(plain, "auto") == "probability"
     with pytest.raises(ValueError, match="--lambda-ova"):
         score_to_use(plain, "one_vs_all")

@@ -348,7 +348,7 @@ def peek_batch():
 def test_a_term_that_reads_logits_it_did_not_declare_gets_one_line_naming_the_term_and_the_declaration(isolated_terms):
     register_peek()
     net = StackedWhatWhere("4C3-MP2-FC8", 1, 8, 4)
-    objective = Objective(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0)
+    objective = Objective.from_settings(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0)
     with pytest.raises(TermContractError) as caught:
         objective(net, peek_batch())
     assert str(caught.value) == (
@@ -359,9 +359,9 @@ def test_a_term_that_reads_logits_it_did_not_declare_gets_one_line_naming_the_te
 def test_a_declared_read_works_and_undeclared_decoder_or_teacher_reads_are_named(isolated_terms):
     register_peek(logits_for=("unlabeled",))
     net = StackedWhatWhere("4C3-MP2-FC8", 1, 8, 4)
-    parts = Objective(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0)(net, peek_batch())
+    parts = Objective.from_settings(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0)(net, peek_batch())
     assert parts.terms["peek"] > 0
-    step = Objective(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0).context(net, peek_batch())
+    step = Objective.from_settings(lambda_rec=0.0, lambda_mid=0.0, lambda_peek=1.0).context(net, peek_batch())
     step.asking = TERMS["peek"]
     with pytest.raises(
         TermContractError,

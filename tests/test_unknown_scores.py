@@ -34,11 +34,11 @@ def test_the_scores_rise_as_an_image_looks_less_like_a_known_class():
 
 def test_a_model_whose_decoder_never_trained_gives_no_reconstruction_score():
     x = torch.randn(3, 1, 8, 8)
-    with_decoder = SWWAEModule("4C3-MP2-FC8", 1, 8, 4).eval()
+    with_decoder = SWWAEModule.from_settings("4C3-MP2-FC8", 1, 8, 4).eval()
     logits, scores = image_scores(with_decoder, x)
     assert set(scores) == {"probability", "energy", "reconstruction"} and scores["reconstruction"].shape == (3,)
     assert torch.equal(logits, with_decoder(x))
-    encoder_only = SWWAEModule("4C3-MP2-FC8", 1, 8, 4, lambda_rec=0.0, lambda_mid=0.0).eval()
+    encoder_only = SWWAEModule.from_settings("4C3-MP2-FC8", 1, 8, 4, lambda_rec=0.0, lambda_mid=0.0).eval()
     assert set(image_scores(encoder_only, x)[1]) == {"probability", "energy"}
 
 

@@ -12,6 +12,7 @@ an image judged to be of no known class then pulls no class toward it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
@@ -57,7 +58,12 @@ class LossTerm:
     """Metrics it adds to every validation, logged as ``val/<name>_<metric>`` (see ``validation_counts``)."""
 
     def __init__(self, **options):
-        self.options = {s.name: options.get(s.name, s.default) for s in self.settings}
+        own = {s.name: s for s in self.settings}
+        unknown = sorted(set(options) - set(own))
+        if unknown:
+            raise ValueError(f"loss term {self.name!r} got unknown option(s) {unknown}; it takes {sorted(own)}")
+        values = S.check_all({**{n: s.default for n, s in own.items()}, **options}, style="python")
+        self.options = {name: values[name] for name in own}
 
     def __call__(self, step: "StepContext") -> Tensor:
         """The term's value for one training step (a scalar; its weight is applied by ``Objective``)."""
@@ -284,26 +290,51 @@ class StepContext:
 
 
 class Objective:
-    """NLL on the labeled rows plus every registered term, each times its weight.
+    """NLL on the labeled rows plus each term times its weight: ``Objective({VirtualAdversarial(vat_epsilon=6.0):
+    1.0, EntropyMinimization(): 1.0})``; ``Objective()`` is the NLL alone. ``from_settings`` builds every
+    registered term from flat settings (flags, a config file, a checkpoint's hyper-parameters).
 
     Terms with weight 0 are left out, except those whose needs the step meets anyway (the
     reconstruction terms when the decoder runs): they are reported, detached, so a run
     logs what it would cost without training on it.
     """
 
-    def __init__(self, **settings):
-        values = self._values = S.complete(settings, objective_settings(), "Objective")
-        self.weights = {t.name: values[t.weight.name] for t in TERMS}
-        self.terms = {t.name: t(**{s.name: values[s.name] for s in t.settings}) for t in TERMS}
-        self.needs = needs_of(values)
+    def __init__(self, weights: Mapping[LossTerm, float] | None = None):
+        given = dict(weights or {})
+        for term, weight in given.items():
+            S.check_all({type(term).weight.name: weight}, style="python")
+        rank = {t.name: i for i, t in enumerate(TERMS)}  # the registry's order: the sum's order
+        ordered = sorted(given, key=lambda term: rank.get(term.name, len(rank)))
+        if len({term.name for term in ordered}) < len(ordered):
+            raise ValueError(f"Objective got one term twice: {[term.name for term in ordered]}")
+        self.terms = {term.name: term for term in ordered}
+        self.weights = {term.name: float(given[term]) for term in ordered}
+        self.needs = {need for name, term in self.terms.items() if self.weights[name] > 0 for need in term.needs}
         self.uses_decoder = DECODER in self.needs
         free = {DECODER} if self.uses_decoder else set()
-        self.computed = [t.name for t in TERMS if self.weights[t.name] > 0 or (t.needs and set(t.needs) <= free)]
+        self.computed = [
+            name for name, term in self.terms.items() if self.weights[name] > 0 or (term.needs and term.needs <= free)
+        ]
         self.logits_for = {"labeled"} | {n for name in self.computed for n in self.terms[name].logits_for}
+
+    @classmethod
+    def from_settings(cls, **settings) -> "Objective":
+        """Every registered term, weighted and configured by its settings (defaults where ``settings`` is silent)."""
+        values = S.complete(settings, objective_settings(), "Objective")
+        return cls({t(**{s.name: values[s.name] for s in t.settings}): values[t.weight.name] for t in TERMS})
+
+    def settings(self) -> dict:
+        """The flat settings that rebuild it with ``from_settings``: a registered term it lacks has weight 0."""
+        values = {}
+        for t in TERMS:
+            term = self.terms.get(t.name)
+            values[t.weight.name] = self.weights[t.name] if term is not None else 0.0
+            values.update(term.options if term is not None else {s.name: s.default for s in t.settings})
+        return values
 
     @property
     def views(self) -> tuple[str, ...]:
-        return views_needed(self._values)
+        return tuple(v for v in VIEWS if v in self.needs)
 
     @property
     def needs_teacher(self) -> bool:
