@@ -14,8 +14,8 @@ from pytorch_lightning.profilers import SimpleProfiler
 from benchmarks.bench import Bench, device_batches, images_per_step, new_network, objective
 from benchmarks.measuring import OpProfile, PeakMemory, StepClock, top_hooks
 from benchmarks.table import Row
+from orchestration import progress, training
 from orchestration import trainer as trainer_module
-from orchestration import training
 from orchestration.run_files import RunCSVLogger
 from swwae_lightning.module import EMATeacher, adam
 from swwae_lightning.nan_guard import NonFiniteGuard
@@ -189,7 +189,7 @@ def train_lightning(
     ops = OpProfile(profile, bench.device, warmup, steps)
     window = StepWindow(clock, cfg["seed"], ops)
     callbacks = [
-        trainer_module.TerminalProgressBar(refresh_rate=cfg["progress_every"]),
+        progress.TerminalProgressBar(refresh_rate=cfg["progress_every"]),
         LearningRateMonitor(logging_interval="step"),
         window,
     ]
