@@ -7,7 +7,8 @@ rows each image's own head learns "of my class" and the most mistaken other head
 negative mining); on the unlabeled rows each head is made confident (entropy minimization) and agreeing
 across two weak views of an image. An unlabeled row whose predicted class's own head says "not of it"
 is kept from the other terms: they train on the rows judged known. OpenMatch (Saito, Kim and Saenko,
-2021) introduced this combination.
+2021) introduced this combination. The kept rows' number is read on the host each step (the other terms'
+batch takes that shape): on a GPU, the one wait for the device a training step makes.
 """
 
 from __future__ import annotations
