@@ -49,8 +49,8 @@ def detection(predictions: Path, tree: Path) -> dict:
     unknown = torch.tensor(kinds)
     result = {"pool": len(rows), "unknown": int(unknown.sum())}
     for name, column in SCORE_COLUMNS.items():
-        if any(row[column] == "" for row in rows):
-            continue  # a score the model cannot give (no trained decoder, no one-vs-all heads)
+        if any(row[column] == "" for row in rows) or not 0 < int(unknown.sum()) < len(rows):
+            continue  # a score the model cannot give (no trained decoder, no heads), or a pool of one kind
         scores = torch.tensor([float(row[column]) for row in rows])
         result[f"auroc_{name}"] = auroc(scores[~unknown], scores[unknown])
     confident = torch.tensor([float(row["probability"]) > CONFIDENT for row in rows])

@@ -72,5 +72,9 @@ def test_unknown_detection_reads_the_pools_truth_and_gives_each_scores_auroc(tmp
         "unknown_confident_share": 0.5,  # 1.png, a 7, came back a 4 at p 0.97
         "unknown_labelled_known_share": 0.5,
     }
+    everything_unknown = [(path, cls, "unknown") for path, cls, _ in truth]
+    (tree / ".pool-truth.csv").write_text("path,class,kind\n" + "".join(",".join(t) + "\n" for t in everything_unknown))
+    assert unknown_detection.main([str(tmp_path / "pool.csv"), "--tree", str(tree), "--out", str(out)]) == 0
+    assert not any(k.startswith("auroc") for k in __import__("json").loads(out.read_text()))  # no known to rank against
     (tmp_path / "other.csv").write_text(header + f"{tmp_path / 'x.png'},0,0.5,x,1,0,1,-1,0.1,\n")
     assert unknown_detection.main([str(tmp_path / "other.csv"), "--tree", str(tree)]) == 2  # not a pool file
