@@ -6,7 +6,7 @@ Beside each archived run, ``unknown_detection.json`` (``experiments.class_mismat
 each unknown-class score over the run's pool and the share of unknown images given a known class.
 The default for a pool nobody curated is chosen here from validation errors only: among the methods
 never above the labels-only baseline's mean validation error at any mismatch, the lowest mean over
-the mismatches.
+the mismatches; each mean is over the seeds every method has run at that mismatch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,14 @@ def chosen_default(table: dict) -> tuple[str | None, dict[str, float]]:
     """The method the validation errors choose (see the module docstring), and each method's mean validation
     error over the mismatches."""
     methods, shares = methods_and_shares(table)
-    val = {key: _mean([s["val"] for s in seeds]) for key, seeds in table.items()}
+    paired = {  # at each mismatch, the seeds every method has run: the comparison is seed by seed
+        share: set.intersection(*[{s["seed"] for s in table.get((m, share), [])} for m in methods]) for share in shares
+    }
+    val = {
+        (m, share): _mean([s["val"] for s in seeds if s["seed"] in paired[share]])
+        for (m, share), seeds in table.items()
+        if paired[share]
+    }
     complete = [m for m in methods if all((m, share) in val for share in shares)]
     means = {m: _mean([val[m, share] for share in shares]) for m in complete}
     if BASELINE not in means:

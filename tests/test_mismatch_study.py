@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from conftest import tiny_run
 
@@ -36,6 +37,10 @@ def test_the_default_is_the_lowest_validation_mean_among_methods_never_above_the
     archived(tmp_path, "mismatch-100-openset", 0, 5, 1)
     archived(tmp_path, "mismatch-100-chosen", 0, 5, 1)
     assert mismatch.chosen_default(mismatch.cells(tmp_path))[0] == "baseline"
+    # a seed that not every method has run at a mismatch does not count there: the choice is paired
+    archived(tmp_path, "mismatch-100-openset", 1, 0, 1)
+    means = mismatch.chosen_default(mismatch.cells(tmp_path))[1]
+    assert means["openset"] == pytest.approx((8.5 + 9.5 + 5) / 3)  # at 100 %: seed 0 only, not (5 + 0) / 2
 
 
 def test_the_detection_table_averages_each_scores_auroc_over_seeds_and_skips_the_clean_pool(tmp_path):
