@@ -139,10 +139,14 @@ def image_scores(module: SWWAEModule, x: torch.Tensor) -> tuple[torch.Tensor, di
     was trained (a model without a reconstruction term never ran it), the one-vs-all heads' only where
     the model has them."""
     net = module.evaluated_net
-    logits, open_set_logits = net.encode_open(x)
+    if module.encoder_only:
+        logits, open_set_logits = net.encode_open(x)
+    else:  # one pass gives the logits (the encoder's own, bit for bit) and the reconstruction
+        output = net(x)
+        logits, open_set_logits = output.logits, output.open_set_logits
     scores = {"probability": probability_score(logits), "energy": energy_score(logits)}
     if not module.encoder_only:
-        scores["reconstruction"] = reconstruction_score(net(x).reconstruction, x)
+        scores["reconstruction"] = reconstruction_score(output.reconstruction, x)
     if open_set_logits is not None:
         scores["one_vs_all"] = one_vs_all_score(open_set_logits, logits)
     return logits, scores
