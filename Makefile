@@ -15,7 +15,7 @@ train: $(STAMP)
 	$(PYTHON) train.py $(ARGS)
 
 # The numeric tests run again on torch's plainest kernels: another CPU's vector unit rounds like this.
-FLOAT_TESTS := tests/test_objectives.py tests/test_pooling.py tests/test_network.py tests/test_soft_kernel.py
+FLOAT_TESTS := tests/test_objectives.py tests/test_pooling.py tests/test_network.py tests/test_soft_kernel.py tests/test_open_set.py
 
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
