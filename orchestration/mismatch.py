@@ -92,7 +92,7 @@ def error_table(report_dir: Path) -> str:
     for method in methods:
         errors = [_mean_std([s["test"] for s in table.get((method, share), [])]) for share in shares]
         mean = f"{means[method]:.2f}" if method in means else "—"
-        lines.append(f"| {method}{' (chosen)' if method == chosen else ''} | {' | '.join(errors)} | {mean} |")
+        lines.append(f"| {method}{' (default)' if method == chosen else ''} | {' | '.join(errors)} | {mean} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,13 +36,18 @@ def test_every_experiment_of_the_issue_has_a_config():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_resolves_through_train_py_and_builds_its_network(path):
+def test_config_resolves_through_train_py_and_builds_its_network(path, tmp_path):
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert path.read_text().startswith("#") and any(
         f"python train.py --config configs/{path.name}" in line or "python -m experiments." in line for line in header
     )
     assert any("Time here" in line for line in header), "each config says how long it takes on this machine"
-    cfg = train.resolve_config(["--config", str(path)])
+    folder = []
+    if yaml.safe_load(path.read_text()).get("dataset") == "folder":  # a config for your own images: give it some
+        from test_folder import practitioner_tree
+
+        folder = ["--data-dir", str(practitioner_tree(tmp_path / "tree"))]
+    cfg = train.resolve_config(["--config", str(path), *folder])
     module = training.build_module(cfg)
     channels, size = module.hparams.in_channels, module.hparams.image_size
     with torch.no_grad():

@@ -30,7 +30,7 @@ def test_the_default_is_the_lowest_validation_mean_among_methods_never_above_the
     chosen, means = mismatch.chosen_default(table)
     assert chosen == "openset" and means == {"baseline": 10.5, "chosen": 7.5, "openset": 9.0}
     text = doc_tables.computed_table("mismatch", ["."], tmp_path)
-    assert "| openset (chosen) | 1.50 ± 0.71 (2) | 2.50 ± 0.71 (2) | 9.00 |" in text
+    assert "| openset (default) | 1.50 ± 0.71 (2) | 2.50 ± 0.71 (2) | 9.00 |" in text
     assert text.splitlines()[2].startswith("| baseline |")  # the baseline leads
     # with the baseline lowest everywhere, the baseline is the default: no method is chosen for being new
     archived(tmp_path, "mismatch-100-baseline", 0, 1, 1)
@@ -77,3 +77,19 @@ def test_the_study_predicts_each_runs_own_pool_and_scores_it_against_the_hidden_
     assert 0 <= heads["auroc_one_vs_all"] <= 1
     assert (out / "error_vs_mismatch.png").stat().st_size > 0
     assert "| openset |" in doc_tables.computed_table("detection", ["report"], tmp_path)
+
+
+def test_the_uncurated_pool_config_trains_the_objective_the_studys_validation_errors_chose():
+    from pathlib import Path
+
+    from swwae_lightning import settings as S
+
+    repo = Path(__file__).resolve().parents[1]
+    report = repo / "reports" / "mnist-class-mismatch"
+    chosen, _ = mismatch.chosen_default(mismatch.cells(report))
+    run = min((report / "runs").glob(f"mismatch-*-{chosen}-seed*"))
+    studied = yaml.safe_load((run / "config.yaml").read_text())
+    default = yaml.safe_load((repo / "configs" / "uncurated-pool.yaml").read_text())
+    assert default["dataset"] == "folder" and default["labels"] == "all"
+    for name in [*S.names_in(["objectives", "optimization"]), "max_epochs"]:
+        assert default.get(name, S.SETTINGS[name].default) == studied.get(name, S.SETTINGS[name].default), name
