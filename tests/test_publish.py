@@ -173,7 +173,6 @@ def test_every_run_of_every_results_table_in_the_readme_has_its_weights_committe
         "reports/default-job",
         "reports/mnist-100-fresh",
         "reports/fashion-mnist-1000-fresh",
-        "reports/mnist-100-objectives",
     ]
     for study, shown in tables:
         for row in table_rows(ROOT / study, shown):
